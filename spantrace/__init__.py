@@ -1,0 +1,42 @@
+"""spantrace: explain what a language model's generated text rests on.
+
+    import spantrace as st
+    run = st.load().run("What is 17 + 25?")
+    result = run.trace((run.prompt_length, run.num_tokens))
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .api import Model, Run, load
+from .errors import (
+    InputError,
+    ModelLoadError,
+    ResultFormatError,
+    SpanError,
+    SpanTraceError,
+    UnsupportedArchitectureError,
+)
+from .methods.registry import available_methods
+from .model.builtin import DEFAULT_MODEL
+from .model.registry import SUPPORTED_ARCHITECTURES
+from .result import TopToken, TraceResult
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "SUPPORTED_ARCHITECTURES",
+    "InputError",
+    "Model",
+    "ModelLoadError",
+    "ResultFormatError",
+    "Run",
+    "SpanError",
+    "SpanTraceError",
+    "TopToken",
+    "TraceResult",
+    "UnsupportedArchitectureError",
+    "__version__",
+    "available_methods",
+    "load",
+]

@@ -1,0 +1,302 @@
+"""The public entry points: ``load`` a model, ``Model.run`` a prompt once, ``Run.trace`` any span."""
+
+from __future__ import annotations
+
+import platform
+import time
+import unicodedata
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .capture import Capture, capture_residuals
+from .errors import InputError, SpanError, SpanTraceError
+from .methods.hops import RECURSIVE_SPANS, trace_hops
+from .methods.registry import get_method
+from .model.adapter import ArchitectureAdapter
+from .model.registry import adapter_for
+from .result import TraceResult
+
+DEFAULT_CHUNK_SIZE = 128
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+
+class Model:
+    """A causal LM with its tokenizer and the adapter that knows its internals."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: Any | None = None, model_id: str | None = None) -> None:
+        self.hf_model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_id = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        self.adapter: ArchitectureAdapter = adapter_for(model)
+
+    def __repr__(self) -> str:
+        return f"Model({self.model_id!r}, architecture={self.adapter.name!r})"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    # tokenisation ----------------------------------------------------------------------------------
+    def _require_tokenizer(self, what: str) -> Any:
+        if self.tokenizer is None:
+            raise InputError(
+                f"{what} needs a tokenizer; pass `tokenizer=` to spantrace.load, or give `input_ids=` "
+                "and `prompt_length=` instead of text"
+            )
+        return self.tokenizer
+
+    def encode_prompt(self, prompt: str, *, chat: bool = True) -> list[int]:
+        """Token ids of ``prompt``, wrapped in the chat template when asked and available."""
+        tokenizer = self._require_tokenizer("a text prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InputError("the prompt is empty; give some text to trace")
+        if chat and getattr(tokenizer, "chat_template", None):
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+            )
+            return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(tokenizer(prompt)["input_ids"])
+
+    def encode_output(self, output: str) -> list[int]:
+        tokenizer = self._require_tokenizer("a text output")
+        if not isinstance(output, str) or not output:
+            raise InputError("the output is empty; give the generated text, or leave it out to generate")
+        return list(tokenizer(output, add_special_tokens=False)["input_ids"])
+
+    def token_strings(self, ids: Sequence[int]) -> list[str]:
+        if self.tokenizer is None:
+            return [str(int(i)) for i in ids]
+        return [self.tokenizer.decode([int(i)]) for i in ids]
+
+    # running ---------------------------------------------------------------------------------------
+    def generate(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 256, progress: bool = True) -> list[int]:
+        """Greedy continuation of ``prompt_ids`` (stops at EOS), with a progress bar."""
+        from .generation import greedy_generate
+
+        return greedy_generate(self.hf_model, list(prompt_ids), max_new_tokens=max_new_tokens, progress=progress)
+
+    def run(
+        self,
+        prompt: str | None = None,
+        *,
+        output: str | None = None,
+        input_ids: torch.Tensor | Sequence[int] | None = None,
+        prompt_length: int | None = None,
+        chat: bool = True,
+        max_new_tokens: int = 256,
+        store_dtype: torch.dtype | None = None,
+        offload: bool = False,
+        progress: bool = True,
+    ) -> Run:
+        """One forward pass over prompt + generation, keeping the residual stream for any number of traces.
+
+        Give either ``prompt`` (text; ``output`` text is appended, or generated greedily when None),
+        or ``input_ids`` (1-D) with ``prompt_length`` (positions ``prompt_length…`` are the generation).
+        ``store_dtype`` (e.g. ``torch.float16``) halves what is kept; ``offload`` keeps it on the CPU.
+        """
+        if input_ids is not None:
+            if prompt is not None or output is not None:
+                raise InputError("give either text (`prompt`, `output`) or `input_ids`, not both")
+            ids = _as_id_list(input_ids)
+            if prompt_length is None:
+                raise InputError("`prompt_length` is required with `input_ids` (where the generation starts)")
+        else:
+            if prompt is None:
+                raise InputError("nothing to run: give `prompt` (text) or `input_ids` with `prompt_length`")
+            prompt_ids = self.encode_prompt(prompt, chat=chat)
+            if output is None:
+                generated = self.generate(prompt_ids, max_new_tokens=max_new_tokens, progress=progress)
+            else:
+                generated = self.encode_output(output)
+            ids, prompt_length = prompt_ids + generated, len(prompt_ids)
+        prompt_length = int(prompt_length)
+        if not ids:
+            raise InputError("the token sequence is empty")
+        if not 0 < prompt_length <= len(ids):
+            raise InputError(f"prompt_length must be in 1..{len(ids)} (the sequence length); got {prompt_length}")
+        if prompt_length == len(ids):
+            raise InputError(
+                "there are no generated tokens to trace: the output is empty "
+                "(the model may have stopped at once; raise max_new_tokens or pass `output=`)"
+            )
+        vocab = self.hf_model.get_input_embeddings().num_embeddings
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise InputError(f"token ids {bad[:5]} are outside the model's vocabulary of {vocab}")
+        started = time.perf_counter()
+        capture = capture_residuals(
+            self.adapter,
+            torch.tensor(ids, dtype=torch.long),
+            store_dtype=store_dtype,
+            store_device="cpu" if offload else None,
+        )
+        return Run(self, capture, prompt_length, capture_seconds=time.perf_counter() - started)
+
+
+class Run:
+    """A captured forward pass over prompt + generation; answers any number of ``trace`` calls."""
+
+    def __init__(self, model: Model, capture: Capture, prompt_length: int, *, capture_seconds: float = 0.0):
+        self.model = model
+        self.capture = capture
+        self.prompt_length = prompt_length
+        self.capture_seconds = capture_seconds
+        self.token_ids: list[int] = [int(i) for i in capture.input_ids]
+        self.tokens: list[str] = model.token_strings(self.token_ids)
+
+    def __repr__(self) -> str:
+        return (
+            f"Run({self.model.model_id!r}, tokens={self.num_tokens}, prompt_length={self.prompt_length}, "
+            f"generated={self.num_tokens - self.prompt_length})"
+        )
+
+    @property
+    def adapter(self) -> ArchitectureAdapter:
+        return self.model.adapter
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def generated_text(self) -> str:
+        if self.model.tokenizer is None:
+            return " ".join(self.tokens[self.prompt_length :])
+        return self.model.tokenizer.decode(self.token_ids[self.prompt_length :])
+
+    def stop_token_mask(self) -> torch.Tensor:
+        """[N] bool: tokens made only of punctuation and whitespace."""
+        return torch.tensor([_is_stop_token(token) for token in self.tokens], dtype=torch.bool)
+
+    def trace(
+        self,
+        span: tuple[int, int],
+        *,
+        method: str = "flashtrace",
+        hops: int = 1,
+        recursive: str = "generation",
+        stop_tokens: bool = False,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> TraceResult:
+        """Score every position for the generated ``span = (start, end)`` (end exclusive).
+
+        ``hops`` recursive hops trace the reasoning: ``recursive="generation"`` uses the generated
+        tokens up to the span end (T ∪ O) as the recursive sinks, ``"reasoning"`` those before it (T).
+        ``stop_tokens=True`` soft-deletes punctuation/whitespace tokens: zero sink weight, zero score.
+        ``chunk_size`` sinks are scored at a time (memory O(chunk · N · H)); it never changes results.
+        """
+        start, end = self._check_span(span)
+        if not isinstance(hops, int) or isinstance(hops, bool) or hops < 0:
+            raise SpanTraceError(f"hops must be a whole number ≥ 0; got {hops!r}")
+        if recursive not in RECURSIVE_SPANS:
+            raise SpanTraceError(f"recursive must be one of {RECURSIVE_SPANS}; got {recursive!r}")
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise SpanTraceError(f"chunk_size must be a positive whole number; got {chunk_size!r}")
+        attribution = get_method(method)
+        started = time.perf_counter()
+        traced = trace_hops(
+            attribution,
+            self,
+            (start, end),
+            hops=hops,
+            recursive=recursive,
+            stop_mask=self.stop_token_mask() if stop_tokens else None,
+            chunk_size=chunk_size,
+        )
+        trace_seconds = time.perf_counter() - started
+        arrays = [traced.scores, *traced.hop_scores]
+        if not all(bool(torch.isfinite(a).all()) for a in arrays):
+            raise SpanTraceError("the trace produced non-finite scores; please report this with the model and input")
+        timings = {"capture_s": self.capture_seconds, "trace_s": trace_seconds}
+        timings.update({f"hop{k}_s": seconds for k, seconds in enumerate(traced.hop_seconds)})
+        return TraceResult(
+            tokens=list(self.tokens),
+            token_ids=list(self.token_ids),
+            prompt_length=self.prompt_length,
+            span=(start, end),
+            method=method,
+            scores=traced.scores.numpy().astype(np.float32),
+            hop_scores=[h.numpy().astype(np.float32) for h in traced.hop_scores],
+            rho=[float(r) for r in traced.rho],
+            recursive_span=traced.recursive_span,
+            timings=timings,
+            info=self._info(method, hops, recursive, stop_tokens, chunk_size, traced.notes),
+            rows=traced.rows.numpy().astype(np.float32) if traced.rows is not None else None,
+            row_positions=[int(p) for p in traced.row_positions] if traced.row_positions is not None else None,
+        )
+
+    def _check_span(self, span: Any) -> tuple[int, int]:
+        if not isinstance(span, (tuple, list)) or len(span) != 2:
+            raise SpanError(f"a span is (start, end) token positions, end exclusive; got {span!r}")
+        try:
+            start, end = (int(span[0]), int(span[1]))
+        except (TypeError, ValueError) as error:
+            raise SpanError(f"span positions must be whole numbers; got {span!r}") from error
+        generated = (self.prompt_length, self.num_tokens)
+        if start >= end:
+            raise SpanError(f"the span {start, end} is empty (end is exclusive)")
+        if start < 0 or end > self.num_tokens:
+            raise SpanError(f"the span {start, end} is out of range: the run has {self.num_tokens} tokens")
+        if start < self.prompt_length:
+            raise SpanError(
+                f"the span {start, end} reaches into the prompt; a traced span must lie in the generation "
+                f"{generated} (positions {self.prompt_length}…{self.num_tokens - 1})"
+            )
+        return start, end
+
+    def _info(self, method, hops, recursive, stop_tokens, chunk_size, notes) -> dict[str, Any]:
+        import transformers
+
+        from . import __version__
+
+        return {
+            "model": self.model.model_id,
+            "architecture": self.adapter.name,
+            "method": method,
+            "options": {"hops": hops, "recursive": recursive, "stop_tokens": stop_tokens, "chunk_size": chunk_size},
+            "versions": {
+                "spantrace": __version__,
+                "torch": torch.__version__,
+                "transformers": transformers.__version__,
+                "python": platform.python_version(),
+            },
+            "notes": list(notes),
+        }
+
+
+def _as_id_list(input_ids: torch.Tensor | Sequence[int]) -> list[int]:
+    if isinstance(input_ids, torch.Tensor):
+        if input_ids.dim() == 2 and input_ids.shape[0] == 1:
+            input_ids = input_ids[0]
+        if input_ids.dim() != 1:
+            raise InputError(f"input_ids must be 1-D (one sequence); got shape {tuple(input_ids.shape)}")
+        if input_ids.dtype.is_floating_point or input_ids.dtype == torch.bool:
+            raise InputError(f"input_ids must hold integer token ids; got {input_ids.dtype}")
+        return [int(i) for i in input_ids.tolist()]
+    try:
+        return [int(i) for i in input_ids]
+    except (TypeError, ValueError) as error:
+        raise InputError("input_ids must be a 1-D sequence of integer token ids") from error
+
+
+def _is_stop_token(token: str) -> bool:
+    return all(ch.isspace() or unicodedata.category(ch).startswith("P") for ch in token)
+
+
+def load(
+    source: str | PreTrainedModel | None = None,
+    *,
+    tokenizer: Any | None = None,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+) -> Model:
+    """Load a causal LM to trace: the built-in model (default), a hub id, a folder, a GGUF file or a model."""
+    from .model.loading import load_hf
+
+    loaded = load_hf(source, tokenizer=tokenizer, dtype=dtype, device=device)
+    return Model(loaded.model, loaded.tokenizer, loaded.model_id)

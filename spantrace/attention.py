@@ -1,0 +1,112 @@
+"""Attention rows recomputed per layer from the captured residual ``x_in``.
+
+The model's own modules give queries and keys (projections, biases, q/k norms, rotary embedding
+with its scaling); the rows are then ``softmax(scale · q·k)`` with soft-capping and the causal and
+sliding-window masks, in float32, for a chunk of sinks at a time, so memory stays O(C · N · H).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .capture import Capture
+from .model.adapter import ArchitectureAdapter, AttentionRule
+
+
+@dataclass(frozen=True)
+class LayerInputs:
+    """Everything one layer contributes to attribution, recomputed from the capture."""
+
+    index: int
+    rule: AttentionRule
+    queries: torch.Tensor  # [H, N, d]
+    keys: torch.Tensor  # [G, N, d]
+    values: torch.Tensor  # [G, N, d], V bias included
+    out_weight: torch.Tensor  # [H, d, D] float32; a sandwich norm's gain is folded in
+    out_bias: torch.Tensor | None  # [D] float32 (gain folded in), kept with the residual
+    sink_scale: torch.Tensor | None  # [N] float32: sandwich norm scale 1/rms(a_i), or None
+    x_in: torch.Tensor  # [N, D] float32
+    x_mid: torch.Tensor  # [N, D] float32
+
+    def residual(self, sinks: torch.Tensor) -> torch.Tensor:
+        """Residual part of each sink's ``x_mid``: ``x_in`` plus the (normed) output bias. [C, D]."""
+        residual = self.x_in[sinks]
+        if self.out_bias is not None:
+            scale = self.sink_scale[sinks, None] if self.sink_scale is not None else 1.0
+            residual = residual + scale * self.out_bias
+        return residual
+
+
+@torch.inference_mode()
+def layer_inputs(adapter: ArchitectureAdapter, capture: Capture, index: int) -> LayerInputs:
+    """Recompute layer ``index``'s queries, keys and values from the captured ``x_in``."""
+    parameter = next(adapter.layer(index).parameters())
+    x_in = capture.x_in[index].to(device=parameter.device, dtype=parameter.dtype)
+    queries, keys, values = adapter.project(index, x_in)
+    out_weight, out_bias = adapter.output_projection(index)
+    out_weight = out_weight.float()
+    out_bias = out_bias.float() if out_bias is not None else None
+    sandwich = adapter.sandwich_norm(index)
+    sink_scale = None
+    if sandwich is not None:
+        gain = sandwich.gain.to(out_weight.device)
+        out_weight = out_weight * gain
+        out_bias = out_bias * gain if out_bias is not None else None
+        sink_scale = capture.sandwich_scale[index].to(out_weight.device).float()
+    return LayerInputs(
+        index=index,
+        rule=adapter.attention_rule(index),
+        queries=queries,
+        keys=keys,
+        values=values,
+        out_weight=out_weight,
+        out_bias=out_bias,
+        sink_scale=sink_scale,
+        x_in=capture.x_in[index].to(out_weight.device).float(),
+        x_mid=capture.x_mid[index].to(out_weight.device).float(),
+    )
+
+
+def iter_layers(adapter: ArchitectureAdapter, capture: Capture) -> Iterator[LayerInputs]:
+    for index in range(capture.num_layers):
+        yield layer_inputs(adapter, capture, index)
+
+
+def attention_rows(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    sinks: torch.Tensor,
+    rule: AttentionRule,
+    width: int | None = None,
+) -> torch.Tensor:
+    """Attention probabilities of sinks to sources: [H, C, width] float32.
+
+    queries: [H, N, d]; keys: [G, N, d]; sinks: [C] positions; width: how many sources to return
+    (default: up to the last sink; later sources get probability 0 anyway).
+    """
+    sinks = sinks.to(queries.device)
+    if width is None:
+        width = int(sinks.max()) + 1
+    heads, groups = rule.num_heads, rule.num_kv_heads
+    chosen = queries[:, sinks].float()  # [H, C, d]
+    grouped = chosen.reshape(groups, heads // groups, *chosen.shape[1:])  # [G, H/G, C, d]
+    logits = torch.einsum("gqcd,gnd->gqcn", grouped, keys[:, :width].float())
+    logits = logits.reshape(heads, sinks.shape[0], width) * rule.scaling  # [H, C, width]
+    if rule.softcap is not None:
+        logits = torch.tanh(logits / rule.softcap) * rule.softcap
+    sources = torch.arange(width, device=queries.device)
+    visible = sources[None, :] <= sinks[:, None]  # [C, width]
+    if rule.sliding_window is not None:
+        visible &= sources[None, :] > sinks[:, None] - rule.sliding_window
+    logits = logits.masked_fill(~visible[None], float("-inf"))
+    return torch.softmax(logits, dim=-1)
+
+
+def sink_chunks(sinks: torch.Tensor, chunk_size: int) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Consecutive chunks of ``sinks`` with their slice in the original order."""
+    for start in range(0, sinks.shape[0], chunk_size):
+        part = slice(start, min(start + chunk_size, sinks.shape[0]))
+        yield part, sinks[part]

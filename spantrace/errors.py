@@ -1,0 +1,27 @@
+"""Errors raised by spantrace. Every one says what went wrong and what to do about it."""
+
+from __future__ import annotations
+
+
+class SpanTraceError(Exception):
+    """Base class of every error spantrace raises on purpose."""
+
+
+class ModelLoadError(SpanTraceError):
+    """A model or tokenizer could not be found, verified or loaded."""
+
+
+class UnsupportedArchitectureError(SpanTraceError):
+    """The model's architecture lacks a piece that attribution needs."""
+
+
+class InputError(SpanTraceError, ValueError):
+    """A prompt, output or token sequence is empty or malformed."""
+
+
+class SpanError(SpanTraceError, ValueError):
+    """A span is empty, out of range, or not inside the generated text."""
+
+
+class ResultFormatError(SpanTraceError, ValueError):
+    """A saved result could not be read back."""

@@ -1,0 +1,48 @@
+"""Token-wise Information Flow Routes: one exact row per sink token, the span score their mean.
+
+``e[l, j → i] = Σ_h prox(α[h,i,j] v[h,j], x_mid_i) / (Σ_{j',h} prox(...) + prox(x_in_i, x_mid_i))``,
+``row_i(j) = Σ_l e[l, j → i]``. Cost per layer O(M·N·H·D): the baseline FlashTrace avoids.
+With hop weights the span score is the weighted mean ``Σ_i w_i row_i / Σ_i w_i``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..attention import attention_rows, iter_layers, sink_chunks
+from ..kernels import DEFAULT_BLOCK_ELEMENTS, head_value_vectors, token_edges
+from .base import AttributionMethod, SinkScores
+from .registry import register
+
+if TYPE_CHECKING:
+    from ..api import Run
+
+
+@register
+class TokenwiseIFR(AttributionMethod):
+    name = "ifr"
+    description = "Token-wise Information Flow Routes: one exact row per sink, averaged (slow baseline)."
+
+    @torch.inference_mode()
+    def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
+        keep = sink_weights > 0  # zero-weight sinks cannot change the mean
+        sinks, sink_weights = sinks[keep], sink_weights[keep].float()
+        width = int(sinks.max()) + 1
+        rows = torch.zeros(sinks.shape[0], run.num_tokens, dtype=torch.float32)  # [M, N]
+        for layer in iter_layers(run.adapter, run.capture):
+            device = layer.x_mid.device
+            positions = sinks.to(device)
+            head_vectors = head_value_vectors(layer.values[:, :width], layer.out_weight)  # [H, width, D]
+            heads, _, model_width = head_vectors.shape
+            # Bound the [H, C, width, D] temporary as well as the user's chunk size.
+            memory_chunk = max(1, DEFAULT_BLOCK_ELEMENTS // (heads * width * model_width))
+            for part, chunk in sink_chunks(positions, min(chunk_size, memory_chunk)):
+                alpha = attention_rows(layer.queries, layer.keys, chunk, layer.rule, width)  # [H, C, width]
+                if layer.sink_scale is not None:
+                    alpha = alpha * layer.sink_scale[chunk][None, :, None]
+                edges = token_edges(alpha, head_vectors, layer.x_mid[chunk], layer.residual(chunk))
+                rows[part, :width] += edges.cpu()
+        scores = (sink_weights[:, None] * rows).sum(0) / sink_weights.sum()
+        return SinkScores(scores=scores, rows=rows, row_positions=sinks)

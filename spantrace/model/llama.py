@@ -1,0 +1,170 @@
+"""Llama-style decoders: Llama (and SmolLM), Mistral, Qwen2, Qwen3, Gemma 2/3, Phi-3.
+
+They share one layout — ``model.model.layers[i].self_attn`` with q/k/v/o projections (Phi-3 fuses
+q/k/v), a pre-attention norm, a rotary embedding on ``model.model.rotary_emb`` and the rotation
+function in the model's own modeling module. The differences are data: q/k norms (Qwen3, Gemma 3),
+a sandwich norm after attention and a pre-MLP norm (Gemma), soft-capping (Gemma 2), per-layer
+sliding windows and per-layer-type rotary tables (Gemma 3).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from ..errors import UnsupportedArchitectureError
+from .adapter import AttentionRule, SandwichNorm
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+
+def _require(obj: object, attribute: str, architecture: str, where: str) -> object:
+    if not hasattr(obj, attribute):
+        raise UnsupportedArchitectureError(
+            f"{architecture}: expected `{where}.{attribute}` but the model has none; "
+            "this architecture is not supported by spantrace (see `spantrace.SUPPORTED_ARCHITECTURES`)."
+        )
+    return getattr(obj, attribute)
+
+
+class LlamaStyleAdapter:
+    """Adapter for decoders laid out like ``LlamaForCausalLM``."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+        self.config = model.config
+        self.name = getattr(self.config, "model_type", type(model).__name__)
+        self._base = _require(model, "model", self.name, type(model).__name__)
+        self._layers = _require(self._base, "layers", self.name, "model.model")
+        self._rotary = _require(self._base, "rotary_emb", self.name, "model.model")
+        first = self._layers[0]
+        attention = _require(first, "self_attn", self.name, "model.model.layers[0]")
+        if not (hasattr(attention, "qkv_proj") or all(hasattr(attention, p) for p in ("q_proj", "k_proj"))):
+            raise UnsupportedArchitectureError(
+                f"{self.name}: the attention module has neither q_proj/k_proj/v_proj nor a fused qkv_proj."
+            )
+        _require(attention, "o_proj", self.name, "model.model.layers[0].self_attn")
+        _require(first, "input_layernorm", self.name, "model.model.layers[0]")
+        self._rotate: Callable = _require(
+            sys.modules[type(attention).__module__], "apply_rotary_pos_emb", self.name, "modeling module"
+        )
+        self._cos_sin: dict[tuple[str | None, int, torch.device, torch.dtype], tuple] = {}
+
+    # hook points ---------------------------------------------------------------------------------
+    def base_model(self) -> nn.Module:
+        return self._base
+
+    def num_layers(self) -> int:
+        return len(self._layers)
+
+    def layer(self, index: int) -> nn.Module:
+        return self._layers[index]
+
+    def mid_hook_module(self, index: int) -> nn.Module:
+        layer = self._layers[index]
+        if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma: sandwich norms
+            return layer.pre_feedforward_layernorm
+        return _require(layer, "post_attention_layernorm", self.name, f"model.model.layers[{index}]")
+
+    def sandwich_norm(self, index: int) -> SandwichNorm | None:
+        layer = self._layers[index]
+        if not hasattr(layer, "pre_feedforward_layernorm"):
+            return None
+        norm = layer.post_attention_layernorm
+        weight = norm.weight.detach().float()
+        # Gemma's RMSNorm scales by (1 + weight), initialised at zero; Llama's by weight.
+        gain = 1.0 + weight if _is_offset_rms_norm(norm) else weight
+        eps = float(getattr(norm, "eps", getattr(norm, "variance_epsilon", 1e-6)))
+        return SandwichNorm(module=norm, gain=gain, eps=eps)
+
+    # attention -----------------------------------------------------------------------------------
+    def _attention(self, index: int) -> nn.Module:
+        return self._layers[index].self_attn
+
+    def _layer_type(self, index: int) -> str | None:
+        types = getattr(self.config, "layer_types", None)
+        return types[index] if types else None
+
+    def attention_rule(self, index: int) -> AttentionRule:
+        attention = self._attention(index)
+        heads = self.config.num_attention_heads
+        kv_heads = getattr(self.config, "num_key_value_heads", None) or heads
+        if hasattr(attention, "sliding_window"):
+            window = attention.sliding_window
+        else:  # Mistral, Phi-3: one window for every layer, passed at call time
+            window = getattr(self.config, "sliding_window", None)
+        # Only Gemma 2 passes its soft-capping to the attention function; Gemma 3 configs carry the
+        # field but the model ignores it, and so do we.
+        softcap = getattr(attention, "attn_logit_softcapping", None) if self.name in _SOFTCAPPED else None
+        return AttentionRule(
+            num_heads=heads,
+            num_kv_heads=kv_heads,
+            head_dim=attention.head_dim,
+            scaling=float(attention.scaling),
+            softcap=float(softcap) if softcap else None,
+            sliding_window=int(window) if window else None,
+        )
+
+    def _rotary_tables(self, index: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = x.shape[-2]
+        layer_type = self._layer_type(index) if _rotary_takes_layer_type(self._rotary) else None
+        key = (layer_type, n, x.device, x.dtype)
+        if key not in self._cos_sin:
+            positions = torch.arange(n, device=x.device)[None]  # [1, N]
+            if layer_type is None:
+                tables = self._rotary(x[None], positions)
+            else:
+                tables = self._rotary(x[None], positions, layer_type)
+            self._cos_sin = {key: tables}  # keep only the latest length
+        return self._cos_sin[key]
+
+    def project(self, index: int, x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        attention = self._attention(index)
+        rule = self.attention_rule(index)
+        hidden = self._layers[index].input_layernorm(x_in)  # [N, D]
+        n = hidden.shape[0]
+        if hasattr(attention, "qkv_proj"):  # Phi-3
+            fused = attention.qkv_proj(hidden)
+            q_size = rule.num_heads * rule.head_dim
+            kv_size = rule.num_kv_heads * rule.head_dim
+            queries, keys, values = fused.split([q_size, kv_size, kv_size], dim=-1)
+        else:
+            queries, keys, values = attention.q_proj(hidden), attention.k_proj(hidden), attention.v_proj(hidden)
+        queries = queries.view(n, rule.num_heads, rule.head_dim).transpose(0, 1)  # [H, N, d]
+        keys = keys.view(n, rule.num_kv_heads, rule.head_dim).transpose(0, 1)  # [G, N, d]
+        values = values.view(n, rule.num_kv_heads, rule.head_dim).transpose(0, 1)  # [G, N, d]
+        if hasattr(attention, "q_norm"):  # Qwen3, Gemma 3: per-head RMSNorm before rotary
+            queries = attention.q_norm(queries)
+            keys = attention.k_norm(keys)
+        cos, sin = self._rotary_tables(index, hidden)
+        queries, keys = self._rotate(queries[None], keys[None], cos, sin)
+        return queries[0], keys[0], values
+
+    def output_projection(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        rule = self.attention_rule(index)
+        o_proj = self._attention(index).o_proj
+        weight = o_proj.weight.detach()  # [D, H*d]
+        per_head = weight.T.reshape(rule.num_heads, rule.head_dim, weight.shape[0])  # [H, d, D]
+        bias = o_proj.bias.detach() if o_proj.bias is not None else None
+        return per_head, bias
+
+
+_SOFTCAPPED = frozenset({"gemma2"})
+
+
+def _is_offset_rms_norm(norm: nn.Module) -> bool:
+    """True for RMSNorms that multiply by ``1 + weight`` (Gemma's), judged by a probe."""
+    with torch.no_grad():
+        probe = torch.ones(1, norm.weight.shape[0], dtype=norm.weight.dtype, device=norm.weight.device)
+        out = norm(probe).float()[0]  # rms(1) = 1, so out = gain (up to eps)
+        weight = norm.weight.float()
+        return bool((out - (1.0 + weight)).abs().max() < (out - weight).abs().max())
+
+
+def _rotary_takes_layer_type(rotary: nn.Module) -> bool:
+    return hasattr(rotary, "layer_types") and hasattr(rotary, "rope_type") and isinstance(rotary.rope_type, dict)
