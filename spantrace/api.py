@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .attention import KeyValueCache
 from .capture import Capture, capture_residuals
 from .errors import InputError, SpanError, SpanTraceError
 from .methods.hops import RECURSIVE_SPANS, trace_hops
@@ -146,6 +147,8 @@ class Run:
         self.capture = capture
         self.prompt_length = prompt_length
         self.capture_seconds = capture_seconds
+        # Keys and values per layer, recomputed once from the capture and reused by every trace.
+        self.key_value_cache: KeyValueCache = {}
         self.token_ids: list[int] = [int(i) for i in capture.input_ids]
         self.tokens: list[str] = model.token_strings(self.token_ids)
 

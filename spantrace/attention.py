@@ -1,14 +1,17 @@
 """Attention rows recomputed per layer from the captured residual ``x_in``.
 
 The model's own modules give queries and keys (projections, biases, q/k norms, rotary embedding
-with its scaling); the rows are then ``softmax(scale · q·k)`` with soft-capping and the causal and
-sliding-window masks, in float32, for a chunk of sinks at a time, so memory stays O(C · N · H).
+with its scaling): keys and values once per layer for the whole sequence (kept by the Run between
+traces), queries only for the sinks a trace asks about. The rows are then ``softmax(scale · q·k)``
+with soft-capping and the causal and sliding-window masks, in float32, for a chunk of sinks at a
+time, so memory stays O(C · N · H).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -16,20 +19,36 @@ from .capture import Capture
 from .model.adapter import ArchitectureAdapter, AttentionRule
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LayerInputs:
     """Everything one layer contributes to attribution, recomputed from the capture."""
 
     index: int
     rule: AttentionRule
-    queries: torch.Tensor  # [H, N, d]
-    keys: torch.Tensor  # [G, N, d]
+    keys: torch.Tensor  # [G, N, d], as the model multiplies them (rotary applied)
     values: torch.Tensor  # [G, N, d], V bias included
     out_weight: torch.Tensor  # [H, d, D] float32; a sandwich norm's gain is folded in
     out_bias: torch.Tensor | None  # [D] float32 (gain folded in), kept with the residual
     sink_scale: torch.Tensor | None  # [N] float32: sandwich norm scale 1/rms(a_i), or None
     x_in: torch.Tensor  # [N, D] float32
     x_mid: torch.Tensor  # [N, D] float32
+    adapter: ArchitectureAdapter
+    model_x_in: torch.Tensor  # [N, D] in the model's dtype and device, for recomputing queries
+
+    @torch.inference_mode()
+    def sink_queries(self, sinks: torch.Tensor) -> torch.Tensor:
+        """Queries of the given sink positions only: [H, C, d]."""
+        sinks = sinks.to(self.model_x_in.device)
+        return self.adapter.queries(self.index, self.model_x_in[sinks], sinks, self.model_x_in.shape[0])
+
+    @cached_property
+    def queries(self) -> torch.Tensor:
+        """Queries of every position, [H, N, d] (for methods that need all rows)."""
+        return self.sink_queries(torch.arange(self.model_x_in.shape[0]))
+
+    def rows(self, sinks: torch.Tensor, width: int | None = None) -> torch.Tensor:
+        """Attention probabilities of ``sinks [C]`` to sources ``0…width−1``: [H, C, width] float32."""
+        return attention_rows(self.sink_queries(sinks), self.keys, sinks, self.rule, width, queries_selected=True)
 
     def residual(self, sinks: torch.Tensor) -> torch.Tensor:
         """Residual part of each sink's ``x_mid``: ``x_in`` plus the (normed) output bias. [C, D]."""
@@ -40,12 +59,22 @@ class LayerInputs:
         return residual
 
 
+KeyValueCache = dict[int, tuple[torch.Tensor, torch.Tensor]]
+
+
 @torch.inference_mode()
-def layer_inputs(adapter: ArchitectureAdapter, capture: Capture, index: int) -> LayerInputs:
-    """Recompute layer ``index``'s queries, keys and values from the captured ``x_in``."""
+def layer_inputs(
+    adapter: ArchitectureAdapter, capture: Capture, index: int, cache: KeyValueCache | None = None
+) -> LayerInputs:
+    """Recompute layer ``index``'s keys and values from the captured ``x_in`` (or take them from ``cache``)."""
     parameter = next(adapter.layer(index).parameters())
-    x_in = capture.x_in[index].to(device=parameter.device, dtype=parameter.dtype)
-    queries, keys, values = adapter.project(index, x_in)
+    model_x_in = capture.x_in[index].to(device=parameter.device, dtype=parameter.dtype)
+    if cache is not None and index in cache:
+        keys, values = cache[index]
+    else:
+        keys, values = adapter.keys_values(index, model_x_in)
+        if cache is not None:
+            cache[index] = (keys, values)
     out_weight, out_bias = adapter.output_projection(index)
     out_weight = out_weight.float()
     out_bias = out_bias.float() if out_bias is not None else None
@@ -59,7 +88,6 @@ def layer_inputs(adapter: ArchitectureAdapter, capture: Capture, index: int) -> 
     return LayerInputs(
         index=index,
         rule=adapter.attention_rule(index),
-        queries=queries,
         keys=keys,
         values=values,
         out_weight=out_weight,
@@ -67,12 +95,17 @@ def layer_inputs(adapter: ArchitectureAdapter, capture: Capture, index: int) -> 
         sink_scale=sink_scale,
         x_in=capture.x_in[index].to(out_weight.device).float(),
         x_mid=capture.x_mid[index].to(out_weight.device).float(),
+        adapter=adapter,
+        model_x_in=model_x_in,
     )
 
 
-def iter_layers(adapter: ArchitectureAdapter, capture: Capture) -> Iterator[LayerInputs]:
+def iter_layers(
+    adapter: ArchitectureAdapter, capture: Capture, cache: KeyValueCache | None = None
+) -> Iterator[LayerInputs]:
+    """Every layer's inputs in order; ``cache`` keeps keys/values between calls (a Run's traces)."""
     for index in range(capture.num_layers):
-        yield layer_inputs(adapter, capture, index)
+        yield layer_inputs(adapter, capture, index, cache)
 
 
 def attention_rows(
@@ -81,17 +114,20 @@ def attention_rows(
     sinks: torch.Tensor,
     rule: AttentionRule,
     width: int | None = None,
+    *,
+    queries_selected: bool = False,
 ) -> torch.Tensor:
     """Attention probabilities of sinks to sources: [H, C, width] float32.
 
-    queries: [H, N, d]; keys: [G, N, d]; sinks: [C] positions; width: how many sources to return
-    (default: up to the last sink; later sources get probability 0 anyway).
+    queries: [H, N, d] of every position (or [H, C, d] of the sinks with ``queries_selected``);
+    keys: [G, N, d]; sinks: [C] positions; width: how many sources to return (default: up to the
+    last sink; later sources get probability 0 anyway).
     """
     sinks = sinks.to(queries.device)
     if width is None:
         width = int(sinks.max()) + 1
     heads, groups = rule.num_heads, rule.num_kv_heads
-    chosen = queries[:, sinks].float()  # [H, C, d]
+    chosen = (queries if queries_selected else queries[:, sinks]).float()  # [H, C, d]
     grouped = chosen.reshape(groups, heads // groups, *chosen.shape[1:])  # [G, H/G, C, d]
     logits = torch.einsum("gqcd,gnd->gqcn", grouped, keys[:, :width].float())
     logits = logits.reshape(heads, sinks.shape[0], width) * rule.scaling  # [H, C, width]

@@ -10,21 +10,21 @@ import torch
 
 # Elements per temporary [.., D] block; bounds peak memory of the chunked kernels (~128 MB fp32).
 DEFAULT_BLOCK_ELEMENTS = 1 << 25
+# Span kernels work in blocks of ~16 MB fp32: big enough for efficient matmuls, small enough for cache.
+SPAN_BLOCK_ELEMENTS = 1 << 22
 
 
 def proximity(contribution: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """``max(0, |y|_1 − |y − z|_1)`` over the last axis, broadcasting ``z [..., D]`` against ``y [..., D]``.
 
-    Computed term by term as ``z(2y − z) / (|y| + |y − z|)`` (equal to ``|y| − |y − z|``), which avoids
-    the cancellation of subtracting two large L1 norms when the contribution is small.
+    Term by term, with ``s = sign(y)`` (+1 at 0) and ``u = s·z``: ``|y| − |y − z| = min(u, 2|y| − u)``.
+    That is exact where the naive difference of two large L1 norms would cancel: for a contribution
+    that does not overshoot the target (``u ≤ |y|``) the term is ``u`` itself.
     """
     contribution = contribution.float()
     target = target.float()
-    difference = target - contribution
-    denominator = target.abs() + difference.abs()
-    # z · ((2y − z) / (|y| + |y − z|)): the ratio lies in [−1, 1], so no product underflows.
-    ratio = (2 * target - contribution) / denominator.clamp_min(torch.finfo(torch.float32).tiny)
-    terms = contribution * ratio
+    signed = torch.where(target >= 0, contribution, -contribution)  # u
+    terms = torch.minimum(signed, 2 * target.abs() - signed)
     return terms.sum(-1).clamp_min(0.0)
 
 
@@ -45,24 +45,35 @@ def span_edges(
     target: torch.Tensor,
     residual: torch.Tensor,
     *,
-    block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+    block_elements: int | None = None,
 ) -> tuple[torch.Tensor, float]:
     """One layer's edge weights from every source to an aggregated sink set.
 
     alpha_bar: [H, N] summed (weighted) attention of the sinks to each source; values: [G, N, d];
     out_weight: [H, d, D]; target ``Y_S`` and residual ``R_S``: [D].
     Returns ``e [N]`` with ``e_j = Σ_h p[h, j] / (Σ_{j', h} p + r)`` and the denominator (0 → e = 0).
+
+    With ``u = s ⊙ ᾱ[h,j]·v[h,j]`` (s = sign of Y) each proximity is ``Σ_d u − Σ_d relu(2u − 2|Y|)``
+    (see ``proximity``). The sign and ᾱ fold into the small factors of ``v = value · W_O``, so the only
+    [H, c, D] work is one batched matmul writing ``2u − 2|Y|`` and a relu-sum, a block of sources at
+    a time (small blocks stay in cache).
     """
     heads, width = alpha_bar.shape
-    model_width = out_weight.shape[-1]
-    chunk = max(1, block_elements // (heads * model_width))
+    groups, model_width = values.shape[0], out_weight.shape[-1]
     target = target.float()
-    per_source = torch.zeros(width, dtype=torch.float32, device=alpha_bar.device)  # [N]
+    signed_weight = out_weight.float() * torch.where(target >= 0, 1.0, -1.0)  # [H, d, D]
+    weight_sums = signed_weight.sum(-1)  # [H, d]: Σ_d u = (ᾱ·value) · Σ_d W_O'
+    minus_twice_abs = (-2 * target.abs()).expand(heads, 1, model_width)  # [H, 1, D]
+    chunk = max(1, (block_elements or SPAN_BLOCK_ELEMENTS) // (heads * model_width))
+    per_source = torch.empty(width, dtype=torch.float32, device=alpha_bar.device)  # [N]
     for start in range(0, width, chunk):
         stop = min(start + chunk, width)
-        vectors = head_value_vectors(values[:, start:stop], out_weight)  # [H, c, D]
-        contribution = alpha_bar[:, start:stop, None].float() * vectors  # [H, c, D]
-        per_source[start:stop] = proximity(contribution, target).sum(0)
+        block = values[:, start:stop].float().repeat_interleave(heads // groups, dim=0)  # [H, c, d]
+        block = block * alpha_bar[:, start:stop, None].float()  # ᾱ·value: [H, c, d]
+        linear_part = torch.einsum("hcd,hd->hc", block, weight_sums)  # Σ_d u: [H, c]
+        overshoot = torch.baddbmm(minus_twice_abs, block, signed_weight, alpha=2.0)  # 2u − 2|Y|: [H, c, D]
+        proximities = (linear_part - overshoot.relu_().sum(-1)).clamp_min_(0.0)  # [H, c]
+        per_source[start:stop] = proximities.sum(0)
     denominator = float(per_source.sum() + proximity(residual, target))
     if denominator <= 0.0:
         return torch.zeros_like(per_source), 0.0

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..attention import attention_rows, iter_layers, sink_chunks
+from ..attention import iter_layers, sink_chunks
 from ..kernels import span_edges
 from .base import AttributionMethod, SinkScores
 from .registry import register
@@ -30,7 +30,7 @@ class FlashTrace(AttributionMethod):
         width = int(sinks.max()) + 1  # sources after the last sink receive nothing
         scores = torch.zeros(run.num_tokens, dtype=torch.float32)
         notes: list[str] = []
-        for layer in iter_layers(run.adapter, run.capture):
+        for layer in iter_layers(run.adapter, run.capture, run.key_value_cache):
             device = layer.x_mid.device
             weights = sink_weights.to(device=device, dtype=torch.float32)  # [M]
             positions = sinks.to(device)
@@ -40,7 +40,7 @@ class FlashTrace(AttributionMethod):
             row_weights = weights * layer.sink_scale[positions] if layer.sink_scale is not None else weights
             alpha_bar = torch.zeros(layer.rule.num_heads, width, dtype=torch.float32, device=device)
             for part, chunk in sink_chunks(positions, chunk_size):
-                rows = attention_rows(layer.queries, layer.keys, chunk, layer.rule, width)  # [H, C, width]
+                rows = layer.rows(chunk, width)  # [H, C, width]
                 alpha_bar += torch.einsum("hcn,c->hn", rows, row_weights[part])
             edges, denominator = span_edges(alpha_bar, layer.values[:, :width], layer.out_weight, target, residual)
             if denominator == 0.0:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..attention import attention_rows, iter_layers, sink_chunks
+from ..attention import iter_layers, sink_chunks
 from ..kernels import DEFAULT_BLOCK_ELEMENTS, head_value_vectors, token_edges
 from .base import AttributionMethod, SinkScores
 from .registry import register
@@ -31,7 +31,7 @@ class TokenwiseIFR(AttributionMethod):
         sinks, sink_weights = sinks[keep], sink_weights[keep].float()
         width = int(sinks.max()) + 1
         rows = torch.zeros(sinks.shape[0], run.num_tokens, dtype=torch.float32)  # [M, N]
-        for layer in iter_layers(run.adapter, run.capture):
+        for layer in iter_layers(run.adapter, run.capture, run.key_value_cache):
             device = layer.x_mid.device
             positions = sinks.to(device)
             head_vectors = head_value_vectors(layer.values[:, :width], layer.out_weight)  # [H, width, D]
@@ -39,7 +39,7 @@ class TokenwiseIFR(AttributionMethod):
             # Bound the [H, C, width, D] temporary as well as the user's chunk size.
             memory_chunk = max(1, DEFAULT_BLOCK_ELEMENTS // (heads * width * model_width))
             for part, chunk in sink_chunks(positions, min(chunk_size, memory_chunk)):
-                alpha = attention_rows(layer.queries, layer.keys, chunk, layer.rule, width)  # [H, C, width]
+                alpha = layer.rows(chunk, width)  # [H, C, width]
                 if layer.sink_scale is not None:
                     alpha = alpha * layer.sink_scale[chunk][None, :, None]
                 edges = token_edges(alpha, head_vectors, layer.x_mid[chunk], layer.residual(chunk))

@@ -4,9 +4,9 @@ An adapter turns a Hugging Face causal LM into four things per decoder layer:
 
 - hook points: the module whose input is the residual entering the block (``x_in``) and the
   module whose input is the residual after attention (``x_mid``);
-- the attention inputs recomputed from ``x_in`` with the model's own modules: queries and keys
-  after projection, biases, q/k norms and rotary embedding (``[H, N, d]`` and ``[G, N, d]``), and the
-  values ``[G, N, d]`` with the V bias;
+- the attention inputs recomputed from ``x_in`` with the model's own modules: keys after projection,
+  biases, k norm and rotary embedding ``[G, N, d]`` and values with the V bias ``[G, N, d]`` for the
+  whole sequence, and queries ``[H, C, d]`` for just the C sinks a trace needs;
 - the output projection split per head, ``[H, d, D]``, and its bias (kept with the residual);
 - the score rules: scaling, logit soft-capping, sliding window.
 
@@ -70,12 +70,13 @@ class ArchitectureAdapter(Protocol):
 
     def attention_rule(self, index: int) -> AttentionRule: ...
 
-    def project(self, index: int, x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``x_in [N, D]`` -> queries ``[H, N, d]``, keys ``[G, N, d]``, values ``[G, N, d]``.
+    def keys_values(self, index: int, x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x_in [N, D]`` -> keys ``[G, N, d]`` as the model multiplies them (norms, biases, rotary
+        applied) and values ``[G, N, d]`` with the V bias."""
 
-        Queries and keys are what the model multiplies (norms, biases and rotary applied);
-        values include the V bias.
-        """
+    def queries(self, index: int, x_rows: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
+        """Queries ``[H, C, d]`` of the C rows ``x_rows [C, D]`` at ``positions [C]`` of a sequence of
+        ``length`` tokens (norms, biases and rotary applied)."""
 
     def output_projection(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-head output weights ``[H, d, D]`` and the output bias ``[D]`` (or None)."""

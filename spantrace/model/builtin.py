@@ -211,8 +211,7 @@ def acquire_entry_lock(entry: Path) -> BaseFileLock:
         ) from exc
     except OSError as exc:
         raise ModelLoadError(
-            f"Could not create the model cache in {entry.parent}: {exc}. "
-            f"Set {CACHE_ENV_VAR} to a writable folder."
+            f"Could not create the model cache in {entry.parent}: {exc}. Set {CACHE_ENV_VAR} to a writable folder."
         ) from exc
     return lock
 

@@ -54,17 +54,26 @@ class GPT2Adapter:
             sliding_window=None,
         )
 
-    def project(self, index: int, x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        block = self._blocks[index]
-        attention = block.attn
-        hidden = block.ln_1(x_in)  # [N, D]
-        n = hidden.shape[0]
-        queries, keys, values = attention.c_attn(hidden).split(attention.split_size, dim=-1)
+    def _projection(self, index: int, part: int, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden [C, D]`` through one third of the fused Conv1D ``c_attn`` (0 = q, 1 = k, 2 = v)."""
+        c_attn = self._blocks[index].attn.c_attn  # Conv1D: weight [D, 3D], bias [3D]
+        width = c_attn.weight.shape[1] // 3
+        columns = slice(part * width, (part + 1) * width)
+        return torch.addmm(c_attn.bias[columns], hidden, c_attn.weight[:, columns])
 
-        def heads(t: torch.Tensor) -> torch.Tensor:
-            return t.view(n, attention.num_heads, attention.head_dim).transpose(0, 1)  # [H, N, d]
+    def _heads(self, index: int, t: torch.Tensor) -> torch.Tensor:
+        attention = self._blocks[index].attn
+        return t.view(t.shape[0], attention.num_heads, attention.head_dim).transpose(0, 1)  # [H, C, d]
 
-        return heads(queries), heads(keys), heads(values)
+    def keys_values(self, index: int, x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self._blocks[index].ln_1(x_in)  # [N, D]
+        return self._heads(index, self._projection(index, 1, hidden)), self._heads(
+            index, self._projection(index, 2, hidden)
+        )
+
+    def queries(self, index: int, x_rows: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
+        hidden = self._blocks[index].ln_1(x_rows)  # [C, D]; positions are already in x (learned)
+        return self._heads(index, self._projection(index, 0, hidden))
 
     def output_projection(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         attention = self._blocks[index].attn

@@ -110,40 +110,59 @@ class LlamaStyleAdapter:
             sliding_window=int(window) if window else None,
         )
 
-    def _rotary_tables(self, index: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = x.shape[-2]
+    def _rotary_tables(self, index: int, like: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [1, length, d] for positions 0…length−1 (dynamic rope sees the whole sequence)."""
         layer_type = self._layer_type(index) if _rotary_takes_layer_type(self._rotary) else None
-        key = (layer_type, n, x.device, x.dtype)
+        key = (layer_type, length, like.device, like.dtype)
         if key not in self._cos_sin:
-            positions = torch.arange(n, device=x.device)[None]  # [1, N]
+            positions = torch.arange(length, device=like.device)[None]  # [1, N]
+            dummy = like.new_zeros(1, length, like.shape[-1])
             if layer_type is None:
-                tables = self._rotary(x[None], positions)
+                tables = self._rotary(dummy, positions)
             else:
-                tables = self._rotary(x[None], positions, layer_type)
-            self._cos_sin = {key: tables}  # keep only the latest length
+                tables = self._rotary(dummy, positions, layer_type)
+            if len(self._cos_sin) > 8:
+                self._cos_sin.clear()
+            self._cos_sin[key] = tables
         return self._cos_sin[key]
 
-    def project(self, index: int, x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _projection(self, index: int, part: str, hidden: torch.Tensor) -> torch.Tensor:
+        """``hidden [C, D]`` through the q, k or v projection (bias included) -> [C, heads·d]."""
+        attention = self._attention(index)
+        if not hasattr(attention, "qkv_proj"):
+            return getattr(attention, f"{part}_proj")(hidden)
+        rule = self.attention_rule(index)  # Phi-3: slice the fused weight, don't compute all three
+        q_size, kv_size = rule.num_heads * rule.head_dim, rule.num_kv_heads * rule.head_dim
+        start, size = {"q": (0, q_size), "k": (q_size, kv_size), "v": (q_size + kv_size, kv_size)}[part]
+        fused = attention.qkv_proj
+        bias = fused.bias[start : start + size] if fused.bias is not None else None
+        return nn.functional.linear(hidden, fused.weight[start : start + size], bias)
+
+    def keys_values(self, index: int, x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         attention = self._attention(index)
         rule = self.attention_rule(index)
         hidden = self._layers[index].input_layernorm(x_in)  # [N, D]
         n = hidden.shape[0]
-        if hasattr(attention, "qkv_proj"):  # Phi-3
-            fused = attention.qkv_proj(hidden)
-            q_size = rule.num_heads * rule.head_dim
-            kv_size = rule.num_kv_heads * rule.head_dim
-            queries, keys, values = fused.split([q_size, kv_size, kv_size], dim=-1)
-        else:
-            queries, keys, values = attention.q_proj(hidden), attention.k_proj(hidden), attention.v_proj(hidden)
-        queries = queries.view(n, rule.num_heads, rule.head_dim).transpose(0, 1)  # [H, N, d]
-        keys = keys.view(n, rule.num_kv_heads, rule.head_dim).transpose(0, 1)  # [G, N, d]
-        values = values.view(n, rule.num_kv_heads, rule.head_dim).transpose(0, 1)  # [G, N, d]
-        if hasattr(attention, "q_norm"):  # Qwen3, Gemma 3: per-head RMSNorm before rotary
-            queries = attention.q_norm(queries)
+        keys = self._projection(index, "k", hidden).view(n, rule.num_kv_heads, rule.head_dim).transpose(0, 1)
+        values = self._projection(index, "v", hidden).view(n, rule.num_kv_heads, rule.head_dim).transpose(0, 1)
+        if hasattr(attention, "k_norm"):  # Qwen3, Gemma 3: per-head RMSNorm before rotary
             keys = attention.k_norm(keys)
-        cos, sin = self._rotary_tables(index, hidden)
-        queries, keys = self._rotate(queries[None], keys[None], cos, sin)
-        return queries[0], keys[0], values
+        cos, sin = self._rotary_tables(index, hidden, n)
+        _, keys = self._rotate(keys[None], keys[None], cos, sin)
+        return keys[0], values  # [G, N, d] each
+
+    def queries(self, index: int, x_rows: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
+        attention = self._attention(index)
+        rule = self.attention_rule(index)
+        hidden = self._layers[index].input_layernorm(x_rows)  # [C, D]
+        c = hidden.shape[0]
+        queries = self._projection(index, "q", hidden).view(c, rule.num_heads, rule.head_dim).transpose(0, 1)
+        if hasattr(attention, "q_norm"):
+            queries = attention.q_norm(queries)
+        cos, sin = self._rotary_tables(index, hidden, length)
+        positions = positions.to(cos.device)
+        queries, _ = self._rotate(queries[None], queries[None], cos[:, positions], sin[:, positions])
+        return queries[0]  # [H, C, d]
 
     def output_projection(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         rule = self.attention_rule(index)

@@ -36,10 +36,17 @@ logger = logging.getLogger(__name__)
 GGUF_MAGIC = b"GGUF"
 GGUF_MIN_HEADER_BYTES = 24  # magic, version, tensor count, metadata count
 DTYPES_BY_NAME = {
-    "float32": torch.float32, "fp32": torch.float32, "float": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "float64": torch.float64, "fp64": torch.float64, "double": torch.float64,
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+    "double": torch.float64,
 }
 # "name" or "owner/name": the shape of a hub id. Anything else with a separator is taken as a path.
 HUB_ID_PATTERN = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -138,9 +145,7 @@ def place(model: PreTrainedModel, dtype: torch.dtype | None, device: torch.devic
         try:
             model = model.to(device)
         except Exception as exc:
-            raise ModelLoadError(
-                f"Could not move the model to {device} ({type(exc).__name__}: {exc})."
-            ) from exc
+            raise ModelLoadError(f"Could not move the model to {device} ({type(exc).__name__}: {exc}).") from exc
     return model.eval()
 
 
@@ -198,7 +203,7 @@ def load_gguf(path: Path, dtype: torch.dtype, want_tokenizer: bool) -> LoadedMod
             f"transformers cannot read from GGUF. Cause: {type(exc).__name__}: {exc}"
         ) from exc
     found = optional(lambda: builtin.read_gguf_tokenizer(path), str(path), want_tokenizer)
-    return LoadedModel(place(model, None, None), found, str(path))
+    return LoadedModel(model, found, str(path))
 
 
 def check_gguf_header(path: Path) -> None:
@@ -206,9 +211,7 @@ def check_gguf_header(path: Path) -> None:
     with path.open("rb") as stream:
         header = stream.read(GGUF_MIN_HEADER_BYTES)
     if header[:4] != GGUF_MAGIC:
-        raise ModelLoadError(
-            f"{path} is not a valid GGUF file: it does not start with the bytes 'GGUF'. {SOURCE_HELP}"
-        )
+        raise ModelLoadError(f"{path} is not a valid GGUF file: it does not start with the bytes 'GGUF'. {SOURCE_HELP}")
     if len(header) < GGUF_MIN_HEADER_BYTES:
         raise ModelLoadError(f"{path} is not a valid GGUF file: it ends inside its header (truncated).")
 
@@ -220,15 +223,13 @@ def load_folder(path: Path, dtype: torch.dtype, want_tokenizer: bool) -> LoadedM
     if not (path / "config.json").is_file():
         ggufs = sorted(child.name for child in path.glob("*.gguf"))
         hint = f" To load a GGUF file in it, pass its path, e.g. {path / ggufs[0]}." if ggufs else ""
-        raise ModelLoadError(
-            f"{path} is a folder without config.json, so not a model folder.{hint} {SOURCE_HELP}"
-        )
+        raise ModelLoadError(f"{path} is a folder without config.json, so not a model folder.{hint} {SOURCE_HELP}")
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     except Exception as exc:
         raise ModelLoadError(f"Could not load the model in {path}: {type(exc).__name__}: {exc}") from exc
     found = optional(lambda: AutoTokenizer.from_pretrained(path), str(path), want_tokenizer)
-    return LoadedModel(place(model, None, None), found, str(path))
+    return LoadedModel(model, found, str(path))
 
 
 def load_hub(repo_id: str, dtype: torch.dtype, want_tokenizer: bool) -> LoadedModel:
@@ -244,7 +245,7 @@ def load_hub(repo_id: str, dtype: torch.dtype, want_tokenizer: bool) -> LoadedMo
             "folder saved with save_pretrained or a .gguf file, or pass nothing to use the built-in model."
         ) from exc
     found = optional(lambda: AutoTokenizer.from_pretrained(repo_id), repo_id, want_tokenizer)
-    return LoadedModel(place(model, None, None), found, repo_id)
+    return LoadedModel(model, found, repo_id)
 
 
 def wrap_model(model: Any, dtype: torch.dtype | None, device: torch.device | None) -> LoadedModel:

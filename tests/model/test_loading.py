@@ -33,8 +33,13 @@ def tiny_llama(seed: int = 0) -> PreTrainedModel:
     """A 2-layer random llama with 64 tokens, in train mode as from_config leaves it."""
     torch.manual_seed(seed)
     config = AutoConfig.for_model(
-        "llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, vocab_size=64,
+        "llama",
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=64,
     )
     return AutoModelForCausalLM.from_config(config)
 
@@ -60,8 +65,11 @@ def same_weights(first: PreTrainedModel, second: PreTrainedModel) -> bool:
 def run_python(code: str, **env: str) -> subprocess.Popen[str]:
     """Start ``code`` in a fresh interpreter at the repository root; stdout and stderr are captured."""
     return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code)], cwd=REPO_ROOT, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=REPO_ROOT,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **env},
     )
 
@@ -106,9 +114,7 @@ def test_folder_with_tokenizer_files_loads_the_tokenizer(tiny_folder):
     assert loaded.tokenizer("the cat sat").input_ids == [1, 2, 3]
 
 
-@pytest.mark.parametrize(
-    ("dtype", "expected"), [("bfloat16", torch.bfloat16), (torch.float16, torch.float16)]
-)
+@pytest.mark.parametrize(("dtype", "expected"), [("bfloat16", torch.bfloat16), (torch.float16, torch.float16)])
 def test_folder_loads_in_the_asked_dtype(tiny_folder, dtype, expected):
     assert load_hf(str(tiny_folder[0]), dtype=dtype).model.dtype == expected
 
@@ -148,8 +154,16 @@ def test_relative_path_like_names_are_not_sent_to_the_hub(name):
 
 @pytest.mark.parametrize(
     ("name", "is_path"),
-    [("gpt2", False), ("HuggingFaceTB/SmolLM2-135M", False), ("./gpt2", True), ("~/models/x", True),
-     ("x.GGUF", True), ("/abs/model", True), ("a/b/c", True), ("bad name", True)],
+    [
+        ("gpt2", False),
+        ("HuggingFaceTB/SmolLM2-135M", False),
+        ("./gpt2", True),
+        ("~/models/x", True),
+        ("x.GGUF", True),
+        ("/abs/model", True),
+        ("a/b/c", True),
+        ("bad name", True),
+    ],
 )
 def test_looks_like_path(name, is_path):
     assert looks_like_path(name) == is_path
@@ -391,7 +405,7 @@ def test_cached_load_is_fast_and_gives_the_gguf_logits(first_load):
     assert seconds < 2.0
     assert cached.model is not first_load.loaded.model
     input_ids = cached.tokenizer(SAMPLE_TEXT, return_tensors="pt").input_ids
-    assert input_ids.tolist() == first_load.loaded.tokenizer(SAMPLE_TEXT).input_ids
+    assert input_ids[0].tolist() == first_load.loaded.tokenizer(SAMPLE_TEXT).input_ids
     with torch.no_grad():
         torch.testing.assert_close(cached.model(input_ids).logits, first_load.loaded.model(input_ids).logits)
     chat = [{"role": "user", "content": "Hi"}]
@@ -441,3 +455,14 @@ def test_two_processes_loading_the_builtin_into_an_empty_cache_both_succeed(tmp_
     assert [worker.returncode for worker in workers] == [0, 0], outcomes
     assert [stdout.strip() for stdout, _ in outcomes] == ["Paris", "Paris"]
     assert builtin.is_complete(tmp_path / "models" / builtin.cache_entry().name)
+
+
+@pytest.mark.slow
+def test_gguf_file_path_loads_model_and_its_tokenizer(first_load):
+    path = builtin.find_builtin_gguf()
+    loaded = load_hf(str(path))
+    assert loaded.model_id == str(path) and not loaded.model.training
+    assert loaded.model is not first_load.loaded.model
+    input_ids = loaded.tokenizer(SAMPLE_TEXT, return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(input_ids).logits, first_load.loaded.model(input_ids).logits)
