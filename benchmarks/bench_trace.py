@@ -4,8 +4,8 @@
 
 Each (length, job) runs in a fresh process so its peak RSS is its own. The sequence is text from
 the shared public-domain haystack (or random ids when it is absent): the first 3/4 is the prompt,
-the rest the "generation"; the traced span is its last 32 tokens, with one recursive hop over the
-whole generation (the paper's default, T ∪ O).
+the rest the "generation" (``--prompt-share``); the traced span is its last 32 tokens, with one
+recursive hop over the whole generation (the paper's default, T ∪ O).
 """
 
 from __future__ import annotations
@@ -21,6 +21,26 @@ from pathlib import Path
 
 HAYSTACK = Path(__file__).resolve().parents[2] / "shared" / "data" / "haystack_public_domain.txt"
 JOBS = ("forward", "flashtrace", "ifr")
+PROMPT_SHARE = 0.75  # set by --prompt-share
+
+
+def tiny_model():
+    """A small random Llama for --smoke runs (no download, seconds)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    import spantrace
+
+    config = AutoConfig.for_model(
+        "llama",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=50000,
+        max_position_embeddings=4096,
+    )
+    return spantrace.Model(AutoModelForCausalLM.from_config(config).eval(), model_id="tiny-random-llama")
 
 
 def token_ids(model, length: int):
@@ -41,11 +61,12 @@ def measure(job: str, length: int, source: str | None) -> dict:
     import spantrace
 
     torch.manual_seed(0)
-    model = spantrace.load(source)
+    model = tiny_model() if source == "tiny" else spantrace.load(source)
     ids = token_ids(model, length)
-    prompt_length = length * 3 // 4
-    span = (length - 32, length)
-    row = {"job": job, "tokens": length, "threads": torch.get_num_threads()}
+    prompt_length = int(length * PROMPT_SHARE)
+    span = (length - min(32, (length - prompt_length) // 2), length)
+    row = {"job": job, "tokens": length, "prompt_tokens": prompt_length, "span": list(span)}
+    row["threads"] = torch.get_num_threads()
     if job == "forward":  # what the model itself costs: one sdpa forward pass with logits
         with torch.inference_mode():
             started = time.perf_counter()
@@ -63,23 +84,29 @@ def measure(job: str, length: int, source: str | None) -> dict:
     return row
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 2000, 4000])
     parser.add_argument("--jobs", nargs="+", default=["forward", "flashtrace"], choices=JOBS)
     parser.add_argument("--model", default=None, help="model source (default: the built-in model)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/trace.json"))
+    parser.add_argument("--smoke", action="store_true", help="a tiny random model at 64 and 128 tokens, all jobs")
     parser.add_argument("--one", nargs=2, metavar=("JOB", "LENGTH"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    parser.add_argument("--prompt-share", type=float, default=0.75, help="prompt / total tokens (rest: generation)")
+    args = parser.parse_args(argv)
+    global PROMPT_SHARE
+    PROMPT_SHARE = args.prompt_share
+    if args.smoke:
+        args.model, args.lengths, args.jobs = "tiny", [64, 128], list(JOBS)
     if args.one:  # child process
         print(json.dumps(measure(args.one[0], int(args.one[1]), args.model)))
-        return
+        return []
     rows = []
     print(f"{'tokens':>7} {'job':>11} {'seconds':>9} {'× forward':>10} {'peak RSS GiB':>13}")
     for length in args.lengths:
         forward = None
         for job in args.jobs:
-            command = [sys.executable, __file__, "--one", job, str(length)]
+            command = [sys.executable, __file__, "--one", job, str(length), "--prompt-share", str(args.prompt_share)]
             if args.model:
                 command += ["--model", args.model]
             done = subprocess.run(command, capture_output=True, text=True)
@@ -97,6 +124,7 @@ def main() -> None:
     meta = {"machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version()}
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"wrote {args.out}")
+    return rows
 
 
 if __name__ == "__main__":
