@@ -18,7 +18,7 @@ from .errors import (
     SpanTraceError,
     UnsupportedArchitectureError,
 )
-from .methods.registry import available_methods
+from .methods.registry import available_methods, list_methods
 from .model.builtin import DEFAULT_MODEL
 from .model.registry import SUPPORTED_ARCHITECTURES
 from .result import TopToken, TraceResult
@@ -38,5 +38,6 @@ __all__ = [
     "UnsupportedArchitectureError",
     "__version__",
     "available_methods",
+    "list_methods",
     "load",
 ]

@@ -185,6 +185,7 @@ class Run:
         recursive: str = "generation",
         stop_tokens: bool = False,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        method_options: dict[str, Any] | None = None,
     ) -> TraceResult:
         """Score every position for the generated ``span = (start, end)`` (end exclusive).
 
@@ -192,6 +193,7 @@ class Run:
         tokens up to the span end (T ∪ O) as the recursive sinks, ``"reasoning"`` those before it (T).
         ``stop_tokens=True`` soft-deletes punctuation/whitespace tokens: zero sink weight, zero score.
         ``chunk_size`` sinks are scored at a time (memory O(chunk · N · H)); it never changes results.
+        ``method_options`` go to the method (e.g. ``{"steps": 64}`` for integrated gradients).
         """
         start, end = self._check_span(span)
         if not isinstance(hops, int) or isinstance(hops, bool) or hops < 0:
@@ -200,7 +202,7 @@ class Run:
             raise SpanTraceError(f"recursive must be one of {RECURSIVE_SPANS}; got {recursive!r}")
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise SpanTraceError(f"chunk_size must be a positive whole number; got {chunk_size!r}")
-        attribution = get_method(method)
+        attribution = get_method(method, **(method_options or {}))
         started = time.perf_counter()
         traced = trace_hops(
             attribution,
@@ -228,7 +230,7 @@ class Run:
             rho=[float(r) for r in traced.rho],
             recursive_span=traced.recursive_span,
             timings=timings,
-            info=self._info(method, hops, recursive, stop_tokens, chunk_size, traced.notes),
+            info=self._info(method, hops, recursive, stop_tokens, chunk_size, method_options, traced.notes),
             rows=traced.rows.numpy().astype(np.float32) if traced.rows is not None else None,
             row_positions=[int(p) for p in traced.row_positions] if traced.row_positions is not None else None,
         )
@@ -252,7 +254,7 @@ class Run:
             )
         return start, end
 
-    def _info(self, method, hops, recursive, stop_tokens, chunk_size, notes) -> dict[str, Any]:
+    def _info(self, method, hops, recursive, stop_tokens, chunk_size, method_options, notes) -> dict[str, Any]:
         import transformers
 
         from . import __version__
@@ -262,6 +264,7 @@ class Run:
             "architecture": self.adapter.name,
             "method": method,
             "options": {"hops": hops, "recursive": recursive, "stop_tokens": stop_tokens, "chunk_size": chunk_size},
+            "method_options": dict(method_options or {}),
             "versions": {
                 "spantrace": __version__,
                 "torch": torch.__version__,

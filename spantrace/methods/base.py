@@ -32,6 +32,8 @@ class AttributionMethod(ABC):
 
     name: ClassVar[str]
     description: ClassVar[str]
+    cost: ClassVar[str] = ""  # cost class shown by `spantrace methods`, e.g. "O(k·forward)"
+    signed: ClassVar[bool] = False  # scores may be negative (hop weights and ρ then use the positive part)
 
     @abstractmethod
     def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:

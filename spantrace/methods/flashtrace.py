@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 class FlashTrace(AttributionMethod):
     name = "flashtrace"
     description = "Span-aggregated Information Flow Routes in one pass (FlashTrace), with recursive hops."
+    cost = "O(M·N·H + N·H·D) per layer, one pass"
 
     @torch.inference_mode()
     def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:

@@ -2,7 +2,8 @@
 
 Hop 0 scores the span O. Hop k ≥ 1 uses the recursive span G as sinks, weighted by the previous
 hop's scores on G. ``ρ_0 = Σ_G s⁰ / Σ s⁰`` and ``ρ_k = ρ_{k−1} · Σ_G sᵏ / Σ sᵏ``; the final score is
-``m ⊙ s⁰ + Σ_{k≥1} ρ_{k−1} · m ⊙ sᵏ`` with m = 1 on the prompt. One loop for every method.
+``m ⊙ s⁰ + Σ_{k≥1} ρ_{k−1} · m ⊙ sᵏ`` with m = 1 on the prompt. One loop for every method; for
+methods with signed scores, ρ and the hop weights use the positive part of the scores.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ def recursive_span(span: tuple[int, int], prompt_length: int, mode: str) -> tupl
 
 
 def _share(scores: torch.Tensor, region: tuple[int, int]) -> float:
-    """Σ_G s / Σ s in float64, within [0, 1]; 0 when there is no mass at all."""
-    scores = scores.double()
+    """Σ_G s / Σ s in float64 over the positive part of s, within [0, 1]; 0 when there is no mass at all."""
+    scores = scores.double().clamp_min(0.0)
     total = float(scores.sum())
     if total <= 0:
         return 0.0
@@ -86,8 +87,9 @@ def trace_hops(
     region_positions = torch.arange(*region)
     for hop in range(1, hops + 1):
         started = time.perf_counter()
-        previous = hop_scores[-1][region[0] : region[1]]
-        mass = float(previous.sum())
+        # Signed methods (gradients, occlusion, LRP) weigh the recursive sinks by their positive part.
+        previous = hop_scores[-1][region[0] : region[1]].clamp_min(0.0)
+        mass = float(previous.double().sum())
         if region_positions.numel() == 0 or mass <= 0:
             notes.append(f"hop {hop}: no score mass on the recursive span {region}; hop scores are 0")
             scores = torch.zeros(num_tokens, dtype=torch.float32)

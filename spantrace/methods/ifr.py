@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 class TokenwiseIFR(AttributionMethod):
     name = "ifr"
     description = "Token-wise Information Flow Routes: one exact row per sink, averaged (slow baseline)."
+    cost = "O(M·N·H·D) per layer"
 
     @torch.inference_mode()
     def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:

@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import inspect
+from dataclasses import dataclass
+from typing import Any
+
 from ..errors import SpanTraceError
 from .base import AttributionMethod
 
 _METHODS: dict[str, type[AttributionMethod]] = {}
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What ``spantrace methods`` shows for one method: its name, one line on it, and its cost class."""
+
+    name: str
+    description: str
+    cost: str  # e.g. "O(M·N) per layer", "O(k·forward)"; "" when a method does not say
 
 
 def register(method: type[AttributionMethod]) -> type[AttributionMethod]:
@@ -16,19 +29,48 @@ def register(method: type[AttributionMethod]) -> type[AttributionMethod]:
     return method
 
 
-def get_method(name: str) -> AttributionMethod:
-    """A fresh instance of the method registered as ``name``."""
+def get_method(name: str, **options: Any) -> AttributionMethod:
+    """A fresh instance of the method registered as ``name``; ``options`` go to its constructor."""
     _load_builtin_methods()
     if name not in _METHODS:
         raise SpanTraceError(f"unknown method {name!r}; available: {', '.join(sorted(_METHODS))}")
-    return _METHODS[name]()
+    method = _METHODS[name]
+    try:
+        inspect.signature(method).bind(**options)
+    except TypeError as error:
+        raise SpanTraceError(f"method {name!r} does not take the options {sorted(options)}: {error}") from error
+    return method(**options)
+
+
+def list_methods() -> list[str]:
+    """The names of every registered method, sorted."""
+    _load_builtin_methods()
+    return sorted(_METHODS)
 
 
 def available_methods() -> dict[str, str]:
     """Registered method names with their one-line descriptions."""
+    return {info.name: info.description for info in describe_methods()}
+
+
+def describe_methods() -> list[MethodInfo]:
+    """Name, one-line description and cost class of every registered method, sorted by name."""
     _load_builtin_methods()
-    return {name: _METHODS[name].description for name in sorted(_METHODS)}
+    return [
+        MethodInfo(name=name, description=_METHODS[name].description, cost=getattr(_METHODS[name], "cost", ""))
+        for name in sorted(_METHODS)
+    ]
 
 
 def _load_builtin_methods() -> None:
-    from . import flashtrace, ifr  # noqa: F401  (importing registers them)
+    from . import (  # noqa: F401  (importing registers them)
+        attention_weights,
+        attnlrp,
+        flashtrace,
+        grad_input,
+        ifr,
+        ifr_rollout,
+        integrated_gradients,
+        occlusion,
+        rollout,
+    )

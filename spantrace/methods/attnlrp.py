@@ -1,0 +1,198 @@
+"""AttnLRP (Achtibat et al., ICML 2024): layer-wise relevance of the span's target logits.
+
+``f = Σ_i w_i · z_i`` with ``z_i`` the logit of sink i's token at position i − 1 (teacher forcing).
+One forward pass of the model, rewritten here from its own modules so that the backward pass follows
+the LRP rules of ``lrp_rules`` (ε-rule on linears, identity rule on norms and the MLP activation,
+uniform rule on ``q·kᵀ``, ``attention · V`` and ``gate ⊙ up``, the paper's softmax rule), then one
+backward pass. A position's score is the relevance of its input embedding, ``Σ_d x_{j,d} ∂f/∂x_{j,d}``
+(signed). Conservation: ``Σ_j score_j + absorbed_by_biases + absorbed_by_softmax = f`` exactly (up to
+rounding); what the embeddings hold alone is ``f`` less the softmax and bias shares.
+
+Supported: the Llama family with pre-norm RMSNorm, rotary embeddings and a gated MLP — ``llama``
+(and SmolLM), ``mistral``, ``qwen2``, ``qwen3``. Others (Gemma's sandwich norms and soft-capping,
+Phi-3's fused projections, GPT-2's LayerNorm) raise ``UnsupportedArchitectureError``.
+Memory: each layer and each chunk of queries is recomputed in the backward pass (checkpointing),
+so the attention probabilities alive at once are O(H · chunk · N).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from ..errors import UnsupportedArchitectureError
+from . import lrp_rules as rules
+from .base import AttributionMethod, SinkScores
+from .objective import Objective, input_embeddings, objective_for, scores_over_run
+from .registry import register
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ..api import Run
+    from ..model.adapter import AttentionRule
+
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+@dataclass(frozen=True)
+class Relevance:
+    """AttnLRP's output with its conservation terms."""
+
+    scores: torch.Tensor  # [N] float32: relevance of each input embedding, 0 from the last sink on
+    target: float  # f = Σ_i w_i z_i
+    absorbed_by_biases: float  # Σ over biases of b · ∂f/∂z
+    absorbed_by_softmax: float  # Σ over attention softmaxes of R(out) − R(in)
+    notes: tuple[str, ...] = ()
+
+
+def check_supported(run: Run) -> None:
+    """Raise UnsupportedArchitectureError unless AttnLRP has a rule for every piece of the run's model."""
+    model, name = run.model.hf_model, run.adapter.name
+    problem = None
+    if name not in SUPPORTED_ARCHITECTURES:
+        problem = f"its architecture is {name!r}"
+    else:
+        layer = model.model.layers[0]
+        pieces = {
+            "self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
+            "mlp": ("gate_proj", "up_proj", "down_proj", "act_fn"),
+        }
+        missing = [
+            f"{part}.{p}" for part, names in pieces.items() for p in names if not hasattr(getattr(layer, part), p)
+        ]
+        if missing:
+            problem = f"its layers lack {', '.join(missing)}"
+        elif any(run.adapter.attention_rule(i).softcap is not None for i in range(run.capture.num_layers)):
+            problem = "it soft-caps attention logits"
+    if problem is not None:
+        raise UnsupportedArchitectureError(
+            f"attnlrp supports {', '.join(SUPPORTED_ARCHITECTURES)} (pre-norm RMSNorm, rotary, gated MLP), but "
+            f"this model cannot be traced with it: {problem}. Use another method, e.g. 'grad-input' or 'flashtrace'."
+        )
+
+
+class LlamaRelevanceModel:
+    """The model's forward pass for positions ``0 … T − 1``, rebuilt from its modules with the LRP rules."""
+
+    def __init__(self, run: Run, ledger: rules.RelevanceLedger | None, chunk_size: int) -> None:
+        self.model = run.model.hf_model
+        self.base: nn.Module = self.model.model
+        self.adapter = run.adapter
+        self.ledger = ledger
+        self.chunk_size = chunk_size
+        attention = self.base.layers[0].self_attn
+        self.rotate = sys.modules[type(attention).__module__].apply_rotary_pos_emb
+
+    def logits(self, embeddings: torch.Tensor, objective: Objective) -> torch.Tensor:
+        """embeddings: [T, D] -> the target logits ``z [M']`` at ``objective.readout``."""
+        positions = torch.arange(embeddings.shape[0], device=embeddings.device)
+        cos, sin = self.base.rotary_emb(embeddings[None], positions[None])  # [1, T, d] each
+        hidden = embeddings
+        for index in range(len(self.base.layers)):
+            hidden = checkpoint(self.layer, index, hidden, cos, sin, use_reentrant=False)
+        readout = objective.readout.to(hidden.device).clone()  # clones: never inference tensors in autograd
+        normed = rules.rms_norm(hidden[readout], self.base.norm)  # [M', D]
+        head = self.model.get_output_embeddings()
+        targets = objective.targets.to(hidden.device).clone()
+        rows = head.weight[targets.to(head.weight.device)].to(normed.device, normed.dtype)  # [M', D]
+        logits = (normed * rows).sum(-1)  # [M']
+        if getattr(head, "bias", None) is not None:
+            logits = rules.add_bias(logits, head.bias[targets.to(head.bias.device)], self.ledger)
+        return logits
+
+    def layer(self, index: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """Decoder layer ``index``: hidden [T, D] -> [T, D]."""
+        block = self.base.layers[index]
+        attention, mlp, ledger = block.self_attn, block.mlp, self.ledger
+        rule = self.adapter.attention_rule(index)
+        length = hidden.shape[0]
+        normed = rules.rms_norm(hidden, block.input_layernorm)  # [T, D]
+        queries = rules.linear(attention.q_proj, normed, ledger).view(length, rule.num_heads, rule.head_dim)
+        keys = rules.linear(attention.k_proj, normed, ledger).view(length, rule.num_kv_heads, rule.head_dim)
+        values = rules.linear(attention.v_proj, normed, ledger).view(length, rule.num_kv_heads, rule.head_dim)
+        if hasattr(attention, "q_norm"):  # Qwen3: per-head RMSNorm before rotary
+            queries, keys = rules.rms_norm(queries, attention.q_norm), rules.rms_norm(keys, attention.k_norm)
+        queries, keys = self.rotate(queries.transpose(0, 1)[None], keys.transpose(0, 1)[None], cos, sin)
+        group = rule.num_heads // rule.num_kv_heads
+        keys = keys[0].repeat_interleave(group, dim=0)  # [H, T, d]
+        values = values.transpose(0, 1).repeat_interleave(group, dim=0)  # [H, T, d]
+        mixed = torch.cat(
+            [
+                checkpoint(
+                    self.attend,
+                    queries[0, :, start : start + self.chunk_size],
+                    keys,
+                    values,
+                    start,
+                    rule,
+                    use_reentrant=False,
+                )
+                for start in range(0, length, self.chunk_size)
+            ],
+            dim=1,
+        )  # [H, T, d]
+        hidden = hidden + rules.linear(attention.o_proj, mixed.transpose(0, 1).reshape(length, -1), ledger)
+        normed = rules.rms_norm(hidden, block.post_attention_layernorm)
+        gate = rules.elementwise(mlp.act_fn, rules.linear(mlp.gate_proj, normed, ledger))  # [T, I]
+        up = rules.linear(mlp.up_proj, normed, ledger)  # [T, I]
+        product = rules.half_gradient(gate) * rules.half_gradient(up)
+        return hidden + rules.linear(mlp.down_proj, product, ledger)
+
+    def attend(
+        self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int, rule: AttentionRule
+    ) -> torch.Tensor:
+        """Attention of the queries at ``start …`` (queries [H, C, d]) over keys/values [H, T, d] -> [H, C, d]."""
+        width = start + queries.shape[1]  # later keys are masked anyway
+        keys, values = keys[:, :width], values[:, :width]
+        logits = rules.half_gradient(queries) @ rules.half_gradient(keys).transpose(1, 2) * rule.scaling  # [H, C, W]
+        sinks = torch.arange(start, width, device=queries.device)[:, None]
+        sources = torch.arange(width, device=queries.device)[None, :]
+        visible = sources <= sinks  # [C, W]
+        if rule.sliding_window is not None:
+            visible &= sources > sinks - rule.sliding_window
+        probabilities = rules.softmax(logits.masked_fill(~visible[None], float("-inf")), self.ledger)
+        return rules.half_gradient(probabilities) @ rules.half_gradient(values)
+
+
+def attnlrp_relevance(
+    run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int = 128, record: bool = False
+) -> Relevance:
+    """Relevance of every input embedding for ``Σ_i w_i z_i``; ``record`` fills the absorbed terms (slower)."""
+    check_supported(run)
+    objective = objective_for(run, sinks, sink_weights)
+    if objective is None:
+        return Relevance(torch.zeros(run.num_tokens), 0.0, 0.0, 0.0, ("no sink can be predicted",))
+    ledger = rules.RelevanceLedger() if record else None
+    ids = torch.tensor(run.token_ids[: objective.length], dtype=torch.long)
+    embeddings = input_embeddings(run, ids)  # [T, D]
+    dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
+    relevance_model = LlamaRelevanceModel(run, ledger, chunk_size)
+    with torch.inference_mode(False), torch.enable_grad():
+        leaf = embeddings.to(dtype).detach().clone().requires_grad_(True)
+        target = relevance_model.logits(leaf, objective) @ objective.weights.to(leaf.device, dtype).clone()
+        (gradient,) = torch.autograd.grad(target, leaf)
+    per_position = (leaf.detach() * gradient).sum(-1)  # [T]
+    return Relevance(
+        scores=scores_over_run(run, per_position),
+        target=float(target.detach()),
+        absorbed_by_biases=ledger.bias if ledger else 0.0,
+        absorbed_by_softmax=ledger.softmax if ledger else 0.0,
+        notes=objective.notes,
+    )
+
+
+@register
+class AttnLRP(AttributionMethod):
+    name = "attnlrp"
+    description = "AttnLRP (Achtibat et al. 2024): LRP relevance of the span's target logits, one backward pass."
+    cost: ClassVar[str] = "O(forward + backward)"
+    signed: ClassVar[bool] = True  # scores can be negative
+
+    def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
+        relevance = attnlrp_relevance(run, sinks, sink_weights, chunk_size=chunk_size)
+        return SinkScores(scores=relevance.scores, notes=relevance.notes)

@@ -1,0 +1,137 @@
+"""The objective the gradient and perturbation methods explain: the span's teacher-forced log-probability.
+
+``f(x) = Σ_i w_i · log p(t_i | t_<i)`` over the sinks i with weights w_i. Teacher forcing: the token at
+sink position i is *predicted by the logits at position i − 1*, so ``f`` reads the logits at
+``sinks − 1`` and needs the input only up to the last sink − 1 (later tokens cannot change it; they
+get score 0). A sink at position 0 has nothing to be predicted from and is left out with a note.
+
+Also here: the neutral token (pad, else EOS) that IG and occlusion put in place of real tokens, the
+input embeddings of a run, and a batch size that keeps a batched forward + backward within memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..errors import SpanTraceError
+
+if TYPE_CHECKING:
+    from ..api import Run
+
+# Activation elements one batched forward + backward may hold (~1 GiB in float32).
+ACTIVATION_BUDGET_ELEMENTS = 1 << 28
+
+
+@dataclass(frozen=True)
+class Objective:
+    """Which logits to read and which tokens to score: ``f = Σ_k weights[k] · log p(targets[k] | readout[k])``."""
+
+    readout: torch.Tensor  # [M'] long: positions whose logits predict the sinks (sink − 1)
+    targets: torch.Tensor  # [M'] long: the sinks' token ids
+    weights: torch.Tensor  # [M'] float32
+    length: int  # the forward needs tokens 0 … length − 1 (length = last sink)
+    notes: tuple[str, ...] = ()
+
+
+def objective_for(run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor) -> Objective | None:
+    """The teacher-forced objective of the weighted sinks, or None when no sink can be predicted."""
+    keep = (sinks > 0) & (sink_weights != 0)
+    notes = ("a sink at position 0 has no prefix to be predicted from; left out",) if bool((sinks == 0).any()) else ()
+    if not bool(keep.any()):
+        return None
+    sinks, weights = sinks[keep], sink_weights[keep].float()
+    ids = torch.tensor(run.token_ids, dtype=torch.long)
+    return Objective(readout=sinks - 1, targets=ids[sinks], weights=weights, length=int(sinks.max()), notes=notes)
+
+
+def weighted_log_prob(
+    model: torch.nn.Module,
+    objective: Objective,
+    *,
+    input_ids: torch.Tensor | None = None,
+    inputs_embeds: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``f`` for each sequence of a batch: input_ids [B, T] or inputs_embeds [B, T, D] -> [B] float32.
+
+    Only the logits at ``objective.readout`` are computed (``logits_to_keep``), never ``[T, V]``.
+    """
+    given = input_ids if input_ids is not None else inputs_embeds
+    device = given.device
+    # Clones: the objective may have been made under inference_mode, and autograd cannot save such tensors.
+    readout = objective.readout.to(device).clone()
+    attention_mask = torch.ones(given.shape[:2], dtype=torch.long, device=device)  # no padding: every token is real
+    output = model(
+        input_ids=input_ids,
+        inputs_embeds=inputs_embeds,
+        attention_mask=attention_mask,
+        use_cache=False,
+        logits_to_keep=readout,
+        return_dict=True,
+    )
+    log_probs = torch.log_softmax(output.logits.float(), dim=-1)  # [B, M', V]
+    targets = objective.targets.to(device).clone()[None, :, None].expand(log_probs.shape[0], -1, 1)
+    chosen = log_probs.gather(-1, targets)[..., 0]  # [B, M']
+    return chosen @ objective.weights.to(device).clone()
+
+
+def neutral_token_id(run: Run) -> int:
+    """The id put in place of removed tokens: the tokenizer's or model's pad token, else its EOS token."""
+    tokenizer, config = run.model.tokenizer, run.model.hf_model.config
+    candidates = [
+        getattr(tokenizer, "pad_token_id", None),
+        getattr(config, "pad_token_id", None),
+        getattr(tokenizer, "eos_token_id", None),
+        getattr(config, "eos_token_id", None),
+    ]
+    for candidate in candidates:
+        if isinstance(candidate, (list, tuple)):
+            candidate = candidate[0] if candidate else None
+        if candidate is not None:
+            return int(candidate)
+    raise SpanTraceError(
+        "the model has neither a pad nor an EOS token to use as the neutral token; "
+        "set `model.hf_model.config.pad_token_id` to a harmless token id"
+    )
+
+
+def input_embeddings(run: Run, token_ids: torch.Tensor) -> torch.Tensor:
+    """The model's input embeddings of ``token_ids [..., T]`` -> ``[..., T, D]``, detached, in the model's dtype.
+
+    Uses the model's own embedding module, so scaled embeddings (Gemma) come out as the layers see them.
+    """
+    embedding = run.model.hf_model.get_input_embeddings()
+    with torch.no_grad():
+        return embedding(token_ids.to(embedding.weight.device)).detach().clone()
+
+
+def auto_batch_size(run: Run, length: int, readouts: int, limit: int) -> int:
+    """How many sequences of ``length`` tokens one forward + backward can take within the activation budget."""
+    vocab, width = run.model.hf_model.get_input_embeddings().weight.shape
+    per_sequence = length * run.capture.num_layers * 16 * width + 2 * readouts * vocab
+    return max(1, min(limit, ACTIVATION_BUDGET_ELEMENTS // max(per_sequence, 1)))
+
+
+def scores_over_run(run: Run, per_position: torch.Tensor) -> torch.Tensor:
+    """Place ``per_position [T]`` (the first T positions) into a zero [N] float32 vector."""
+    scores = torch.zeros(run.num_tokens, dtype=torch.float32)
+    scores[: per_position.shape[0]] = per_position.detach().float().cpu()
+    return scores
+
+
+def embedding_gradients(
+    run: Run, objective: Objective, inputs_embeds: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``f`` and ``∂f/∂x`` for a batch of input embeddings ``[B, T, D]`` -> ``([B] float32, [B, T, D])``.
+
+    A fresh forward with gradients on, whatever mode the caller is in (the model may be used under
+    ``inference_mode`` elsewhere); only the embeddings' gradient is computed, never the weights'.
+    """
+    model = run.model.hf_model
+    with torch.inference_mode(False), torch.enable_grad():
+        leaf = inputs_embeds.detach().clone().requires_grad_(True)
+        values = weighted_log_prob(model, objective, inputs_embeds=leaf)  # [B]
+        (gradient,) = torch.autograd.grad(values.sum(), leaf)  # rows are independent: one backward for all
+    return values.detach(), gradient.detach()
