@@ -19,6 +19,7 @@ from .methods.registry import get_method
 from .model.adapter import ArchitectureAdapter
 from .model.registry import adapter_for
 from .result import TraceResult
+from .spans import resolve_span
 
 DEFAULT_CHUNK_SIZE = 128
 
@@ -178,7 +179,7 @@ class Run:
 
     def trace(
         self,
-        span: tuple[int, int],
+        span: tuple[int, int] | str,
         *,
         method: str = "flashtrace",
         hops: int = 1,
@@ -187,7 +188,8 @@ class Run:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         method_options: dict[str, Any] | None = None,
     ) -> TraceResult:
-        """Score every position for the generated ``span = (start, end)`` (end exclusive).
+        """Score every position for the generated ``span``: ``(start, end)`` (end exclusive) or a span spec
+        such as ``"answer"``, ``"sentence:-1"``, ``"regex:PATTERN"`` (all forms: ``spantrace.spans``).
 
         ``hops`` recursive hops trace the reasoning: ``recursive="generation"`` uses the generated
         tokens up to the span end (T ∪ O) as the recursive sinks, ``"reasoning"`` those before it (T).
@@ -195,6 +197,8 @@ class Run:
         ``chunk_size`` sinks are scored at a time (memory O(chunk · N · H)); it never changes results.
         ``method_options`` go to the method (e.g. ``{"steps": 64}`` for integrated gradients).
         """
+        if not isinstance(span, (tuple, list)):
+            span = resolve_span(self, span)
         start, end = self._check_span(span)
         if not isinstance(hops, int) or isinstance(hops, bool) or hops < 0:
             raise SpanTraceError(f"hops must be a whole number ≥ 0; got {hops!r}")

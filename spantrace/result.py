@@ -65,6 +65,24 @@ class TraceResult:
         order = sorted(range(len(prompt)), key=lambda i: (-float(prompt[i]), i))[: max(k, 0)]
         return [TopToken(position=i, token=self.tokens[i], score=float(prompt[i])) for i in order]
 
+    # views (spantrace.render, imported when asked for) ------------------------------------------------
+    def to_html(self, path: str | Path | None = None, *, top_k: int = 10) -> str:
+        """The self-contained HTML report (heatmap per hop, top-k table); also written to ``path`` when given."""
+        from .render.html import render_html
+
+        html = render_html(self, top_k=top_k)
+        if path is not None:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(html, encoding="utf-8")
+        return html
+
+    def show(self, *, top_k: int = 10) -> None:
+        """Print the terminal view: the prompt coloured by score, the span, the top-k tokens, ρ and timings."""
+        from .render.terminal import render_terminal
+
+        render_terminal(self, top_k=top_k)
+
     # JSON ------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -1,0 +1,269 @@
+"""The ``spantrace`` command line: a thin shell that parses options, calls the library and shows the result.
+
+    spantrace trace --prompt "Tom has 3 apples and buys 4 more. How many?" --span answer --html trace.html
+    spantrace methods
+    spantrace models
+
+Every error a person can fix (a bad option, a span that matches nothing, a model that does not load)
+is one line on stderr and exit code 2; progress bars go to stderr, the report to stdout.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from typer.core import TyperGroup
+
+from .api import DEFAULT_CHUNK_SIZE, load
+from .errors import SpanTraceError
+from .methods.hops import RECURSIVE_SPANS
+from .methods.registry import available_methods
+from .model import builtin
+from .model.registry import SUPPORTED_ARCHITECTURES
+from .spans import SPAN_FORMS
+
+USAGE_ERROR = 2  # exit code of every error the user can fix (Click's own usage errors use it too)
+DEFAULT_MAX_NEW_TOKENS = 256
+# Click's base error class, wherever this Typer keeps Click (recent versions vendor it).
+_CLICK_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
+Recursive = Enum("Recursive", {name: name for name in RECURSIVE_SPANS}, type=str)  # --recursive choices
+
+
+def _check_method(name: str) -> str:
+    if name not in available_methods():
+        raise typer.BadParameter(f"unknown method {name!r}; choose from {', '.join(available_methods())}")
+    return name
+
+
+class _OneLineErrors(TyperGroup):
+    """Report usage errors as one line on stderr (exit code 2) instead of Click's usage box."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _CLICK_ERROR as error:  # bad options (exit code 2), unreadable files
+            context = getattr(error, "ctx", None)
+            hint = f" (see '{context.command_path} --help')" if context is not None else ""
+            typer.echo(f"Error: {_one_line(error.format_message())}{hint}", err=True)
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            typer.echo("Aborted.", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+app = typer.Typer(
+    cls=_OneLineErrors,
+    name="spantrace",
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # Click's compact help; the examples keep their lines (\b)
+)
+
+
+@app.callback(invoke_without_command=True)
+def _root(context: typer.Context) -> None:
+    """Explain what a language model's generated text rests on (FlashTrace span attribution).
+
+    \b
+    Example:
+      spantrace trace --prompt "What is 17 + 25?" --span answer --html trace.html
+    """
+    if context.invoked_subcommand is None:
+        typer.echo(context.get_help())
+
+
+TRACE_EXAMPLES = """\b
+Examples:
+  spantrace trace --prompt "Tom has 3 apples and buys 4 more. How many apples does he have?" \\
+      --span answer --html trace.html
+  spantrace trace --prompt-file question.txt --output-file reasoning.txt \\
+      --span boxed --hops 2 --json trace.json
+"""
+
+
+@app.command(epilog=TRACE_EXAMPLES)
+def trace(
+    prompt: Annotated[
+        str | None,
+        typer.Option("--prompt", "-p", metavar="TEXT", help="The prompt (wrapped in the model's chat template)."),
+    ] = None,
+    prompt_file: Annotated[
+        Path | None,
+        typer.Option(metavar="PATH", help="Read the prompt from this UTF-8 file instead.", exists=True, dir_okay=False),
+    ] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "--output", "-o", metavar="TEXT", help="The model's output to trace; generated greedily when left out."
+        ),
+    ] = None,
+    output_file: Annotated[
+        Path | None,
+        typer.Option(metavar="PATH", help="Read the output from this UTF-8 file instead.", exists=True, dir_okay=False),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="SOURCE",
+            help="A hub id, a model folder or a .gguf file. [default: the built-in model]",
+        ),
+    ] = None,
+    span: Annotated[
+        str, typer.Option("--span", "-s", metavar="SPEC", help="What to trace: " + ", ".join(SPAN_FORMS[1:]) + ".")
+    ] = "answer",
+    method: Annotated[
+        str, typer.Option(callback=_check_method, metavar="NAME", help="Attribution method (see `spantrace methods`).")
+    ] = "flashtrace",
+    hops: Annotated[int, typer.Option(min=0, help="Recursive hops through the reasoning.")] = 1,
+    recursive: Annotated[
+        Recursive,
+        typer.Option(help="Sinks of hops ≥ 1: the generation up to the span end, or the reasoning before the span."),
+    ] = Recursive[RECURSIVE_SPANS[0]],
+    top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many top prompt tokens to list.")] = 10,
+    html: Annotated[
+        Path | None, typer.Option("--html", dir_okay=False, metavar="PATH", help="Write the HTML report here.")
+    ] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", dir_okay=False, metavar="PATH", help="Write the result as JSON.")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest generation.")] = DEFAULT_MAX_NEW_TOKENS,
+    chat: Annotated[bool, typer.Option(help="Wrap the prompt in the model's chat template.")] = True,
+    stop_tokens: Annotated[bool, typer.Option(help="Soft-delete punctuation and whitespace tokens.")] = False,
+    chunk_size: Annotated[int, typer.Option(min=1, help="Sinks scored at a time (memory only).")] = DEFAULT_CHUNK_SIZE,
+    dtype: Annotated[str | None, typer.Option(help="Model dtype, e.g. float32, bfloat16.")] = None,
+    device: Annotated[str | None, typer.Option(help="Device, e.g. cpu or cuda.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Trace a span of the model's output back to the prompt tokens it rests on.
+
+    Prints the prompt coloured by score, the top-k tokens, the ρ of each hop and timings; writes an
+    HTML report with --html and the result (read it with spantrace.TraceResult.load) with --json.
+    """
+    prompt_text = _text_option(prompt, prompt_file, "--prompt", required=True)
+    output_text = _text_option(output, output_file, "--output", required=False)
+    progress = not quiet and sys.stderr.isatty()
+    _quiet_transformers()
+    try:
+        with _working("loading the model", progress):
+            started = time.perf_counter()
+            language_model = load(model, dtype=dtype, device=device)
+            load_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        run = language_model.run(
+            prompt_text, output=output_text, chat=chat, max_new_tokens=max_new_tokens, progress=progress
+        )
+        generate_seconds = time.perf_counter() - started - run.capture_seconds
+        with _working("tracing", progress):
+            result = run.trace(
+                span,
+                method=method,
+                hops=hops,
+                recursive=recursive.value,
+                stop_tokens=stop_tokens,
+                chunk_size=chunk_size,
+            )
+    except SpanTraceError as error:
+        _fail(str(error))
+    from .render.terminal import render_terminal
+
+    extra_timings = {"load_s": load_seconds}
+    if output_text is None:
+        extra_timings["generate_s"] = generate_seconds
+    render_terminal(result, top_k=top_k, console=Console(), extra_timings=extra_timings)
+    try:
+        if html is not None:
+            result.to_html(html, top_k=top_k)
+            typer.echo(f"wrote {html}")
+        if json_path is not None:
+            result.save(json_path)
+            typer.echo(f"wrote {json_path}")
+    except OSError as error:
+        _fail(f"could not write {error.filename}: {error.strerror}", code=1)
+
+
+@app.command(epilog="\b\nExample:\n  spantrace methods")
+def methods() -> None:
+    """List the registered attribution methods, one line each."""
+    described = available_methods()
+    width = max(len(name) for name in described)
+    for name, description in described.items():
+        typer.echo(f"{name:<{width}}  {description}")
+
+
+@app.command(epilog="\b\nExample:\n  spantrace models")
+def models() -> None:
+    """List the built-in model and the architectures --model accepts."""
+    try:
+        builtin.find_builtin_gguf()
+        state = "installed"
+        if builtin.is_complete(builtin.cache_entry()):
+            state += ", cached"
+    except SpanTraceError:
+        state = f"not installed: {builtin.INSTALL_LINE}"
+    typer.echo(f"built-in model:\n  {builtin.DEFAULT_MODEL}  SmolLM2-135M-Instruct (the default; {state})")
+    typer.echo("supported architectures (config.model_type):")
+    typer.echo("  " + ", ".join(SUPPORTED_ARCHITECTURES))
+    typer.echo("--model takes a Hugging Face hub id, a folder saved with save_pretrained, or a .gguf file.")
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+
+def _text_option(text: str | None, path: Path | None, name: str, *, required: bool) -> str | None:
+    """The text of ``name`` or of ``name-file``; UsageError unless exactly one is given (or none, if optional)."""
+    if text is not None and path is not None:
+        raise typer.BadParameter("give one of them, not both", param_hint=f"'{name}' / '{name}-file'")
+    if path is not None:
+        try:
+            return path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            message = f"could not read {path} as UTF-8 text ({error})"
+            raise typer.BadParameter(message, param_hint=f"'{name}-file'") from error
+    if text is None and required:
+        raise typer.BadParameter(f"give {name} TEXT or {name}-file PATH", param_hint=f"'{name}'")
+    return text
+
+
+@contextmanager
+def _working(what: str, enabled: bool) -> Iterator[None]:
+    """An open-ended progress bar on stderr while the block runs (hidden when ``enabled`` is False)."""
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True, disable=not enabled) as bar:
+        bar.add_task(what, total=None)
+        yield
+
+
+def _quiet_transformers() -> None:
+    """Hide transformers' own weight-loading bar and warnings: the CLI shows its own progress."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
+def _fail(message: str, *, code: int = USAGE_ERROR) -> NoReturn:
+    typer.echo(f"Error: {_one_line(message)}", err=True)
+    raise typer.Exit(code)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
+
+
+def main() -> None:
+    """The console-script entry point."""
+    app()

@@ -1,0 +1,138 @@
+"""The terminal view of a ``TraceResult`` (Rich): prompt heatmap, traced span, top-k table, ρ, timings.
+
+Colours show the final score of each prompt token; the top-k tokens also carry their rank as a
+superscript and the traced span sits between ⟦ ⟧, so the view still reads without colour (pipes, logs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from rich.color import Color
+from rich.console import Console
+from rich.panel import Panel
+from rich.style import Style
+from rich.table import Table
+from rich.text import Text
+
+from .heat import heat_rgb, intensities, is_dark, is_special, quoted, shown_in_text
+
+if TYPE_CHECKING:
+    from ..result import TraceResult
+
+_SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
+_SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
+_BAR_WIDTH = 20
+_TIMING_NAMES = {"load_s": "load", "generate_s": "generate", "capture_s": "capture", "trace_s": "trace"}
+
+
+def render_terminal(
+    result: TraceResult,
+    *,
+    top_k: int = 10,
+    console: Console | None = None,
+    extra_timings: Mapping[str, float] | None = None,
+) -> None:
+    """Print ``result`` to ``console`` (stdout by default); ``extra_timings`` (e.g. ``load_s``) go first."""
+    console = console or Console()
+    console.print(_header(result))
+    console.print(Panel(_prompt_heatmap(result, top_k), title="prompt · colour = score", title_align="left"))
+    console.print(Panel(_generation(result), title="generation · ⟦traced span⟧", title_align="left"))
+    console.print(_top_table(result, top_k))
+    console.print(_rho_line(result))
+    console.print(_timings_line({**(extra_timings or {}), **result.timings}))
+
+
+def _header(result: TraceResult) -> Text:
+    start, end = result.span
+    info = result.info
+    options = info.get("options", {})
+    header = Text()
+    header.append("spantrace · ", style="bold")
+    header.append(result.method, style="bold cyan")
+    header.append(f" · {info.get('model', '?')}\n")
+    header.append(
+        f"span: tokens {start}…{end - 1} ({end - start} of {result.num_tokens - result.prompt_length} generated)"
+    )
+    header.append(f" · hops: {result.hops}")
+    if result.hops:
+        header.append(f" (recursive: {options.get('recursive', '?')})")
+    return header
+
+
+def _prompt_heatmap(result: TraceResult, top_k: int) -> Text:
+    prompt_length = result.prompt_length
+    heat = intensities(result.scores[:prompt_length])
+    ranks = {entry.position: rank for rank, entry in enumerate(result.top(top_k), start=1)}
+    text = Text()
+    for position in range(prompt_length):
+        token = result.tokens[position]
+        rgb = heat_rgb(float(heat[position]))
+        if rgb is not None:
+            style = Style(bgcolor=Color.from_rgb(*rgb), color="white" if is_dark(float(heat[position])) else "black")
+        else:
+            style = Style(dim=is_special(token))
+        shown = shown_in_text(token)
+        body = shown.rstrip("\n")  # a rank mark goes before a token's line break
+        text.append(body, style=style)
+        if position in ranks:
+            text.append(str(ranks[position]).translate(_SUPERSCRIPT), style="bold magenta")
+        text.append(shown[len(body) :])
+    text.rstrip()
+    return text
+
+
+def _generation(result: TraceResult) -> Text:
+    start, end = result.span
+    text = Text()
+    for position in range(result.prompt_length, result.num_tokens):
+        if position == start:
+            text.append("⟦", style="bold cyan")
+        style = "bold underline cyan" if start <= position < end else "dim"
+        text.append(shown_in_text(result.tokens[position]), style=style)
+        if position == end - 1:
+            text.append("⟧", style="bold cyan")
+    return text
+
+
+def _top_table(result: TraceResult, top_k: int) -> Table:
+    total = float(result.prompt_scores.clip(min=0).sum())
+    top = result.top(top_k)
+    best = top[0].score if top and top[0].score > 0 else 1.0
+    table = Table(title=f"top {len(top)} prompt tokens", title_justify="left", header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("pos", justify="right")
+    table.add_column("token")
+    table.add_column("id", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("", no_wrap=True)
+    for rank, entry in enumerate(top, start=1):
+        share = entry.score / total if total > 0 else 0.0
+        bar = "█" * max(0, round(_BAR_WIDTH * entry.score / best))
+        table.add_row(
+            str(rank),
+            str(entry.position),
+            quoted(entry.token),
+            str(result.token_ids[entry.position]),
+            f"{entry.score:.4g}",
+            f"{share:.1%}",
+            Text(bar, style="rgb(227,26,28)"),
+        )
+    return table
+
+
+def _rho_line(result: TraceResult) -> Text:
+    line = Text("ρ per hop: ", style="bold")
+    line.append("  ".join(f"ρ{str(k).translate(_SUBSCRIPT)} = {rho:.3f}" for k, rho in enumerate(result.rho)))
+    line.append("  (share of each hop's mass that flowed through the reasoning)", style="dim")
+    return line
+
+
+def _timings_line(timings: Mapping[str, float]) -> Text:
+    main = [f"{_TIMING_NAMES[key]} {timings[key]:.2f} s" for key in _TIMING_NAMES if key in timings]
+    hops = [f"hop {key[3:-2]} {value:.2f} s" for key, value in timings.items() if key.startswith("hop")]
+    line = Text("timings: ", style="bold")
+    line.append(" · ".join(main) + (f" ({', '.join(hops)})" if hops else ""))
+    return line
