@@ -3,6 +3,8 @@
     spantrace trace --prompt "Tom has 3 apples and buys 4 more. How many?" --span answer --html trace.html
     spantrace methods
     spantrace models
+    spantrace eval --task niah_single -n 20 --out results.jsonl
+    spantrace report results.jsonl
 
 Every error a person can fix (a bad option, a span that matches nothing, a model that does not load)
 is one line on stderr and exit code 2; progress bars go to stderr, the report to stdout.
@@ -218,6 +220,81 @@ def models() -> None:
     typer.echo("supported architectures (config.model_type):")
     typer.echo("  " + ", ".join(SUPPORTED_ARCHITECTURES))
     typer.echo("--model takes a Hugging Face hub id, a folder saved with save_pretrained, or a .gguf file.")
+
+
+EVAL_EXAMPLES = """\b
+Examples:
+  spantrace eval --task niah_single -n 20 --length 1024 --methods flashtrace,ifr,occlusion --out results.jsonl
+  spantrace report results.jsonl --markdown results.md
+"""
+
+
+@app.command(name="eval", epilog=EVAL_EXAMPLES)
+def eval_(
+    task: Annotated[str, typer.Option(metavar="NAME", help="niah_single, niah_mq_q2/4, niah_mv_v2/4, vt_h<H>_c<C>, "
+                                      "gsm8k, morehopqa, hotpotqa.")],
+    out: Annotated[Path, typer.Option(dir_okay=False, metavar="PATH", help="JSONL results file (resumed if present).")],
+    methods: Annotated[str, typer.Option(metavar="A,B", help="Comma-separated methods.")] = "flashtrace,ifr",
+    samples: Annotated[int, typer.Option("-n", "--samples", min=1, help="How many samples.")] = 10,
+    length: Annotated[int, typer.Option(min=16, help="Prompt length in tokens (RULER tasks).")] = 1024,
+    seed: Annotated[int, typer.Option(help="Seed of the generated tasks.")] = 42,
+    steps: Annotated[int, typer.Option(min=1, help="Deletion steps K.")] = 20,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer.")] = 64,
+    span: Annotated[str, typer.Option(metavar="SPEC", help="The traced span of each answer.")] = "output",
+    hops: Annotated[int, typer.Option(min=0, help="Recursive hops.")] = 1,
+    scope: Annotated[str, typer.Option(help="Ranked tokens: 'user' (the user's text) or 'prompt' (all).")] = "user",
+    stop_tokens: Annotated[str, typer.Option(help="'keep' or 'drop' punctuation-only tokens from ranking.")] = "keep",
+    haystack: Annotated[str | None, typer.Option(help="RULER haystack: essay or noise.")] = None,
+    data_path: Annotated[
+        Path | None, typer.Option(metavar="PATH", help="A task data file instead of the bundled one.")
+    ] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", metavar="SOURCE", help="[default: built-in]")] = None,
+    device: Annotated[str | None, typer.Option(help="Device, e.g. cpu or cuda.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Score attribution methods for faithfulness (RISE, MAS, insertion AUC, Recovery@10%) on a task.
+
+    Writes one JSONL row per (sample, method) as it goes; run it again to resume after a crash.
+    """
+    from .eval.runner import EvalConfig, ResultsFile, run_eval
+
+    names = tuple(name.strip() for name in methods.split(",") if name.strip())
+    for name in names:
+        _check_method(name)
+    config = EvalConfig(task=task, methods=names, n=samples, length=length, seed=seed, steps=steps,
+                        max_new_tokens=max_new_tokens, span=span, hops=hops, scope=scope, stop_tokens=stop_tokens,
+                        haystack=haystack, data_path=str(data_path) if data_path else None)
+    _quiet_transformers()
+    progress = not quiet and sys.stderr.isatty()
+    try:
+        done = len(ResultsFile(out).done()) if out.exists() else 0
+        with _working("loading the model", progress):
+            language_model = load(model, device=device)
+        count = TextColumn("{task.completed}/{task.total}")
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), count, TimeElapsedColumn())
+        with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+            rows = bar.add_task(f"eval {task}", total=samples * len(names), completed=min(done, samples * len(names)))
+            run_eval(language_model, config, out, on_row=lambda _: bar.advance(rows))
+    except SpanTraceError as error:
+        _fail(str(error))
+    typer.echo(f"wrote {out}")
+
+
+@app.command(epilog=EVAL_EXAMPLES)
+def report(
+    results: Annotated[Path, typer.Argument(metavar="RESULTS", exists=True, dir_okay=False, help="JSONL from eval.")],
+    markdown: Annotated[Path | None, typer.Option(dir_okay=False, metavar="PATH", help="Also write it here.")] = None,
+) -> None:
+    """Summarise an eval results file: mean ± s.e. per task and method, and FlashTrace's paired sign tests."""
+    from .eval.report import load_rows, markdown_report
+
+    try:
+        text = markdown_report(load_rows(results))
+    except SpanTraceError as error:
+        _fail(str(error))
+    typer.echo(text)
+    if markdown is not None:
+        markdown.write_text(text + "\n", encoding="utf-8")
 
 
 # --- helpers -----------------------------------------------------------------------------------------
