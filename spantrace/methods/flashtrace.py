@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..attention import iter_layers, sink_chunks
-from ..kernels import span_edges
+from ..kernels import Workspace, span_edges
 from .base import AttributionMethod, SinkScores
 from .registry import register
 
@@ -31,6 +31,7 @@ class FlashTrace(AttributionMethod):
         width = int(sinks.max()) + 1  # sources after the last sink receive nothing
         scores = torch.zeros(run.num_tokens, dtype=torch.float32)
         notes: list[str] = []
+        workspace = Workspace()
         for layer in iter_layers(run.adapter, run.capture, run.key_value_cache):
             device = layer.x_mid.device
             weights = sink_weights.to(device=device, dtype=torch.float32)  # [M]
@@ -43,7 +44,9 @@ class FlashTrace(AttributionMethod):
             for part, chunk in sink_chunks(positions, chunk_size):
                 rows = layer.rows(chunk, width)  # [H, C, width]
                 alpha_bar += torch.einsum("hcn,c->hn", rows, row_weights[part])
-            edges, denominator = span_edges(alpha_bar, layer.values[:, :width], layer.out_weight, target, residual)
+            edges, denominator = span_edges(
+                alpha_bar, layer.values[:, :width], layer.out_weight, target, residual, workspace=workspace
+            )
             if denominator == 0.0:
                 notes.append(f"layer {layer.index}: zero proximity mass, edges set to 0")
             scores[:width] += edges.cpu()

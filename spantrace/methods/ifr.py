@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..attention import iter_layers, sink_chunks
-from ..kernels import DEFAULT_BLOCK_ELEMENTS, head_value_vectors, token_edges
+from ..kernels import DEFAULT_BLOCK_ELEMENTS, Workspace, head_value_vectors, token_edges
 from .base import AttributionMethod, SinkScores
 from .registry import register
 
@@ -32,6 +32,7 @@ class TokenwiseIFR(AttributionMethod):
         sinks, sink_weights = sinks[keep], sink_weights[keep].float()
         width = int(sinks.max()) + 1
         rows = torch.zeros(sinks.shape[0], run.num_tokens, dtype=torch.float32)  # [M, N]
+        workspace = Workspace()
         for layer in iter_layers(run.adapter, run.capture, run.key_value_cache):
             device = layer.x_mid.device
             positions = sinks.to(device)
@@ -43,7 +44,7 @@ class TokenwiseIFR(AttributionMethod):
                 alpha = layer.rows(chunk, width)  # [H, C, width]
                 if layer.sink_scale is not None:
                     alpha = alpha * layer.sink_scale[chunk][None, :, None]
-                edges = token_edges(alpha, head_vectors, layer.x_mid[chunk], layer.residual(chunk))
+                edges = token_edges(alpha, head_vectors, layer.x_mid[chunk], layer.residual(chunk), workspace=workspace)
                 rows[part, :width] += edges.cpu()
         scores = (sink_weights[:, None] * rows).sum(0) / sink_weights.sum()
         return SinkScores(scores=scores, rows=rows, row_positions=sinks)
