@@ -130,15 +130,26 @@ def attention_rows(
     chosen = (queries if queries_selected else queries[:, sinks]).float()  # [H, C, d]
     grouped = chosen.reshape(groups, heads // groups, *chosen.shape[1:])  # [G, H/G, C, d]
     logits = torch.einsum("gqcd,gnd->gqcn", grouped, keys[:, :width].float())
-    logits = logits.reshape(heads, sinks.shape[0], width) * rule.scaling  # [H, C, width]
+    logits = logits.reshape(heads, sinks.shape[0], width).mul_(rule.scaling)  # [H, C, width]
     if rule.softcap is not None:
-        logits = torch.tanh(logits / rule.softcap) * rule.softcap
+        logits.div_(rule.softcap).tanh_().mul_(rule.softcap)
     sources = torch.arange(width, device=queries.device)
     visible = sources[None, :] <= sinks[:, None]  # [C, width]
     if rule.sliding_window is not None:
         visible &= sources[None, :] > sinks[:, None] - rule.sliding_window
-    logits = logits.masked_fill(~visible[None], float("-inf"))
-    return torch.softmax(logits, dim=-1)
+    logits.masked_fill_(~visible[None], float("-inf"))
+    # softmax in place (one [H, C, width] buffer instead of three); every row sees its own sink
+    logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
+    return logits.div_(logits.sum(dim=-1, keepdim=True))
+
+
+# Elements of one chunk's [H, C, width] rows: ~8 MB fp32 keeps them in cache and off the page-fault path.
+ROW_BLOCK_ELEMENTS = 1 << 21
+
+
+def row_chunk_size(chunk_size: int, heads: int, width: int) -> int:
+    """The sink chunk to use: at most ``chunk_size``, and small enough that [H, C, width] stays ~8 MB."""
+    return max(1, min(chunk_size, ROW_BLOCK_ELEMENTS // max(1, heads * width)))
 
 
 def sink_chunks(sinks: torch.Tensor, chunk_size: int) -> Iterator[tuple[slice, torch.Tensor]]:
