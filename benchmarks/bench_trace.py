@@ -1,11 +1,19 @@
-"""Trace time and peak memory against one forward pass, on the built-in model.
+"""Trace time and peak memory against one forward pass, on the built-in model or a random 8B-shaped one.
 
     .venv/bin/python benchmarks/bench_trace.py --lengths 1000 2000 4000 --out benchmarks/results/trace.json
 
-Each (length, job) runs in a fresh process so its peak RSS is its own. The sequence is text from
-the shared public-domain haystack (or random ids when it is absent): the first 3/4 is the prompt,
-the rest the "generation" (``--prompt-share``); the traced span is its last 32 tokens, with one
-recursive hop over the whole generation (the paper's default, T ∪ O).
+On a GPU, a random-weight model shaped like Llama-3-8B or Qwen3-8B (built on the meta device, no download,
+no network; bfloat16; random seeded token ids, as there is no tokenizer):
+
+    python benchmarks/bench_trace.py --shape qwen3-8b --device cuda --lengths 1000 2000 4000 8000 16000 \\
+        --jobs forward flashtrace --out benchmarks/results/trace-qwen3-8b.json
+
+Each (length, job) runs in a fresh process so its peak memory is its own: peak RSS always, and on CUDA
+``torch.cuda.max_memory_allocated`` (weights included). The sequence is text from the shared public-domain
+haystack (or random ids when it is absent or the model has no tokenizer): the first 3/4 is the prompt, the
+rest the "generation" (``--prompt-share``); the traced span is its last 32 tokens, with one recursive hop
+over the whole generation (the paper's default, T ∪ O). The results go to ``--out`` (JSON) and a log–log
+plot of time and peak memory against tokens to ``--plot`` (default: ``--out`` with ``.png``).
 """
 
 from __future__ import annotations
@@ -18,13 +26,83 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+if TYPE_CHECKING:
+    import torch
+
+    import spantrace
 
 HAYSTACK = Path(__file__).resolve().parents[2] / "shared" / "data" / "haystack_public_domain.txt"
 JOBS = ("forward", "flashtrace", "ifr")
 PROMPT_SHARE = 0.75  # set by --prompt-share
+DTYPES = ("bfloat16", "float16", "float32")
+
+# Random-weight stand-ins for real 8B models: the shapes (and so the cost) of the published configs.
+SHAPES: dict[str, dict[str, Any]] = {
+    "llama3-8b": {
+        "model_type": "llama",
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "intermediate_size": 14336,
+        "vocab_size": 128256,
+        "rope_theta": 500000.0,
+        "rms_norm_eps": 1e-5,
+        "max_position_embeddings": 131072,
+        "tie_word_embeddings": False,
+    },
+    "qwen3-8b": {  # Qwen3 attention has RMSNorms on the queries and keys (q_norm, k_norm)
+        "model_type": "qwen3",
+        "hidden_size": 4096,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "intermediate_size": 12288,
+        "vocab_size": 151936,
+        "rope_theta": 1000000.0,
+        "rms_norm_eps": 1e-6,
+        "max_position_embeddings": 131072,
+        "tie_word_embeddings": False,
+    },
+}
 
 
-def tiny_model():
+class Setup(NamedTuple):  # not a dataclass: the tests load this file without registering it as a module
+    """Which model a child process builds, and where."""
+
+    source: str | None = None  # --model: None for the built-in model, "tiny" for --smoke
+    shape: str = "builtin"
+    device: str | None = None  # None: cuda when available, else cpu
+    dtype: str | None = None  # None: the model's default (bfloat16 for the 8B shapes)
+    layers: int | None = None  # scaled-down shapes (tests, CPU checks)
+    hidden: int | None = None
+
+    def argv(self) -> list[str]:
+        """The command-line options that rebuild this setup in a child process."""
+        options = ["--shape", self.shape]
+        for flag, value in (
+            ("--model", self.source),
+            ("--device", self.device),
+            ("--dtype", self.dtype),
+            ("--layers", self.layers),
+            ("--hidden", self.hidden),
+        ):
+            if value is not None:
+                options += [flag, str(value)]
+        return options
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def tiny_model() -> spantrace.Model:
     """A small random Llama for --smoke runs (no download, seconds)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -43,7 +121,104 @@ def tiny_model():
     return spantrace.Model(AutoModelForCausalLM.from_config(config).eval(), model_id="tiny-random-llama")
 
 
-def token_ids(model, length: int):
+def shape_config(shape: str, *, layers: int | None = None, hidden: int | None = None) -> Any:
+    """The transformers config of ``shape``; ``layers`` / ``hidden`` scale it down (heads and MLP in proportion)."""
+    from transformers import AutoConfig
+
+    values = dict(SHAPES[shape])
+    model_type = values.pop("model_type")
+    if layers is not None:
+        values["num_hidden_layers"] = layers
+    if hidden is not None:  # keep head_dim, GQA ratio and MLP ratio; fewer heads
+        scale = hidden / values["hidden_size"]
+        heads = max(1, round(values["num_attention_heads"] * scale))
+        groups = values["num_attention_heads"] // values["num_key_value_heads"]
+        values["hidden_size"] = hidden
+        values["num_attention_heads"] = heads
+        values["num_key_value_heads"] = max(1, heads // groups)
+        values["intermediate_size"] = max(1, round(values["intermediate_size"] * scale))
+    return AutoConfig.for_model(model_type, **values)
+
+
+def init_weights(model: torch.nn.Module, *, seed: int = 0, std: float = 0.02) -> None:
+    """Deterministic weights for a model materialised with ``to_empty``: matrices ~ N(0, std), norm weights 1,
+    biases 0; buffers such as rotary ``inv_freq`` recomputed from the config (``to_empty`` leaves them garbage).
+    """
+    import torch
+
+    generator = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if parameter.ndim >= 2:
+                parameter.normal_(0.0, std, generator=generator)
+            elif name.endswith("bias"):
+                parameter.zero_()
+            else:  # RMSNorm weights (input, post-attention, final, and Qwen3's q_norm / k_norm)
+                parameter.fill_(1.0)
+        for module in model.modules():
+            buffers = dict(module.named_buffers(recurse=False))
+            if not buffers:
+                continue
+            config = getattr(module, "config", None)
+            if config is None:
+                raise RuntimeError(f"cannot recompute the buffers {sorted(buffers)} of {type(module).__name__}")
+            fresh = type(module)(config)  # on the CPU: rotary embeddings compute inv_freq in __init__
+            for name, buffer in fresh.named_buffers(recurse=False):
+                buffers[name].copy_(buffer)
+
+
+def shaped_model(
+    shape: str,
+    *,
+    device: str | None = None,
+    dtype: str = "bfloat16",
+    layers: int | None = None,
+    hidden: int | None = None,
+    seed: int = 0,
+) -> spantrace.Model:
+    """A random-weight model shaped like ``shape`` (see ``SHAPES``), built on the meta device and materialised
+    on ``device`` without a download; checked to give finite logits (which also warms CUDA up)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import spantrace
+
+    device = device or default_device()
+    config = shape_config(shape, layers=layers, hidden=hidden)
+    with torch.device("meta"):
+        hf_model = AutoModelForCausalLM.from_config(config, dtype=getattr(torch, dtype))
+    hf_model.to_empty(device=device)
+    init_weights(hf_model, seed=seed)
+    hf_model.eval()
+    probe = torch.randint(10, config.vocab_size, (1, 16), generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        logits = hf_model(probe.to(device), use_cache=False).logits
+    if not torch.isfinite(logits).all():
+        raise RuntimeError(f"the random {shape} model gives non-finite logits")
+    scaled = "" if layers is None and hidden is None else f"-{config.num_hidden_layers}L-{config.hidden_size}h"
+    return spantrace.Model(hf_model, model_id=f"random-{shape}{scaled}")
+
+
+def build_model(setup: Setup) -> spantrace.Model:
+    """The model ``setup`` names: a random ``--shape``, the --smoke tiny model, or ``spantrace.load(--model)``."""
+    if setup.shape != "builtin":
+        return shaped_model(
+            setup.shape, device=setup.device, dtype=setup.dtype or "bfloat16", layers=setup.layers, hidden=setup.hidden
+        )
+    import torch
+
+    import spantrace
+
+    if setup.source == "tiny":
+        model = tiny_model()
+        if setup.device or setup.dtype:
+            model.hf_model.to(device=setup.device, dtype=getattr(torch, setup.dtype) if setup.dtype else None)
+        return model
+
+    return spantrace.load(setup.source, dtype=setup.dtype, device=setup.device)
+
+
+def token_ids(model: spantrace.Model, length: int) -> torch.Tensor:
     import torch
 
     if HAYSTACK.is_file() and model.tokenizer is not None:
@@ -51,37 +226,124 @@ def token_ids(model, length: int):
         ids = model.tokenizer(text, add_special_tokens=False)["input_ids"][:length]
         if len(ids) == length:
             return torch.tensor(ids)
-    return torch.randint(10, 40000, (length,), generator=torch.Generator().manual_seed(0))
+    vocab = model.hf_model.get_input_embeddings().num_embeddings
+    return torch.randint(10, min(40000, vocab), (length,), generator=torch.Generator().manual_seed(0))
 
 
-def measure(job: str, length: int, source: str | None) -> dict:
-    """Run one job in this process and report seconds and peak RSS."""
+def measure(job: str, length: int, source: str | Setup | None) -> dict:
+    """Run one job in this process and report seconds and peak memory (RSS; on CUDA also the GPU's)."""
+    import numpy as np
     import torch
 
-    import spantrace
-
+    setup = source if isinstance(source, Setup) else Setup(source=source)
     torch.manual_seed(0)
-    model = tiny_model() if source == "tiny" else spantrace.load(source)
+    model = build_model(setup)
+    device = model.device
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        weights = torch.cuda.memory_allocated()
     ids = token_ids(model, length)
     prompt_length = int(length * PROMPT_SHARE)
     span = (length - min(32, (length - prompt_length) // 2), length)
-    row = {"job": job, "tokens": length, "prompt_tokens": prompt_length, "span": list(span)}
+    row: dict[str, Any] = {"job": job, "tokens": length, "prompt_tokens": prompt_length, "span": list(span)}
     row["threads"] = torch.get_num_threads()
+    row.update(model=model.model_id, device=str(device), dtype=str(next(model.hf_model.parameters()).dtype))
     if job == "forward":  # what the model itself costs: one sdpa forward pass with logits
         with torch.inference_mode():
             started = time.perf_counter()
-            model.hf_model(ids[None], use_cache=False)
+            model.hf_model(ids[None].to(device), use_cache=False)
+            if cuda:
+                torch.cuda.synchronize()
             row["seconds"] = time.perf_counter() - started
     else:
         started = time.perf_counter()
-        run = model.run(input_ids=ids, prompt_length=prompt_length)
+        run = model.run(input_ids=ids, prompt_length=prompt_length, progress=False)
+        if cuda:
+            torch.cuda.synchronize()
         capture = time.perf_counter() - started
         result = run.trace(span, method=job, hops=1)
+        if cuda:
+            torch.cuda.synchronize()
         row["seconds"] = time.perf_counter() - started
         row["capture_seconds"] = capture
         row["hop_seconds"] = [result.timings[f"hop{k}_s"] for k in range(2)]
+        row["scores_finite"] = bool(np.isfinite(result.scores).all())
     row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    if cuda:
+        row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        row["weights_gpu_gib"] = weights / 2**30
+        row["gpu"] = torch.cuda.get_device_name(device)
     return row
+
+
+def peak_gib(row: dict) -> float:
+    """The peak memory that matters for ``row``: the GPU's on CUDA runs, else RSS."""
+    return row.get("peak_gpu_gib", row["peak_rss_gib"])
+
+
+def ratios(rows: list[dict]) -> list[dict]:
+    """Per length, flashtrace / forward and ifr / flashtrace in time and peak memory, where both ran."""
+    done = {(row["tokens"], row["job"]): row for row in rows if "error" not in row}
+    out = []
+    for length in dict.fromkeys(row["tokens"] for row in rows):
+        entry: dict[str, Any] = {"tokens": length}
+        for top, bottom in (("flashtrace", "forward"), ("ifr", "flashtrace")):
+            a, b = done.get((length, top)), done.get((length, bottom))
+            if a and b:
+                entry[f"{top}/{bottom}_seconds"] = a["seconds"] / b["seconds"]
+                entry[f"{top}/{bottom}_memory"] = peak_gib(a) / peak_gib(b)
+        if len(entry) > 1:
+            out.append(entry)
+    return out
+
+
+def plot(rows: list[dict], path: Path, title: str) -> bool:
+    """Time and peak memory against tokens, log–log, one line per job; False when matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    gpu = any("peak_gpu_gib" in row for row in rows)
+    lengths = sorted({row["tokens"] for row in rows})
+    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    values: dict[Any, list[float]] = {time_axis: [], memory_axis: []}
+    for job in dict.fromkeys(row["job"] for row in rows):
+        done = sorted((row for row in rows if row["job"] == job and "error" not in row), key=lambda r: r["tokens"])
+        if not done:
+            continue
+        tokens = [row["tokens"] for row in done]
+        values[time_axis] += [row["seconds"] for row in done]
+        values[memory_axis] += [peak_gib(row) for row in done]
+        time_axis.plot(tokens, values[time_axis][-len(done) :], marker="o", label=job)
+        memory_axis.plot(tokens, values[memory_axis][-len(done) :], marker="o", label=job)
+    for axis, label in ((time_axis, "seconds"), (memory_axis, "peak GPU memory, GiB" if gpu else "peak RSS, GiB")):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xticks(lengths, [str(n) for n in lengths])
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        low, high = min(values[axis], default=1.0), max(values[axis], default=1.0)
+        if 0 < low and high < 10 * low:  # less than a decade: a few plain ticks instead of one or none
+            ticks = [low * (high / low) ** (k / 3) for k in range(4)]
+            axis.set_yticks(ticks, [f"{tick:.3g}" for tick in ticks])
+        else:
+            axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.yaxis.set_minor_formatter(NullFormatter())
+        axis.set_xlabel("tokens")
+        axis.set_ylabel(label)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+    time_axis.set_title("time")
+    memory_axis.set_title("peak memory")
+    figure.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -89,41 +351,98 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 2000, 4000])
     parser.add_argument("--jobs", nargs="+", default=["forward", "flashtrace"], choices=JOBS)
     parser.add_argument("--model", default=None, help="model source (default: the built-in model)")
+    parser.add_argument(
+        "--shape",
+        default="builtin",
+        choices=("builtin", *SHAPES),
+        help="builtin: --model (or the built-in model); else a random-weight model of that shape (no download)",
+    )
+    parser.add_argument("--device", default=None, help="cuda, cpu, cuda:1… (default: cuda when available, else cpu)")
+    parser.add_argument("--dtype", default=None, choices=DTYPES, help="default: the model's (bfloat16 for shapes)")
+    parser.add_argument("--layers", type=int, default=None, help=argparse.SUPPRESS)  # scaled-down --shape
+    parser.add_argument("--hidden", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/trace.json"))
-    parser.add_argument("--smoke", action="store_true", help="a tiny random model at 64 and 128 tokens, all jobs")
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of time and memory (default: --out with .png)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a tiny random model (or a 2-layer --shape) at 64 and 128 tokens, all jobs"
+    )
     parser.add_argument("--one", nargs=2, metavar=("JOB", "LENGTH"), help=argparse.SUPPRESS)
     parser.add_argument("--prompt-share", type=float, default=0.75, help="prompt / total tokens (rest: generation)")
     args = parser.parse_args(argv)
     global PROMPT_SHARE
     PROMPT_SHARE = args.prompt_share
     if args.smoke:
-        args.model, args.lengths, args.jobs = "tiny", [64, 128], list(JOBS)
+        args.lengths, args.jobs = [64, 128], list(JOBS)
+        if args.shape == "builtin":
+            args.model = "tiny"
+        else:
+            args.layers, args.hidden = args.layers or 2, args.hidden or 256
+    setup = Setup(args.model, args.shape, args.device, args.dtype, args.layers, args.hidden)
     if args.one:  # child process
-        print(json.dumps(measure(args.one[0], int(args.one[1]), args.model)))
+        print(json.dumps(measure(args.one[0], int(args.one[1]), setup)))
         return []
-    rows = []
-    print(f"{'tokens':>7} {'job':>11} {'seconds':>9} {'× forward':>10} {'peak RSS GiB':>13}")
-    for length in args.lengths:
-        forward = None
-        for job in args.jobs:
-            command = [sys.executable, __file__, "--one", job, str(length), "--prompt-share", str(args.prompt_share)]
-            if args.model:
-                command += ["--model", args.model]
-            done = subprocess.run(command, capture_output=True, text=True)
-            if done.returncode != 0:
-                row = {"job": job, "tokens": length, "error": done.stderr.strip().splitlines()[-1:]}
-                print(f"{length:>7} {job:>11}   failed: {row['error']}")
-                rows.append(row)
-                continue
-            row = json.loads(done.stdout.strip().splitlines()[-1])
-            forward = row["seconds"] if job == "forward" else forward
-            ratio = f"{row['seconds'] / forward:.2f}" if forward else "-"
-            print(f"{length:>7} {job:>11} {row['seconds']:>9.2f} {ratio:>10} {row['peak_rss_gib']:>13.2f}")
-            rows.append(row)
+    rows = run_all(args.lengths, args.jobs, setup)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version()}
-    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    done = [row for row in rows if "error" not in row]
+    meta.update({key: done[0][key] for key in ("model", "device", "dtype", "gpu") if done and key in done[0]})
+    meta.update(shape=args.shape, jobs=args.jobs, lengths=args.lengths)
+    summary = ratios(rows)
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows, "ratios": summary}, indent=2))
     print(f"wrote {args.out}")
+    plot_path = args.plot or args.out.with_suffix(".png")
+    title = f"{meta.get('model', args.shape)} on {meta.get('gpu') or meta.get('device', '?')}"
+    if plot(rows, plot_path, title):
+        print(f"wrote {plot_path}")
+    else:
+        print("matplotlib is not installed: no plot (pip install matplotlib)")
+    return rows
+
+
+def run_all(lengths: list[int], jobs: list[str], setup: Setup) -> list[dict]:
+    """Every (length, job) in its own process, with a progress bar; prints the table as rows come in."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(highlight=False, soft_wrap=True)
+    rows: list[dict] = []
+    header = f"{'tokens':>7} {'job':>11} {'seconds':>9} {'× forward':>10} {'× flashtrace':>13} {'peak RSS GiB':>13}"
+    console.print(header + f" {'peak GPU GiB':>13}")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task("bench", total=len(lengths) * len(jobs))
+        for length in lengths:
+            seconds: dict[str, float] = {}
+            for job in jobs:
+                progress.update(task, description=f"{job} × {length} tokens")
+                command = [sys.executable, __file__, "--one", job, str(length), *setup.argv()]
+                done = subprocess.run(command + ["--prompt-share", str(PROMPT_SHARE)], capture_output=True, text=True)
+                progress.advance(task)
+                if done.returncode != 0:
+                    row = {"job": job, "tokens": length, "error": done.stderr.strip().splitlines()[-1:]}
+                    console.print(f"{length:>7} {job:>11}   failed: {row['error']}")
+                    rows.append(row)
+                    continue
+                row = json.loads(done.stdout.strip().splitlines()[-1])
+                seconds[job] = row["seconds"]
+                cells = [
+                    f"{row['seconds'] / seconds[base]:.2f}" if base in seconds and job in jobs_over else "-"
+                    for base, jobs_over in (("forward", JOBS), ("flashtrace", ("ifr",)))
+                ]
+                gpu = f"{row['peak_gpu_gib']:.2f}" if "peak_gpu_gib" in row else "-"
+                console.print(
+                    f"{length:>7} {job:>11} {row['seconds']:>9.2f} {cells[0]:>10} {cells[1]:>13} "
+                    f"{row['peak_rss_gib']:>13.2f} {gpu:>13}"
+                )
+                rows.append(row)
+    summary = ratios(rows)
+    if summary:
+        console.print(f"\n{'tokens':>7} {'ratio':>19} {'time':>7} {'memory':>7}")
+        for entry in summary:
+            for pair in ("flashtrace/forward", "ifr/flashtrace"):
+                if f"{pair}_seconds" in entry:
+                    time_ratio, memory_ratio = entry[f"{pair}_seconds"], entry[f"{pair}_memory"]
+                    console.print(f"{entry['tokens']:>7} {pair:>19} {time_ratio:>7.2f} {memory_ratio:>7.2f}")
     return rows
 
 

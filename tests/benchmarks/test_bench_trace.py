@@ -5,17 +5,61 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_trace.py"
 
 
-def test_bench_trace_smoke(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
     spec = importlib.util.spec_from_file_location("bench_trace", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_trace_smoke(bench: ModuleType, tmp_path: Path) -> None:
     out = tmp_path / "trace.json"
     rows = bench.main(["--smoke", "--out", str(out)])
     assert {(r["job"], r["tokens"]) for r in rows} == {(j, n) for j in bench.JOBS for n in (64, 128)}
     assert all("error" not in r and r["seconds"] > 0 and r["peak_rss_gib"] > 0 for r in rows)
     saved = json.loads(out.read_text())
     assert saved["rows"] == rows
+    assert {entry["tokens"] for entry in saved["ratios"]} == {64, 128}
+    assert all("ifr/flashtrace_seconds" in entry for entry in saved["ratios"])
+    png = out.with_suffix(".png")
+    assert png.is_file() and png.stat().st_size > 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("shape", "model_type", "vocab"), [("llama3-8b", "llama", 128256), ("qwen3-8b", "qwen3", 151936)]
+)
+def test_scaled_down_shapes_trace(bench: ModuleType, shape: str, model_type: str, vocab: int) -> None:
+    """The 8B shapes, cut to 2 layers and hidden 256, build on the meta device, materialise and trace on the CPU."""
+    model = bench.shaped_model(shape, device="cpu", layers=2, hidden=256)
+    config = model.hf_model.config
+    assert (config.model_type, config.vocab_size, config.num_hidden_layers, config.hidden_size) == (
+        model_type,
+        vocab,
+        2,
+        256,
+    )
+    assert config.head_dim == 128 and config.num_attention_heads // config.num_key_value_heads in (2, 4)
+    assert next(model.hf_model.parameters()).dtype == torch.bfloat16
+    assert not any(p.is_meta for p in model.hf_model.parameters())
+    if model_type == "qwen3":
+        assert hasattr(model.hf_model.model.layers[0].self_attn, "q_norm")
+    rotary = model.hf_model.model.rotary_emb
+    theta = bench.SHAPES[shape]["rope_theta"]
+    expected = 1.0 / theta ** (torch.arange(0, 128, 2, dtype=torch.float) / 128)
+    torch.testing.assert_close(rotary.inv_freq, expected)
+
+    ids = bench.token_ids(model, 32)
+    result = model.run(input_ids=ids, prompt_length=24, progress=False).trace((28, 32), method="flashtrace")
+    assert result.scores.shape == (32,)
+    assert np.isfinite(result.scores).all() and np.abs(result.scores).sum() > 0
