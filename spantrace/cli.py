@@ -28,7 +28,7 @@ from typer.core import TyperGroup
 from .api import DEFAULT_CHUNK_SIZE, load
 from .errors import SpanTraceError
 from .methods.hops import RECURSIVE_SPANS
-from .methods.registry import available_methods
+from .methods.registry import available_methods, describe_methods
 from .model import builtin
 from .model.registry import SUPPORTED_ARCHITECTURES
 from .spans import SPAN_FORMS
@@ -199,11 +199,12 @@ def trace(
 
 @app.command(epilog="\b\nExample:\n  spantrace methods")
 def methods() -> None:
-    """List the registered attribution methods, one line each."""
-    described = available_methods()
-    width = max(len(name) for name in described)
-    for name, description in described.items():
-        typer.echo(f"{name:<{width}}  {description}")
+    """List the registered attribution methods, one line each, with their cost class."""
+    described = describe_methods()
+    name_width = max(len(info.name) for info in described)
+    cost_width = max(len(info.cost) for info in described)
+    for info in described:
+        typer.echo(f"{info.name:<{name_width}}  {info.cost:<{cost_width}}  {info.description}")
 
 
 @app.command(epilog="\b\nExample:\n  spantrace models")

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import spantrace
 from spantrace.cli import app
+from spantrace.methods.registry import describe_methods
 
 PROMPT = "Tom has 3 apples and buys 4 more. How many apples does he have?"
 OUTPUT = "Tom has 3 apples and 4 more apples, so he has 3 + 4 = 7 apples."
@@ -71,8 +72,9 @@ def test_methods_lists_every_registered_method(runner: CliRunner) -> None:
     assert result.exit_code == 0
     lines = result.stdout.strip().splitlines()
     assert len(lines) == len(spantrace.available_methods())
-    for line, (name, description) in zip(lines, spantrace.available_methods().items(), strict=True):
-        assert line.split()[0] == name and line.endswith(description)
+    for line, info in zip(lines, describe_methods(), strict=True):
+        assert line.split()[0] == info.name and line.endswith(info.description)
+        assert info.cost.startswith("O(") and info.cost in line
 
 
 def test_models_lists_the_builtin_model_and_architectures(runner: CliRunner) -> None:
