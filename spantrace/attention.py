@@ -50,6 +50,16 @@ class LayerInputs:
         """Attention probabilities of ``sinks [C]`` to sources ``0…width−1``: [H, C, width] float32."""
         return attention_rows(self.sink_queries(sinks), self.keys, sinks, self.rule, width, queries_selected=True)
 
+    def summed_rows(self, sinks: torch.Tensor, sink_weights: torch.Tensor, width: int, chunk_size: int) -> torch.Tensor:
+        """``ᾱ[h, j] = Σ_i w_i α[h, i, j]`` over the sinks, a chunk of rows at a time: [H, width] float32."""
+        heads = self.rule.num_heads
+        positions = sinks.to(self.keys.device)
+        weights = sink_weights.to(device=self.keys.device, dtype=torch.float32)  # [M]
+        total = torch.zeros(heads, width, dtype=torch.float32, device=self.keys.device)
+        for part, chunk in sink_chunks(positions, row_chunk_size(chunk_size, heads, width)):
+            total += torch.einsum("hcn,c->hn", self.rows(chunk, width), weights[part])  # rows: [H, C, width]
+        return total
+
     def residual(self, sinks: torch.Tensor) -> torch.Tensor:
         """Residual part of each sink's ``x_mid``: ``x_in`` plus the (normed) output bias. [C, D]."""
         residual = self.x_in[sinks]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from ..attention import layer_inputs, sink_chunks
+from ..attention import layer_inputs
 from .base import AttributionMethod, SinkScores
 from .registry import register
 
@@ -28,15 +28,8 @@ def sink_attention(
     """``Σ_i w_i · mean_h α[index, h, i, :]``: layer ``index``'s head-averaged attention of the sinks. [N] float32."""
     layer = layer_inputs(run.adapter, run.capture, index, run.key_value_cache)
     width = int(sinks.max()) + 1  # later sources get nothing
-    device = layer.keys.device
-    weights = sink_weights.to(device=device, dtype=torch.float32)  # [M]
-    positions = sinks.to(device)
-    total = torch.zeros(width, dtype=torch.float32, device=device)
-    for part, chunk in sink_chunks(positions, chunk_size):
-        rows = layer.rows(chunk, width)  # [H, C, width]
-        total += weights[part] @ rows.mean(0)  # [width]
     scores = torch.zeros(run.num_tokens, dtype=torch.float32)
-    scores[:width] = total.cpu()
+    scores[:width] = layer.summed_rows(sinks, sink_weights, width, chunk_size).mean(0).cpu()  # mean over heads
     return scores
 
 

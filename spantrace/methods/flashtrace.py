@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..attention import iter_layers, row_chunk_size, sink_chunks
+from ..attention import iter_layers
 from ..kernels import Workspace, span_edges
 from .base import AttributionMethod, SinkScores
 from .registry import register
@@ -40,10 +40,7 @@ class FlashTrace(AttributionMethod):
             residual = weights @ layer.residual(positions)  # R_S: [D]
             # A sandwich norm scales each sink's attention output by 1/rms(a_i): fold it into ᾱ.
             row_weights = weights * layer.sink_scale[positions] if layer.sink_scale is not None else weights
-            alpha_bar = torch.zeros(layer.rule.num_heads, width, dtype=torch.float32, device=device)
-            for part, chunk in sink_chunks(positions, row_chunk_size(chunk_size, layer.rule.num_heads, width)):
-                rows = layer.rows(chunk, width)  # [H, C, width]
-                alpha_bar += torch.einsum("hcn,c->hn", rows, row_weights[part])
+            alpha_bar = layer.summed_rows(positions, row_weights, width, chunk_size)  # [H, width]
             edges, denominator = span_edges(
                 alpha_bar, layer.values[:, :width], layer.out_weight, target, residual, workspace=workspace
             )

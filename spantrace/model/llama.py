@@ -53,6 +53,7 @@ class LlamaStyleAdapter:
         self._rotate: Callable = _require(
             sys.modules[type(attention).__module__], "apply_rotary_pos_emb", self.name, "modeling module"
         )
+        self._sandwich_norms: dict[int, SandwichNorm | None] = {}
         self._cos_sin: dict[tuple[str | None, int, torch.device, torch.dtype], tuple] = {}
 
     # hook points ---------------------------------------------------------------------------------
@@ -72,6 +73,12 @@ class LlamaStyleAdapter:
         return _require(layer, "post_attention_layernorm", self.name, f"model.model.layers[{index}]")
 
     def sandwich_norm(self, index: int) -> SandwichNorm | None:
+        # Read once per layer: every trace asks for it on every layer and hop.
+        if index not in self._sandwich_norms:
+            self._sandwich_norms[index] = self._read_sandwich_norm(index)
+        return self._sandwich_norms[index]
+
+    def _read_sandwich_norm(self, index: int) -> SandwichNorm | None:
         layer = self._layers[index]
         if not hasattr(layer, "pre_feedforward_layernorm"):
             return None
