@@ -1,0 +1,58 @@
+"""What the viewer's JSON API accepts: request bodies with their fixed bounds, and the server's limits.
+
+Bounds that never change (a span spec's length, the number of hops) live in the models, so FastAPI
+answers 422 before any work starts; the limits a server is started with (``Limits``) are checked by
+the routes, which answer 413 when an input is too big.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from ..methods.hops import RECURSIVE_SPANS
+
+MAX_HOPS = 16
+MAX_SPEC_CHARS = 1_000
+MAX_TOP_K = 200
+
+SpanSpec = Annotated[str, StringConstraints(min_length=1, max_length=MAX_SPEC_CHARS)]
+Recursive = Annotated[str, Field(pattern="^(" + "|".join(RECURSIVE_SPANS) + ")$")]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one server accepts: sizes of requests and runs, and how many runs and traces it keeps."""
+
+    max_body_bytes: int = 8 * 2**20  # a saved TraceResult of a few thousand tokens fits
+    max_prompt_chars: int = 50_000  # prompt and output, each
+    max_tokens: int = 4_096  # prompt + generation of one run
+    max_new_tokens: int = 1_024
+    max_runs: int = 8  # runs kept (each holds the residual stream of its forward pass); LRU
+    max_traces: int = 64  # traces kept for export; LRU
+
+
+class RunRequest(BaseModel):
+    """``POST /api/runs``: a prompt, and the output to trace (generated greedily when left out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str
+    output: str | None = None
+    chat: bool = True
+    max_new_tokens: int | None = Field(default=None, ge=1)  # None: 256, or the server's cap if lower
+
+
+class TraceRequest(BaseModel):
+    """``POST /api/runs/{run_id}/trace``: a span of the generation and how to trace it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    span: tuple[int, int] | SpanSpec = "answer"
+    method: Annotated[str, StringConstraints(min_length=1, max_length=100)] = "flashtrace"
+    hops: int = Field(default=1, ge=0, le=MAX_HOPS)
+    recursive: Recursive = RECURSIVE_SPANS[0]
+    stop_tokens: bool = False
+    top_k: int = Field(default=10, ge=1, le=MAX_TOP_K)

@@ -1,0 +1,364 @@
+// spantrace viewer: run a prompt, select a span of the generation, see what it rests on.
+// Every piece of model or user text reaches the page through textContent, never as HTML.
+"use strict";
+
+const state = {
+  info: null, // GET /api/info
+  run: null, // {run_id, tokens, prompt_length, ...} from POST /api/runs
+  trace: null, // the last trace payload
+  view: "combined", // "combined" or the hop number
+};
+
+const $ = (id) => document.getElementById(id);
+
+// --- talking to the server ------------------------------------------------------------------------
+
+async function api(path, options = {}) {
+  const response = await fetch(path, {
+    ...options,
+    headers: options.body ? { "Content-Type": "application/json" } : {},
+  });
+  const data = await response.json().catch(() => ({ detail: response.statusText }));
+  if (!response.ok) {
+    const detail = typeof data.detail === "string" ? data.detail : JSON.stringify(data.detail);
+    throw new Error(`${response.status}: ${detail}`);
+  }
+  return data;
+}
+
+// Run `work` with the buttons disabled and a progress line polled from GET /api/status.
+async function busy(what, work) {
+  const started = performance.now();
+  const buttons = document.querySelectorAll("#run-button, #trace-button");
+  buttons.forEach((b) => (b.disabled = true));
+  showError(null);
+  const status = $("status");
+  status.classList.add("busy");
+  status.textContent = `${what}…`;
+  const poll = setInterval(async () => {
+    let line = `${what}…`;
+    try {
+      const now = await api("/api/status");
+      if (now.job) line = `${now.job.stage}…`;
+      if (now.waiting > 0) line += ` (${now.waiting} request${now.waiting > 1 ? "s" : ""} waiting)`;
+    } catch (error) {
+      // the progress line is a nicety; the request itself reports real errors
+    }
+    status.textContent = `${line} ${((performance.now() - started) / 1000).toFixed(1)} s`;
+  }, 300);
+  try {
+    return await work();
+  } catch (error) {
+    showError(error.message);
+    return null;
+  } finally {
+    clearInterval(poll);
+    status.classList.remove("busy");
+    status.textContent = "";
+    buttons.forEach((b) => (b.disabled = false));
+  }
+}
+
+function showError(message) {
+  const box = $("error");
+  box.hidden = !message;
+  box.textContent = message || "";
+}
+
+// --- set-up -----------------------------------------------------------------------------------------
+
+async function start() {
+  try {
+    const [info, methods] = await Promise.all([api("/api/info"), api("/api/methods")]);
+    state.info = info;
+    $("model-line").textContent = `model: ${info.model} (${info.architecture}) · spantrace ${info.version}`;
+    fillSelect($("method"), methods.methods.map((m) => [m.name, `${m.name}`, m.description]), methods.default);
+    fillSelect($("recursive"), info.recursive.map((r) => [r, r, ""]), info.recursive[0]);
+    $("max-new-tokens").max = info.limits.max_new_tokens;
+    $("hops").max = info.limits.max_hops;
+    $("legend-bar").style.background = `linear-gradient(to right, ${info.colours.stops
+      .map(([x, rgb]) => `rgb(${rgb.join(",")}) ${(x * 100).toFixed(0)}%`)
+      .join(", ")})`;
+  } catch (error) {
+    showError(`could not reach the server: ${error.message}`);
+  }
+  $("run-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    createRun();
+  });
+  $("trace-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    traceSpan(parseSpan($("span").value));
+  });
+  for (const id of ["prompt", "output"]) {
+    $(id).addEventListener("keydown", (event) => {
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) {
+        event.preventDefault();
+        createRun();
+      }
+    });
+  }
+  $("generation-tokens").addEventListener("mouseup", traceSelection);
+  $("open-result").addEventListener("change", openResult);
+  $("views").addEventListener("keydown", moveBetweenTabs);
+}
+
+function fillSelect(select, options, chosen) {
+  select.replaceChildren();
+  for (const [value, label, title] of options) {
+    const option = document.createElement("option");
+    option.value = value;
+    option.textContent = label;
+    option.title = title;
+    option.selected = value === chosen;
+    select.append(option);
+  }
+}
+
+// --- runs and traces --------------------------------------------------------------------------------
+
+async function createRun() {
+  const prompt = $("prompt").value;
+  if (!prompt.trim()) {
+    showError("type a prompt first");
+    $("prompt").focus();
+    return;
+  }
+  const body = { prompt, chat: $("chat").checked, max_new_tokens: Number($("max-new-tokens").value) || 1 };
+  if ($("output").value.trim()) body.output = $("output").value;
+  const what = body.output === undefined ? "generating" : "running";
+  const run = await busy(what, () => api("/api/runs", { method: "POST", body: JSON.stringify(body) }));
+  if (!run) return;
+  if (state.run && state.run.run_id) {
+    api(`/api/runs/${state.run.run_id}`, { method: "DELETE" }).catch(() => {}); // free the server's copy
+  }
+  state.run = run;
+  state.trace = null;
+  if (body.output === undefined) $("output").value = run.text;
+  showTokens(run.tokens, run.prompt_length);
+  $("trace-section").hidden = false;
+  setTraceEnabled(true);
+  await traceSpan(parseSpan($("span").value));
+}
+
+// "40-52" → [40, 52] (token positions); anything else is a span spec for the server.
+function parseSpan(text) {
+  const range = /^\s*(\d+)\s*-\s*(\d+)\s*$/.exec(text);
+  return range ? [Number(range[1]), Number(range[2])] : text.trim();
+}
+
+async function traceSpan(span) {
+  if (!state.run || !state.run.run_id) return;
+  const body = {
+    span,
+    method: $("method").value,
+    hops: Number($("hops").value),
+    recursive: $("recursive").value,
+  };
+  const runId = state.run.run_id;
+  const trace = await busy("tracing", () =>
+    api(`/api/runs/${runId}/trace`, { method: "POST", body: JSON.stringify(body) }),
+  );
+  if (trace) showTrace(trace);
+}
+
+// The mouse selection inside the generation → the token range it touches → a trace.
+function traceSelection() {
+  const selection = window.getSelection();
+  if (!selection || selection.isCollapsed || selection.rangeCount === 0 || !state.run) return;
+  const range = selection.getRangeAt(0);
+  const touched = [...$("generation-tokens").querySelectorAll(".t")].filter((token) => {
+    if (!range.intersectsNode(token)) return false;
+    const text = token.firstChild;
+    if (text === range.endContainer && range.endOffset === 0) return false; // ends just before it
+    if (text === range.startContainer && range.startOffset === text.length) return false; // starts just after
+    return true;
+  });
+  if (touched.length === 0) return;
+  const start = Number(touched[0].dataset.index);
+  const end = Number(touched[touched.length - 1].dataset.index) + 1;
+  $("span").value = `${start}-${end}`;
+  selection.removeAllRanges();
+  traceSpan([start, end]);
+}
+
+async function openResult(event) {
+  const file = event.target.files[0];
+  event.target.value = "";
+  if (!file) return;
+  const text = await file.text();
+  const trace = await busy("opening the trace", () => api("/api/results", { method: "POST", body: text }));
+  if (!trace) return;
+  state.run = { run_id: null, tokens: trace.tokens, prompt_length: trace.prompt_length };
+  showTokens(trace.tokens, trace.prompt_length);
+  $("trace-section").hidden = false;
+  setTraceEnabled(false); // a saved trace has no run behind it: its scores can be viewed, not re-traced
+  showTrace(trace);
+}
+
+function setTraceEnabled(enabled) {
+  for (const element of $("trace-form").elements) element.disabled = !enabled;
+  $("span-hint").hidden = !enabled;
+}
+
+// --- drawing ----------------------------------------------------------------------------------------
+
+function showTokens(tokens, promptLength) {
+  const special = new RegExp(`^(?:${state.info.special_token_pattern})$`);
+  const make = (token, index) => {
+    const element = document.createElement("span");
+    element.className = special.test(token) ? "t special" : "t";
+    element.dataset.index = index;
+    element.textContent = token.replace(/\n/g, "↵\n");
+    return element;
+  };
+  $("prompt-tokens").replaceChildren(...tokens.slice(0, promptLength).map((t, i) => make(t, i)));
+  $("generation-tokens").replaceChildren(...tokens.slice(promptLength).map((t, i) => make(t, i + promptLength)));
+}
+
+function showTrace(trace) {
+  state.trace = trace;
+  if (state.view !== "combined" && state.view >= trace.hop_scores.length) state.view = "combined";
+  $("span").value = `${trace.span[0]}-${trace.span[1]}`;
+  drawTabs();
+  drawView();
+  drawTop();
+  $("export-json").href = `/api/traces/${trace.trace_id}.json`;
+  $("export-html").href = `/api/traces/${trace.trace_id}.html`;
+  const seconds = Object.entries(trace.timings).map(([name, s]) => `${name.replace(/_s$/, "")} ${s.toFixed(3)} s`);
+  $("timings").textContent = `${trace.method}, ${trace.hops} hop(s) · ${seconds.join(" · ")}`;
+}
+
+function drawTabs() {
+  const trace = state.trace;
+  const tabs = [["combined", "Combined", null]];
+  trace.hop_scores.forEach((_, hop) => tabs.push([hop, `Hop ${hop}`, trace.rho[hop]]));
+  $("views").replaceChildren(
+    ...tabs.map(([view, label, rho]) => {
+      const tab = document.createElement("button");
+      tab.type = "button";
+      tab.setAttribute("role", "tab");
+      tab.dataset.view = String(view);
+      const selected = view === state.view;
+      tab.setAttribute("aria-selected", String(selected));
+      tab.tabIndex = selected ? 0 : -1;
+      tab.append(label);
+      if (rho !== null) {
+        const bar = document.createElement("span");
+        bar.className = "rho-bar";
+        bar.setAttribute("aria-hidden", "true");
+        const fill = document.createElement("span");
+        fill.className = "rho-fill";
+        fill.style.width = `${Math.max(0, Math.min(1, rho)) * 100}%`;
+        bar.append(fill);
+        const value = document.createElement("span");
+        value.className = "rho";
+        value.textContent = `ρ${subscript(view)} ${rho.toFixed(2)}`;
+        tab.append(bar, value);
+        tab.title = `ρ${subscript(view)} = ${rho.toFixed(4)}: the share of the score mass that flowed through the reasoning up to hop ${view}`;
+      }
+      tab.addEventListener("click", () => {
+        state.view = view;
+        drawTabs();
+        drawView();
+        $("views").querySelector('[aria-selected="true"]').focus();
+      });
+      return tab;
+    }),
+  );
+}
+
+function moveBetweenTabs(event) {
+  const tabs = [...$("views").querySelectorAll('[role="tab"]')];
+  const at = tabs.indexOf(document.activeElement);
+  if (at < 0) return;
+  const step = { ArrowRight: 1, ArrowLeft: -1 }[event.key];
+  if (step === undefined) return;
+  event.preventDefault();
+  tabs[(at + step + tabs.length) % tabs.length].click();
+}
+
+function drawView() {
+  const trace = state.trace;
+  const combined = state.view === "combined";
+  const scores = combined ? trace.scores : trace.hop_scores[state.view];
+  // Colour = score / the largest score shown: the prompt's for the combined view, every position's per hop.
+  const scaled = combined ? scores.slice(0, trace.prompt_length) : scores;
+  const top = Math.max(0, ...scaled);
+  const [spanStart, spanEnd] = trace.span;
+  const [sinkStart, sinkEnd] = trace.recursive_span;
+  const { dark_from: darkFrom, visible_from: visibleFrom } = state.info.colours;
+  for (const element of document.querySelectorAll(".tokens .t")) {
+    const index = Number(element.dataset.index);
+    const score = scores[index];
+    const intensity = top > 0 ? Math.min(1, Math.max(0, score) / top) : 0;
+    const coloured = intensity >= visibleFrom;
+    element.style.backgroundColor = coloured ? colour(intensity) : "";
+    element.classList.toggle("coloured", coloured);
+    element.classList.toggle("dark", intensity > darkFrom);
+    element.classList.toggle("in-span", index >= spanStart && index < spanEnd);
+    element.classList.toggle("sink", !combined && state.view > 0 && index >= sinkStart && index < sinkEnd);
+    element.title = `#${index} · score ${formatScore(score)}`;
+  }
+  $("legend-max").textContent = formatScore(top);
+  $("view-note").textContent = combined
+    ? "Combined: what the span rests on in the prompt, traced through the reasoning (colour ÷ the prompt's top score)."
+    : state.view === 0
+      ? "Hop 0: raw scores of every position for the traced span (colour ÷ the top score)."
+      : `Hop ${state.view}: raw scores for the reasoning (dotted underline), weighted by hop ${state.view - 1}.`;
+}
+
+function drawTop() {
+  const list = $("top");
+  list.replaceChildren(
+    ...state.trace.top.map((entry) => {
+      const item = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.title = `show token #${entry.position}`;
+      const token = document.createElement("span");
+      token.textContent = JSON.stringify(entry.token);
+      const position = document.createElement("span");
+      position.className = "position";
+      position.textContent = `#${entry.position}`;
+      const score = document.createElement("span");
+      score.className = "score";
+      score.textContent = formatScore(entry.score);
+      button.append(token, position, score);
+      button.addEventListener("click", () => flash(entry.position));
+      item.append(button);
+      return item;
+    }),
+  );
+}
+
+function flash(position) {
+  const element = document.querySelector(`.tokens .t[data-index="${position}"]`);
+  if (!element) return;
+  element.scrollIntoView({ block: "nearest" });
+  element.classList.add("flash");
+  setTimeout(() => element.classList.remove("flash"), 1200);
+}
+
+function colour(intensity) {
+  const stops = state.info.colours.stops;
+  for (let i = 1; i < stops.length; i++) {
+    const [right, high] = stops[i];
+    if (intensity <= right) {
+      const [left, low] = stops[i - 1];
+      const t = (intensity - left) / (right - left);
+      return `rgb(${low.map((a, k) => Math.round(a + t * (high[k] - a))).join(",")})`;
+    }
+  }
+  return `rgb(${stops[stops.length - 1][1].join(",")})`;
+}
+
+function formatScore(score) {
+  return Math.abs(score) >= 0.01 || score === 0 ? score.toFixed(3) : score.toExponential(2);
+}
+
+function subscript(number) {
+  return String(number).replace(/\d/g, (d) => "₀₁₂₃₄₅₆₇₈₉"[d]);
+}
+
+document.addEventListener("DOMContentLoaded", start);

@@ -1,0 +1,150 @@
+"""The viewer page in a real headless Chromium (Playwright), against uvicorn serving a tiny model.
+
+Same browser set-up as the HTML report's tests: the system Chromium at /usr/bin/chromium, skipped
+when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from render.test_html import CHROMIUM, CHROMIUM_ARGS
+from viewer_cases import LIMITS, OUTPUT, PROMPT
+
+import spantrace
+from spantrace import TraceResult
+from spantrace.serve import create_app
+
+XSS_PROMPT = "<img src=x onerror=alert(1)> what is this?"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model: spantrace.Model) -> Iterator[str]:
+    """The viewer on a free local port, in a background thread; yields its base URL."""
+    uvicorn = pytest.importorskip("uvicorn")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = uvicorn.Config(create_app(tiny_model, limits=LIMITS), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.started, "uvicorn did not start"
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (scripts/test.sh does it as root)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[test])")
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, server: str):
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(15_000)
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.dialogs = dialogs
+    page.goto(server)
+    page.wait_for_selector("#method option[value='flashtrace']", state="attached")
+    yield page
+    context.close()
+
+
+def run_prompt(page, prompt: str, output: str) -> None:
+    page.fill("#prompt", prompt)
+    page.fill("#output", output)
+    with page.expect_response(lambda r: r.url.endswith("/trace")):  # a run is traced at once ("answer")
+        page.click("#run-button")
+    page.wait_for_selector("#top li")
+
+
+def shown(page, selector: str) -> list[int]:
+    return page.locator(selector).evaluate_all("els => els.map(e => Number(e.dataset.index))")
+
+
+def test_select_a_span_by_mouse_switch_hops_and_export(page, tiny_model: spantrace.Model, tmp_path: Path) -> None:
+    run_prompt(page, PROMPT, OUTPUT)
+    run = tiny_model.run(PROMPT, output=OUTPUT, progress=False)
+    generation = shown(page, "#generation-tokens .t")
+    assert shown(page, "#prompt-tokens .t") == list(range(run.prompt_length))
+    assert generation == list(range(run.prompt_length, run.num_tokens))
+    # drag from the 3rd to the 6th generated token
+    start, last = run.prompt_length + 2, run.prompt_length + 5
+    first_box = page.locator(f"#generation-tokens .t[data-index='{start}']").bounding_box()
+    last_box = page.locator(f"#generation-tokens .t[data-index='{last}']").bounding_box()
+    with page.expect_response(lambda r: r.url.endswith("/trace")) as traced:
+        page.mouse.move(first_box["x"] + 1, first_box["y"] + first_box["height"] / 2)
+        page.mouse.down()
+        page.mouse.move(last_box["x"] + last_box["width"] / 2, last_box["y"] + last_box["height"] / 2, steps=5)
+        page.mouse.move(last_box["x"] + last_box["width"] - 1, last_box["y"] + last_box["height"] / 2)
+        page.mouse.up()
+    assert json.loads(traced.value.request.post_data)["span"] == [start, last + 1]
+    page.wait_for_function(f"document.querySelector('#span').value === '{start}-{last + 1}'")
+    assert shown(page, ".t.in-span") == list(range(start, last + 1))
+    # scores appear: the prompt is coloured, and the top list is the library's
+    expected = run.trace((start, last + 1), hops=1)
+    coloured = page.locator("#prompt-tokens .t").evaluate_all("els => els.filter(e => e.style.backgroundColor).length")
+    assert coloured > 0
+    top_tokens = page.locator("#top li span:first-child").all_text_contents()
+    assert top_tokens == [json.dumps(t.token) for t in expected.top(10)]
+    # one view per hop: switch to hop 1 (sinks dotted), then back with the keyboard
+    tabs = page.locator("#views [role=tab]")
+    assert tabs.all_text_contents()[0] == "Combined" and tabs.count() == 3
+    assert "ρ₀" in tabs.nth(1).text_content() and "ρ₁" in tabs.nth(2).text_content()
+    tabs.nth(2).click()
+    assert tabs.nth(2).get_attribute("aria-selected") == "true" and "Hop 1" in page.text_content("#view-note")
+    assert page.locator("#generation-tokens .t.sink").count() > 0
+    page.keyboard.press("ArrowLeft")
+    assert tabs.nth(1).get_attribute("aria-selected") == "true" and "Hop 0" in page.text_content("#view-note")
+    # export the current trace as JSON and as the CLI's HTML report
+    with page.expect_download() as download:
+        page.click("#export-json")
+    exported = TraceResult.from_json(Path(download.value.path()).read_text(encoding="utf-8"))
+    assert exported.span == (start, last + 1) and exported.hops == 1
+    with page.expect_download() as download:
+        page.click("#export-html")
+    assert Path(download.value.path()).read_text(encoding="utf-8") == exported.to_html()
+
+
+def test_keyboard_only_trace(page) -> None:
+    run_prompt(page, PROMPT, OUTPUT)
+    page.focus("#span")
+    page.fill("#span", "output")
+    page.select_option("#method", "ifr")
+    page.fill("#hops", "0")
+    with page.expect_response(lambda r: r.url.endswith("/trace")):
+        page.press("#hops", "Enter")
+    page.wait_for_function("document.querySelectorAll('#views [role=tab]').length === 2")  # combined + hop 0
+    assert page.text_content("#timings").startswith("ifr, 0 hop(s)")
+    page.fill("#span", "no-such-span")
+    page.press("#span", "Enter")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "unknown span" in page.text_content("#error")
+
+
+def test_markup_in_the_prompt_is_shown_as_text(page) -> None:
+    run_prompt(page, XSS_PROMPT, "It is an image tag.")
+    shown_text = page.text_content("#prompt-tokens")
+    assert XSS_PROMPT in shown_text
+    assert page.locator("#prompt-tokens img, main img").count() == 0
+    page.wait_for_timeout(200)
+    assert page.dialogs == []
