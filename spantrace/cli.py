@@ -227,6 +227,7 @@ def models() -> None:
 EVAL_EXAMPLES = """\b
 Examples:
   spantrace eval --task niah_single -n 20 --length 1024 --methods flashtrace,ifr,occlusion --out results.jsonl
+  spantrace eval --task gsm8k -n 200 --methods flashtrace,ifr --ray --workers 8 --out gsm8k.jsonl
   spantrace report results.jsonl --markdown results.md
 """
 
@@ -253,11 +254,23 @@ def eval_(
     model: Annotated[str | None, typer.Option("--model", "-m", metavar="SOURCE", help="[default: built-in]")] = None,
     device: Annotated[str | None, typer.Option(help="Device, e.g. cpu or cuda.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    ray: Annotated[bool, typer.Option("--ray", help="Run samples as Ray tasks (a local cluster by default).")] = False,
+    ray_address: Annotated[
+        str | None, typer.Option(metavar="ADDRESS", help="Join this Ray cluster instead ('auto', 'ray://…'); "
+                                 "implies --ray.")
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Ray workers, one model each [default: every CPU of the cluster].")
+    ] = None,
 ) -> None:
     """Score attribution methods for faithfulness (RISE, MAS, insertion AUC, Recovery@10%) on a task.
 
     Writes one JSONL row per (sample, method) as it goes; run it again to resume after a crash.
+    With --ray each worker loads the model once and takes whole samples; the rows are the same.
     """
+    from functools import partial
+
+    from .eval.distributed import run_eval_ray
     from .eval.runner import EvalConfig, ResultsFile, run_eval
 
     names = tuple(name.strip() for name in methods.split(",") if name.strip())
@@ -270,13 +283,20 @@ def eval_(
     progress = not quiet and sys.stderr.isatty()
     try:
         done = len(ResultsFile(out).done()) if out.exists() else 0
-        with _working("loading the model", progress):
-            language_model = load(model, device=device)
+        distributed = ray or ray_address is not None
+        if not distributed:
+            with _working("loading the model", progress):
+                language_model = load(model, device=device)
         count = TextColumn("{task.completed}/{task.total}")
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), count, TimeElapsedColumn())
         with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
             rows = bar.add_task(f"eval {task}", total=samples * len(names), completed=min(done, samples * len(names)))
-            run_eval(language_model, config, out, on_row=lambda _: bar.advance(rows))
+            if distributed:
+                gpus = 1.0 if device is not None and device.startswith("cuda") else 0.0
+                run_eval_ray(partial(load, model, device=device), config, out, address=ray_address, workers=workers,
+                             gpus_per_worker=gpus, on_row=lambda _: bar.advance(rows))
+            else:
+                run_eval(language_model, config, out, on_row=lambda _: bar.advance(rows))
     except SpanTraceError as error:
         _fail(str(error))
     typer.echo(f"wrote {out}")
@@ -284,19 +304,43 @@ def eval_(
 
 @app.command(epilog=EVAL_EXAMPLES)
 def report(
-    results: Annotated[Path, typer.Argument(metavar="RESULTS", exists=True, dir_okay=False, help="JSONL from eval.")],
+    results: Annotated[
+        list[Path], typer.Argument(metavar="RESULTS...", exists=True, dir_okay=False, help="JSONL files from eval.")
+    ],
     markdown: Annotated[Path | None, typer.Option(dir_okay=False, metavar="PATH", help="Also write it here.")] = None,
+    html: Annotated[
+        Path | None, typer.Option(dir_okay=False, metavar="PATH", help="Write a self-contained HTML report.")
+    ] = None,
+    plots: Annotated[
+        Path | None, typer.Option(file_okay=False, metavar="DIR", help="Write the figures here as PNG files.")
+    ] = None,
 ) -> None:
-    """Summarise an eval results file: mean ± s.e. per task and method, and FlashTrace's paired sign tests."""
-    from .eval.report import load_rows, markdown_report
+    """Summarise eval results: mean ± s.e. per task and method, FlashTrace's paired sign tests, and figures."""
+    from .eval.report import html_report, load_rows, markdown_report
 
     try:
-        text = markdown_report(load_rows(results))
+        rows = [row for path in results for row in load_rows(path)]
+        text = markdown_report(rows)
+        figures = _report_figures(rows) if html is not None or plots is not None else {}
     except SpanTraceError as error:
         _fail(str(error))
     typer.echo(text)
     if markdown is not None:
         markdown.write_text(text + "\n", encoding="utf-8")
+    if plots is not None:
+        plots.mkdir(parents=True, exist_ok=True)
+        for name, png in figures.items():
+            (plots / f"{name}.png").write_bytes(png)
+    if html is not None:
+        titles = {"metrics": "Each metric per task and method (mean ± s.e.)",
+                  "rise_vs_length": "RISE against the length of the generation, in length bins"}
+        html.write_text(html_report(rows, {titles[name]: png for name, png in figures.items()}), encoding="utf-8")
+
+
+def _report_figures(rows: list[dict[str, Any]]) -> dict[str, bytes]:
+    from .eval.plots import metric_bars, metric_vs_length
+
+    return {"metrics": metric_bars(rows), "rise_vs_length": metric_vs_length(rows)}
 
 
 @app.command(epilog="\b\nExamples:\n  spantrace serve\n  spantrace serve --model Qwen/Qwen3-0.6B --port 8080")

@@ -9,9 +9,11 @@ p-value ``min(1, 2 · P[Binomial(wins + losses, ½) ≤ min(wins, losses)])``.
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,40 +94,75 @@ def paired(rows: list[dict[str, Any]], task: str, baseline: str, metric: str = "
     return wins, losses, sign_test(wins, losses)
 
 
-def markdown_report(rows: list[dict[str, Any]]) -> str:
-    """The Markdown tables: per task, mean ± s.e. per method (best in bold), then FlashTrace's sign tests."""
+@dataclass(frozen=True)
+class TaskTable:
+    """One task's part of the report: cells as text, the best of each column marked, and the sign tests."""
+
+    task: str
+    headers: list[str]
+    rows: list[tuple[str, int, list[tuple[str, bool]]]]  # (method, n, [(cell, is best)])
+    paired: list[tuple[str, int, int, float]]  # (baseline, wins, losses, p)
+
+
+def report_tables(rows: list[dict[str, Any]]) -> list[TaskTable]:
+    """The report's tables, one per task: mean ± s.e. per method and metric, best marked, then sign tests."""
     if not rows:
         raise SpanTraceError("the results file has no rows")
-    table = summarize(rows)
-    models = sorted({str(row.get("model")) for row in rows})
-    errors = sum(1 for row in rows if row.get("error"))
-    lines = [f"# Faithfulness results ({', '.join(models)})", ""]
-    if errors:
-        lines += [f"{errors} row(s) with an error are left out.", ""]
-    for task, methods in table.items():
+    tables = []
+    for task, methods in summarize(rows).items():
         present = [column for column in COLUMNS if any(column[0] in stats for stats in methods.values())]
         best = {}
         for key, _, higher in present:
             means = {m: stats[key][0] for m, stats in methods.items() if key in stats}
-            best[key] = (max if higher else min)(means, key=means.get)
-        lines += [f"## {task}", "", "| method | n | " + " | ".join(h for _, h, _ in present) + " |"]
-        lines.append("|---|---:|" + "---:|" * len(present))
+            top = (max if higher else min)(means.values())
+            winners = [m for m, mean in means.items() if mean == top]
+            best[key] = winners[0] if len(winners) == 1 else None  # a tie (e.g. the same answers) marks nothing
+        body = []
         for method, stats in methods.items():
             count = max(entry[2] for entry in stats.values())
-            cells = []
-            for key, _, _ in present:
-                if key not in stats:
-                    cells.append("–")
-                    continue
-                mean, error, _ = stats[key]
-                cell = f"{mean:.3f} ± {error:.3f}"
-                cells.append(f"**{cell}**" if best[key] == method else cell)
-            lines.append(f"| {method} | {count} | " + " | ".join(cells) + " |")
-        baselines = [m for m in methods if m != REFERENCE_METHOD]
-        if REFERENCE_METHOD in methods and baselines:
+            cells = [
+                (f"{stats[key][0]:.3f} ± {stats[key][1]:.3f}", best[key] == method) if key in stats else ("–", False)
+                for key, _, _ in present
+            ]
+            body.append((method, count, cells))
+        baselines = [m for m in methods if m != REFERENCE_METHOD] if REFERENCE_METHOD in methods else []
+        paired_rows = [(baseline, *paired(rows, task, baseline)) for baseline in baselines]
+        tables.append(TaskTable(task, [header for _, header, _ in present], body, paired_rows))
+    return tables
+
+
+def _preamble(rows: list[dict[str, Any]]) -> tuple[str, int]:
+    models = sorted({str(row.get("model")) for row in rows})
+    return ", ".join(models), sum(1 for row in rows if row.get("error"))
+
+
+def markdown_report(rows: list[dict[str, Any]]) -> str:
+    """The Markdown tables: per task, mean ± s.e. per method (best in bold), then FlashTrace's sign tests."""
+    tables = report_tables(rows)
+    models, errors = _preamble(rows)
+    lines = [f"# Faithfulness results ({models})", ""]
+    if errors:
+        lines += [f"{errors} row(s) with an error are left out.", ""]
+    for table in tables:
+        lines += [f"## {table.task}", "", "| method | n | " + " | ".join(table.headers) + " |"]
+        lines.append("|---|---:|" + "---:|" * len(table.headers))
+        for method, count, cells in table.rows:
+            shown = [f"**{cell}**" if is_best else cell for cell, is_best in cells]
+            lines.append(f"| {method} | {count} | " + " | ".join(shown) + " |")
+        if table.paired:
             lines += ["", "| FlashTrace vs | wins | losses | sign-test p (RISE) |", "|---|---:|---:|---:|"]
-            for baseline in baselines:
-                wins, losses, p = paired(rows, task, baseline)
-                lines.append(f"| {baseline} | {wins} | {losses} | {p:.3g} |")
+            lines += [f"| {baseline} | {wins} | {losses} | {p:.3g} |" for baseline, wins, losses, p in table.paired]
         lines.append("")
     return "\n".join(lines)
+
+
+def html_report(rows: list[dict[str, Any]], figures: dict[str, bytes] | None = None) -> str:
+    """The same tables as one self-contained HTML page; ``figures`` (title → PNG bytes) are embedded inline."""
+    from ..render.html import environment
+
+    models, errors = _preamble(rows)
+    images = [(title, base64.b64encode(png).decode("ascii")) for title, png in (figures or {}).items()]
+    return environment().get_template("eval_report.html.j2").render(
+        models=models, errors=errors, tables=report_tables(rows), figures=images, rows=len(rows),
+        reference=REFERENCE_METHOD,
+    )

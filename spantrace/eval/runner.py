@@ -165,14 +165,8 @@ def evaluate_sample(
         }
 
 
-def run_eval(
-    model: Model,
-    config: EvalConfig,
-    out: Path | str,
-    *,
-    on_row: Callable[[dict[str, Any]], None] | None = None,
-) -> ResultsFile:
-    """Evaluate ``config`` on ``model``, appending rows to ``out`` and skipping those already there."""
+def open_results(config: EvalConfig, out: Path | str) -> ResultsFile:
+    """The results file ``out`` for ``config`` (repaired if torn); an error if it holds rows of other settings."""
     results = ResultsFile(out)
     foreign = {row.get("config") for row in results.rows} - {config.fingerprint()}
     if foreign:
@@ -180,14 +174,41 @@ def run_eval(
             f"{results.path} holds rows made with other settings (config {sorted(map(str, foreign))}); "
             "write to a new file, or resume with the same options"
         )
-    done = results.done()
-    samples = make_samples(config.task, config.n, tokenizer=model.tokenizer, length=config.length, seed=config.seed,
-                           chat=config.chat, path=Path(config.data_path) if config.data_path else None,
-                           haystack=config.haystack)
+    return results
+
+
+def config_samples(config: EvalConfig, tokenizer: Any) -> list[Sample]:
+    """The ``config.n`` samples of ``config.task`` (RULER tasks are fitted to ``tokenizer``)."""
+    return make_samples(config.task, config.n, tokenizer=tokenizer, length=config.length, seed=config.seed,
+                        chat=config.chat, path=Path(config.data_path) if config.data_path else None,
+                        haystack=config.haystack)
+
+
+def pending(
+    samples: Iterable[Sample], config: EvalConfig, done: set[tuple[str, str]]
+) -> list[tuple[Sample, list[str]]]:
+    """Each sample with the methods it still lacks a row for, in order; samples with nothing left are dropped."""
+    work = []
     for sample in samples:
         todo = [method for method in config.methods if (sample.sample_id, method) not in done]
-        if not todo:
-            continue
+        if todo:
+            work.append((sample, todo))
+    return work
+
+
+def run_eval(
+    model: Model,
+    config: EvalConfig,
+    out: Path | str,
+    *,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> ResultsFile:
+    """Evaluate ``config`` on ``model``, appending rows to ``out`` and skipping those already there.
+
+    ``spantrace.eval.distributed.run_eval_ray`` does the same with samples spread over Ray workers.
+    """
+    results = open_results(config, out)
+    for sample, todo in pending(config_samples(config, model.tokenizer), config, results.done()):
         for row in evaluate_sample(model, sample, config, todo):
             results.append(row)
             if on_row is not None:

@@ -52,11 +52,12 @@ class PanelView:
 
 def render_html(result: TraceResult, *, top_k: int = 10) -> str:
     """The report for ``result`` as one HTML document (a string)."""
-    return _environment().get_template("report.html.j2").render(**_context(result, top_k))
+    return environment().get_template("report.html.j2").render(**_context(result, top_k))
 
 
 @lru_cache(maxsize=1)
-def _environment() -> Environment:
+def environment() -> Environment:
+    """The Jinja2 environment of spantrace's HTML pages (``templates/``), autoescaping every value."""
     from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
     return Environment(

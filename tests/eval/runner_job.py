@@ -25,12 +25,17 @@ def tiny_model(tokenizer) -> spantrace.Model:
                            tokenizer, "tiny-llama")
 
 
-def main(out: str) -> None:
+def load_tiny_model() -> spantrace.Model:
+    """``tiny_model`` with the built-in tokenizer (a zero-argument loader, as Ray workers need)."""
     from transformers import AutoTokenizer
 
     from spantrace.model import builtin
 
-    run_eval(tiny_model(AutoTokenizer.from_pretrained(builtin.cache_entry())), CONFIG, out)
+    return tiny_model(AutoTokenizer.from_pretrained(builtin.cache_entry()))
+
+
+def main(out: str) -> None:
+    run_eval(load_tiny_model(), CONFIG, out)
 
 
 if __name__ == "__main__":

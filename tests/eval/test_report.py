@@ -1,14 +1,18 @@
-"""The report: mean ± s.e. by hand, the best method in bold, the sign test, and the CLI commands."""
+"""The report: mean ± s.e. by hand, the best method in bold, the sign test, HTML, figures and the CLI commands."""
 
 from __future__ import annotations
 
+import io
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from spantrace.cli import app
-from spantrace.eval.report import markdown_report, mean_and_error, paired, sign_test, summarize
+from spantrace.errors import InputError
+from spantrace.eval.plots import metric_bars, metric_vs_length
+from spantrace.eval.report import html_report, markdown_report, mean_and_error, paired, sign_test, summarize
 
 
 def rows() -> list[dict]:
@@ -42,13 +46,69 @@ def test_summary_pairs_and_markdown():
     assert "1 row(s) with an error" in text and "| ifr | 2 | 1 | 1 |" in text
 
 
+def test_a_tie_marks_no_best():
+    tied = [{**row, "correct": 1.0} for row in rows() if not row.get("error")]
+    text = markdown_report(tied)
+    assert "**1.000 ± 0.000**" not in text and "1.000 ± 0.000" in text
+
+
+def many_rows() -> list[dict]:
+    rng = np.random.default_rng(0)
+    made = []
+    for task in ("a", "b"):
+        for index in range(8):
+            for method in ("flashtrace", "ifr", "rollout"):
+                made.append({"task": task, "sample_id": f"{task}{index}", "method": method, "model": "m",
+                             "rise": float(rng.random()), "mas": float(rng.random()),
+                             "insertion_auc": float(rng.random()), "recovery": float(rng.random()),
+                             "target_tokens": int(rng.integers(5, 60))})
+    return made
+
+
+def png_shape(png: bytes) -> tuple[int, ...]:
+    import matplotlib.image
+
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    return matplotlib.image.imread(io.BytesIO(png), format="png").shape
+
+
+def test_figures_are_pngs():
+    height, width, _ = png_shape(metric_bars(many_rows()))
+    assert width > 2 * height  # one panel per metric, side by side
+    assert len(png_shape(metric_vs_length(many_rows(), bins=3))) == 3
+    with pytest.raises(InputError, match="no row has both"):
+        metric_vs_length(rows())  # no target_tokens
+    with pytest.raises(InputError, match="nothing to plot"):
+        metric_bars([{"task": "t", "sample_id": "s", "method": "ifr", "model": "m", "trace_s": 1.0}])
+
+
+def test_html_report_escapes_and_embeds():
+    made = [{**row, "model": "<script>alert(1)</script>"} for row in rows()]
+    page = html_report(made, {"a <b> figure": b"\x89PNG fake"})
+    assert "<script>alert" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert '<td class="best">0.200 ± 0.058</td>' in page  # FlashTrace's RISE is the best
+    assert "data:image/png;base64,iVBORyBmYWtl" in page and "a &lt;b&gt; figure" in page
+    assert "<td>ifr</td><td>2</td><td>1</td><td>1</td>" in page  # wins, losses, p of the sign test
+
+
 def test_report_command(tmp_path):
-    results = tmp_path / "rows.jsonl"
-    results.write_text("".join(json.dumps(row) + "\n" for row in rows()))
-    out = tmp_path / "report.md"
-    result = CliRunner().invoke(app, ["report", str(results), "--markdown", str(out)])
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    made = many_rows()
+    first.write_text("".join(json.dumps(row) + "\n" for row in made if row["task"] == "a"))
+    second.write_text("".join(json.dumps(row) + "\n" for row in made if row["task"] == "b"))
+    out, page, figures = tmp_path / "report.md", tmp_path / "report.html", tmp_path / "figures"
+    result = CliRunner().invoke(app, ["report", str(first), str(second), "--markdown", str(out), "--html", str(page),
+                                      "--plots", str(figures)])
     assert result.exit_code == 0, result.output
-    assert "## t" in result.output and out.read_text().startswith("# Faithfulness results (m)")
+    assert "## a" in result.output and "## b" in result.output
+    assert out.read_text().startswith("# Faithfulness results (m)")
+    assert page.read_text().count("data:image/png;base64,") == 2
+    assert sorted(p.name for p in figures.iterdir()) == ["metrics.png", "rise_vs_length.png"]
+
+
+def test_report_command_needs_an_existing_file(tmp_path):
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "missing.jsonl")])
+    assert result.exit_code == 2 and "does not exist" in result.output
 
 
 def test_eval_command_rejects_an_unknown_method(tmp_path):

@@ -25,13 +25,6 @@ def read_rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def serial_rows(tmp_path_factory, tokenizer) -> list[dict]:
-    out = tmp_path_factory.mktemp("serial") / "rows.jsonl"
-    run_eval(tiny_model(tokenizer), CONFIG, out)
-    return read_rows(out)
-
-
 def test_one_row_per_sample_and_method(serial_rows):
     assert len(serial_rows) == CONFIG.n * len(CONFIG.methods)
     assert len({(row["sample_id"], row["method"]) for row in serial_rows}) == len(serial_rows)
