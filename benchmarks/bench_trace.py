@@ -11,9 +11,19 @@ no network; bfloat16; random seeded token ids, as there is no tokenizer):
 Each (length, job) runs in a fresh process so its peak memory is its own: peak RSS always, and on CUDA
 ``torch.cuda.max_memory_allocated`` (weights included). The sequence is text from the shared public-domain
 haystack (or random ids when it is absent or the model has no tokenizer): the first 3/4 is the prompt, the
-rest the "generation" (``--prompt-share``); the traced span is its last 32 tokens, with one recursive hop
-over the whole generation (the paper's default, T ∪ O). The results go to ``--out`` (JSON) and a log–log
-plot of time and peak memory against tokens to ``--plot`` (default: ``--out`` with ``.png``).
+rest the "generation" (``--prompt-share``); the traced span is its last 32 tokens (``--span-tokens``), with
+one recursive hop over the whole generation (the paper's default, T ∪ O; ``--hops``). The results go to
+``--out`` (JSON) and a log–log plot of time and peak memory against tokens to ``--plot`` (default: ``--out``
+with ``.png``).
+
+Jobs: ``forward`` (one sdpa forward pass with logits) and any registered method (``spantrace methods``);
+``--budget`` stops a job that runs longer and records it as over budget. Token-wise IFR costs one exact
+row per span token, so over a long span it can be timed on its last ``--ifr-rows`` rows and scaled up
+(hop 0 only, ``--hops 0``): its rows are independent, so the time is linear in their number. The 4k-target
+comparison of docs/performance.md:
+
+    .venv/bin/python benchmarks/bench_trace.py --lengths 4608 --prompt-share 0.111 --span-tokens 4096 \
+        --hops 0 --ifr-rows 64 --jobs forward flashtrace ifr --out benchmarks/results/trace_4k_target.json
 """
 
 from __future__ import annotations
@@ -34,8 +44,7 @@ if TYPE_CHECKING:
     import spantrace
 
 HAYSTACK = Path(__file__).resolve().parents[2] / "shared" / "data" / "haystack_public_domain.txt"
-JOBS = ("forward", "flashtrace", "ifr")
-PROMPT_SHARE = 0.75  # set by --prompt-share
+JOBS = ("forward", "flashtrace", "ifr")  # --smoke runs these
 DTYPES = ("bfloat16", "float16", "float32")
 
 # Random-weight stand-ins for real 8B models: the shapes (and so the cost) of the published configs.
@@ -218,6 +227,23 @@ def build_model(setup: Setup) -> spantrace.Model:
     return spantrace.load(setup.source, dtype=setup.dtype, device=setup.device)
 
 
+class Workload(NamedTuple):
+    """What each job traces: the prompt's share of the tokens, the span, the hops, and sampled IFR rows."""
+
+    prompt_share: float = 0.75
+    span_tokens: int = 32
+    hops: int = 1
+    ifr_rows: int | None = None  # time token-wise IFR on this many span rows and scale up (hops = 0)
+
+    def argv(self) -> list[str]:
+        options = ["--prompt-share", str(self.prompt_share), "--span-tokens", str(self.span_tokens)]
+        options += ["--hops", str(self.hops)]
+        return options + (["--ifr-rows", str(self.ifr_rows)] if self.ifr_rows else [])
+
+
+DEFAULT_WORKLOAD = Workload()
+
+
 def token_ids(model: spantrace.Model, length: int) -> torch.Tensor:
     import torch
 
@@ -230,7 +256,7 @@ def token_ids(model: spantrace.Model, length: int) -> torch.Tensor:
     return torch.randint(10, min(40000, vocab), (length,), generator=torch.Generator().manual_seed(0))
 
 
-def measure(job: str, length: int, source: str | Setup | None) -> dict:
+def measure(job: str, length: int, source: str | Setup | None, workload: Workload = DEFAULT_WORKLOAD) -> dict:
     """Run one job in this process and report seconds and peak memory (RSS; on CUDA also the GPU's)."""
     import numpy as np
     import torch
@@ -244,9 +270,14 @@ def measure(job: str, length: int, source: str | Setup | None) -> dict:
         torch.cuda.synchronize()
         weights = torch.cuda.memory_allocated()
     ids = token_ids(model, length)
-    prompt_length = int(length * PROMPT_SHARE)
-    span = (length - min(32, (length - prompt_length) // 2), length)
+    prompt_length = int(length * workload.prompt_share)
+    span = (length - min(workload.span_tokens, length - prompt_length), length)
     row: dict[str, Any] = {"job": job, "tokens": length, "prompt_tokens": prompt_length, "span": list(span)}
+    row["hops"] = workload.hops
+    sampled = job == "ifr" and workload.ifr_rows is not None and workload.ifr_rows < span[1] - span[0]
+    if sampled:  # time the last ifr_rows rows of the span; scaled up below
+        row["timed_rows"], row["span_rows"] = workload.ifr_rows, span[1] - span[0]
+        span = (span[1] - workload.ifr_rows, span[1])
     row["threads"] = torch.get_num_threads()
     row.update(model=model.model_id, device=str(device), dtype=str(next(model.hf_model.parameters()).dtype))
     if job == "forward":  # what the model itself costs: one sdpa forward pass with logits
@@ -262,13 +293,18 @@ def measure(job: str, length: int, source: str | Setup | None) -> dict:
         if cuda:
             torch.cuda.synchronize()
         capture = time.perf_counter() - started
-        result = run.trace(span, method=job, hops=1)
+        result = run.trace(span, method=job, hops=workload.hops)
         if cuda:
             torch.cuda.synchronize()
         row["seconds"] = time.perf_counter() - started
         row["capture_seconds"] = capture
-        row["hop_seconds"] = [result.timings[f"hop{k}_s"] for k in range(2)]
+        row["hop_seconds"] = [result.timings.get(f"hop{k}_s", 0.0) for k in range(workload.hops + 1)]
         row["scores_finite"] = bool(np.isfinite(result.scores).all())
+        if sampled:  # rows are independent: hop 0 over the whole span costs span_rows / timed_rows as much
+            scale = row["span_rows"] / row["timed_rows"]
+            row["measured_seconds"], row["hop_seconds"] = row["seconds"], [row["hop_seconds"][0] * scale]
+            row["seconds"] = row["seconds"] + row["hop_seconds"][0] * (1 - 1 / scale)
+            row["extrapolated"] = True
     row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     if cuda:
         row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -293,6 +329,8 @@ def ratios(rows: list[dict]) -> list[dict]:
             if a and b:
                 entry[f"{top}/{bottom}_seconds"] = a["seconds"] / b["seconds"]
                 entry[f"{top}/{bottom}_memory"] = peak_gib(a) / peak_gib(b)
+                if "hop_seconds" in a and "hop_seconds" in b:  # the attribution alone, capture pass left out
+                    entry[f"{top}/{bottom}_hop_seconds"] = sum(a["hop_seconds"]) / sum(b["hop_seconds"])
         if len(entry) > 1:
             out.append(entry)
     return out
@@ -349,7 +387,8 @@ def plot(rows: list[dict], path: Path, title: str) -> bool:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 2000, 4000])
-    parser.add_argument("--jobs", nargs="+", default=["forward", "flashtrace"], choices=JOBS)
+    parser.add_argument("--jobs", nargs="+", default=["forward", "flashtrace"], choices=("forward", *method_names()),
+                        metavar="JOB", help="forward, or any method of `spantrace methods`")
     parser.add_argument("--model", default=None, help="model source (default: the built-in model)")
     parser.add_argument(
         "--shape",
@@ -368,9 +407,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--one", nargs=2, metavar=("JOB", "LENGTH"), help=argparse.SUPPRESS)
     parser.add_argument("--prompt-share", type=float, default=0.75, help="prompt / total tokens (rest: generation)")
+    parser.add_argument("--span-tokens", type=int, default=32, help="traced span: the last this many tokens")
+    parser.add_argument("--hops", type=int, default=1, help="recursive hops")
+    parser.add_argument("--ifr-rows", type=int, default=None, help="time IFR on this many span rows, scale up")
+    parser.add_argument("--budget", type=float, default=None, help="seconds a job may take (default: no limit)")
     args = parser.parse_args(argv)
-    global PROMPT_SHARE
-    PROMPT_SHARE = args.prompt_share
+    if args.ifr_rows is not None and args.hops != 0:
+        parser.error("--ifr-rows scales hop 0 only: use it with --hops 0")
+    if not 0 < args.prompt_share < 1 or args.span_tokens < 1 or args.hops < 0:
+        parser.error("--prompt-share must lie in (0, 1), --span-tokens be ≥ 1 and --hops ≥ 0")
+    workload = Workload(args.prompt_share, args.span_tokens, args.hops, args.ifr_rows)
     if args.smoke:
         args.lengths, args.jobs = [64, 128], list(JOBS)
         if args.shape == "builtin":
@@ -379,14 +425,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
             args.layers, args.hidden = args.layers or 2, args.hidden or 256
     setup = Setup(args.model, args.shape, args.device, args.dtype, args.layers, args.hidden)
     if args.one:  # child process
-        print(json.dumps(measure(args.one[0], int(args.one[1]), setup)))
+        print(json.dumps(measure(args.one[0], int(args.one[1]), setup, workload)))
         return []
-    rows = run_all(args.lengths, args.jobs, setup)
+    rows = run_all(args.lengths, args.jobs, setup, workload, args.budget)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.machine(), "processor": platform.processor(), "python": platform.python_version()}
     done = [row for row in rows if "error" not in row]
     meta.update({key: done[0][key] for key in ("model", "device", "dtype", "gpu") if done and key in done[0]})
-    meta.update(shape=args.shape, jobs=args.jobs, lengths=args.lengths)
+    meta.update(shape=args.shape, jobs=args.jobs, lengths=args.lengths, budget_seconds=args.budget,
+                workload=workload._asdict())
     summary = ratios(rows)
     args.out.write_text(json.dumps({"meta": meta, "rows": rows, "ratios": summary}, indent=2))
     print(f"wrote {args.out}")
@@ -399,8 +446,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     return rows
 
 
-def run_all(lengths: list[int], jobs: list[str], setup: Setup) -> list[dict]:
-    """Every (length, job) in its own process, with a progress bar; prints the table as rows come in."""
+def method_names() -> list[str]:
+    from spantrace.methods.registry import list_methods
+
+    return list_methods()
+
+
+def run_all(
+    lengths: list[int],
+    jobs: list[str],
+    setup: Setup,
+    workload: Workload = DEFAULT_WORKLOAD,
+    budget: float | None = None,
+) -> list[dict]:
+    """Every (length, job) in its own process, with a progress bar; prints the table as rows come in.
+
+    A job still running after ``budget`` seconds is stopped and recorded as over budget."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -415,8 +476,15 @@ def run_all(lengths: list[int], jobs: list[str], setup: Setup) -> list[dict]:
             seconds: dict[str, float] = {}
             for job in jobs:
                 progress.update(task, description=f"{job} × {length} tokens")
-                command = [sys.executable, __file__, "--one", job, str(length), *setup.argv()]
-                done = subprocess.run(command + ["--prompt-share", str(PROMPT_SHARE)], capture_output=True, text=True)
+                command = [sys.executable, __file__, "--one", job, str(length), *setup.argv(), *workload.argv()]
+                try:
+                    done = subprocess.run(command, capture_output=True, text=True, timeout=budget)
+                except subprocess.TimeoutExpired:
+                    progress.advance(task)
+                    row = {"job": job, "tokens": length, "error": f"over the {budget:g} s budget", "over_budget": True}
+                    console.print(f"{length:>7} {job:>11}   over the {budget:g} s budget")
+                    rows.append(row)
+                    continue
                 progress.advance(task)
                 if done.returncode != 0:
                     row = {"job": job, "tokens": length, "error": done.stderr.strip().splitlines()[-1:]}
@@ -427,22 +495,25 @@ def run_all(lengths: list[int], jobs: list[str], setup: Setup) -> list[dict]:
                 seconds[job] = row["seconds"]
                 cells = [
                     f"{row['seconds'] / seconds[base]:.2f}" if base in seconds and job in jobs_over else "-"
-                    for base, jobs_over in (("forward", JOBS), ("flashtrace", ("ifr",)))
+                    for base, jobs_over in (("forward", jobs), ("flashtrace", ("ifr",)))
                 ]
                 gpu = f"{row['peak_gpu_gib']:.2f}" if "peak_gpu_gib" in row else "-"
                 console.print(
                     f"{length:>7} {job:>11} {row['seconds']:>9.2f} {cells[0]:>10} {cells[1]:>13} "
                     f"{row['peak_rss_gib']:>13.2f} {gpu:>13}"
+                    + (f"  (hop 0 scaled from {row['timed_rows']} of {row['span_rows']} rows)" if "extrapolated" in row
+                       else "")
                 )
                 rows.append(row)
     summary = ratios(rows)
     if summary:
-        console.print(f"\n{'tokens':>7} {'ratio':>19} {'time':>7} {'memory':>7}")
+        console.print(f"\n{'tokens':>7} {'ratio':>19} {'time':>7} {'hops':>7} {'memory':>7}")
         for entry in summary:
             for pair in ("flashtrace/forward", "ifr/flashtrace"):
                 if f"{pair}_seconds" in entry:
                     time_ratio, memory_ratio = entry[f"{pair}_seconds"], entry[f"{pair}_memory"]
-                    console.print(f"{entry['tokens']:>7} {pair:>19} {time_ratio:>7.2f} {memory_ratio:>7.2f}")
+                    hops = f"{entry[f'{pair}_hop_seconds']:.2f}" if f"{pair}_hop_seconds" in entry else "-"
+                    console.print(f"{entry['tokens']:>7} {pair:>19} {time_ratio:>7.2f} {hops:>7} {memory_ratio:>7.2f}")
     return rows
 
 

@@ -63,3 +63,23 @@ def test_scaled_down_shapes_trace(bench: ModuleType, shape: str, model_type: str
     result = model.run(input_ids=ids, prompt_length=24, progress=False).trace((28, 32), method="flashtrace")
     assert result.scores.shape == (32,)
     assert np.isfinite(result.scores).all() and np.abs(result.scores).sum() > 0
+
+
+def test_baselines_budget_and_sampled_ifr_rows(bench: ModuleType, tmp_path: Path) -> None:
+    """Any registered method is a job; --ifr-rows times the last rows of a long span and scales hop 0 up."""
+    setup = bench.Setup(source="tiny")
+    whole = bench.Workload(prompt_share=0.25, span_tokens=64, hops=0)
+    sampled = whole._replace(ifr_rows=16)
+    full = bench.measure("ifr", 96, setup, whole)
+    part = bench.measure("ifr", 96, setup, sampled)
+    assert full["span"] == part["span"] == [32, 96] and full["hops"] == 0
+    assert (part["timed_rows"], part["span_rows"], part["extrapolated"]) == (16, 64, True)
+    assert part["measured_seconds"] < part["seconds"] and len(part["hop_seconds"]) == 1
+    rows = bench.main(["--model", "tiny", "--lengths", "64", "--jobs", "forward", "rollout", "occlusion",
+                       "--out", str(tmp_path / "b.json"), "--budget", "600"])
+    assert [row["job"] for row in rows] == ["forward", "rollout", "occlusion"]
+    assert all("error" not in row and row["seconds"] > 0 for row in rows)
+    over = bench.run_all([64], ["flashtrace"], setup, whole, budget=0.01)
+    assert over == [{"job": "flashtrace", "tokens": 64, "error": "over the 0.01 s budget", "over_budget": True}]
+    with pytest.raises(SystemExit):
+        bench.main(["--ifr-rows", "8", "--hops", "1", "--smoke", "--out", str(tmp_path / "c.json")])
