@@ -27,6 +27,10 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
+REPLACEMENT = "\ufffd"  # what a tokenizer decodes an incomplete UTF-8 sequence to
+MAX_CHARACTER_TOKENS = 4  # a UTF-8 character has at most 4 bytes, so byte-level BPE splits it into ≤ 4 tokens
+
+
 class Model:
     """A causal LM with its tokenizer and the adapter that knows its internals."""
 
@@ -71,9 +75,23 @@ class Model:
         return list(tokenizer(output, add_special_tokens=False)["input_ids"])
 
     def token_strings(self, ids: Sequence[int]) -> list[str]:
+        """Each token's text. A character whose bytes span several tokens goes whole to the first of them and
+        the others get "" (decoded alone, each would be a replacement character)."""
         if self.tokenizer is None:
             return [str(int(i)) for i in ids]
-        return [self.tokenizer.decode([int(i)]) for i in ids]
+        ids = [int(i) for i in ids]
+        pieces = [self.tokenizer.decode([i]) for i in ids]
+        index = 0
+        while index < len(pieces):
+            if REPLACEMENT in pieces[index]:
+                for end in range(index + 2, min(index + MAX_CHARACTER_TOKENS, len(ids)) + 1):
+                    joined = self.tokenizer.decode(ids[index:end])
+                    if REPLACEMENT not in joined:  # the shortest run of tokens that completes the character
+                        pieces[index : end] = [joined] + [""] * (end - index - 1)
+                        index = end - 1
+                        break
+            index += 1
+        return pieces
 
     # running ---------------------------------------------------------------------------------------
     def generate(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 256, progress: bool = True) -> list[int]:

@@ -188,3 +188,16 @@ def test_stop_tokens_are_soft_deleted() -> None:
     assert plain.scores[2] > 0 and deleted.scores[2] == 0
     assert all(h[12] == 0 and h[2] == 0 for h in deleted.hop_scores)
     assert not np.allclose(plain.scores, deleted.scores)
+
+
+def test_characters_split_across_tokens_are_shown_whole(tokenizer) -> None:
+    text = "Tom 日本 café 🍎 x \ufffd y"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    alone = [tokenizer.decode([i]) for i in ids]
+    assert sum(piece.count("\ufffd") for piece in alone) > 1  # byte-level BPE splits 日 and 🍎
+    model = spantrace.Model(make_tiny_model("llama", vocab_size=len(tokenizer)), tokenizer)
+    pieces = model.token_strings(ids)
+    assert len(pieces) == len(ids) and "".join(pieces) == text
+    assert " 日" in pieces and " 🍎" in pieces and pieces.count("\ufffd") == 1  # the one that is in the text
+    for piece, single in zip(pieces, alone, strict=True):
+        assert piece == single or "\ufffd" in single  # only split characters change

@@ -1,23 +1,11 @@
-"""Shared fixtures of the evaluation tests: the built-in model's tokenizer (no model weights needed) and the
-rows of a small serial evaluation on a tiny model (``runner_job.CONFIG``)."""
+"""Shared fixture of the evaluation tests: the rows of a small serial evaluation on a tiny model
+(``runner_job.CONFIG``)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-
-
-@pytest.fixture(scope="session")
-def tokenizer():
-    from transformers import AutoTokenizer
-
-    from spantrace.model import builtin
-
-    entry = builtin.cache_entry()
-    if builtin.is_complete(entry):
-        return AutoTokenizer.from_pretrained(entry)
-    return builtin.load_builtin()[1]
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,6 @@ import spantrace
 
 
 @pytest.fixture(scope="session")
-def tiny_model() -> spantrace.Model:
-    from transformers import AutoTokenizer
-
-    from spantrace.model import builtin
-
-    entry = builtin.cache_entry()
-    tokenizer = AutoTokenizer.from_pretrained(entry) if builtin.is_complete(entry) else builtin.load_builtin()[1]
+def tiny_model(tokenizer) -> spantrace.Model:
     hf_model = make_tiny_model("llama", vocab_size=len(tokenizer), max_position_embeddings=512)
     return spantrace.Model(hf_model, tokenizer, "tiny-llama")
