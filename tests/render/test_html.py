@@ -1,6 +1,6 @@
 """The HTML report: escaped, self-contained, and checked in a real headless Chromium (Playwright).
 
-The browser tests use the system Chromium at /usr/bin/chromium (``apt-get install chromium``; never
+The browser tests use the system Chromium through the ``browser`` fixture of tests/conftest.py (never
 ``playwright install``) and skip when it is missing. They also save the README screenshot, docs/trace.png.
 """
 
@@ -15,15 +15,6 @@ import pytest
 import spantrace
 from spantrace import TraceResult
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "trace.png"
 
 # The README example: the built-in model's own greedy answer, given as text so no generation is needed.
@@ -61,17 +52,6 @@ def test_template_ships_as_package_data() -> None:
 
 
 # --- in Chromium -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install chromium (scripts/test.sh does it as root)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[test])")
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
 
 
 @pytest.fixture(scope="module")
