@@ -71,9 +71,10 @@ def weighted_log_prob(
         logits_to_keep=readout,
         return_dict=True,
     )
-    log_probs = torch.log_softmax(output.logits.float(), dim=-1)  # [B, M', V]
-    targets = objective.targets.to(device).clone()[None, :, None].expand(log_probs.shape[0], -1, 1)
-    chosen = log_probs.gather(-1, targets)[..., 0]  # [B, M']
+    logits = output.logits.float()  # [B, M', V]
+    targets = objective.targets.to(device).clone()[None, :, None].expand(logits.shape[0], -1, 1)
+    # log p = logit − logsumexp: no [B, M', V] log-softmax is kept for the backward pass, only the logits
+    chosen = logits.gather(-1, targets)[..., 0] - torch.logsumexp(logits, dim=-1)  # [B, M']
     return chosen @ objective.weights.to(device).clone()
 
 
