@@ -20,6 +20,11 @@ import spantrace
 from spantrace import TraceResult
 from spantrace.serve import create_app
 
+# Locator assertions wait without evaluating a string in the page (the page's CSP forbids eval, which
+# makes page.wait_for_function fail whenever its predicate is not already true on the first try).
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install -e .[test])")
+expect = sync_api.expect
+
 XSS_PROMPT = "<img src=x onerror=alert(1)> what is this?"
 
 
@@ -86,7 +91,7 @@ def test_select_a_span_by_mouse_switch_hops_and_export(page, tiny_model: spantra
         page.mouse.move(last_box["x"] + last_box["width"] - 1, last_box["y"] + last_box["height"] / 2)
         page.mouse.up()
     assert json.loads(traced.value.request.post_data)["span"] == [start, last + 1]
-    page.wait_for_function(f"document.querySelector('#span').value === '{start}-{last + 1}'")
+    expect(page.locator("#span")).to_have_value(f"{start}-{last + 1}")
     assert shown(page, ".t.in-span") == list(range(start, last + 1))
     # scores appear: the prompt is coloured, and the top list is the library's
     expected = run.trace((start, last + 1), hops=1)
@@ -121,7 +126,7 @@ def test_keyboard_only_trace(page) -> None:
     page.fill("#hops", "0")
     with page.expect_response(lambda r: r.url.endswith("/trace")):
         page.press("#hops", "Enter")
-    page.wait_for_function("document.querySelectorAll('#views [role=tab]').length === 2")  # combined + hop 0
+    expect(page.locator("#views [role=tab]")).to_have_count(2)  # combined + hop 0
     assert page.text_content("#timings").startswith("ifr, 0 hop(s)")
     page.fill("#span", "no-such-span")
     page.press("#span", "Enter")
