@@ -237,7 +237,9 @@ def eval_(
     task: Annotated[str, typer.Option(metavar="NAME", help="niah_single, niah_mq_q2/4, niah_mv_v2/4, vt_h<H>_c<C>, "
                                       "gsm8k, morehopqa, hotpotqa.")],
     out: Annotated[Path, typer.Option(dir_okay=False, metavar="PATH", help="JSONL results file (resumed if present).")],
-    methods: Annotated[str, typer.Option(metavar="A,B", help="Comma-separated methods.")] = "flashtrace,ifr",
+    methods: Annotated[
+        str, typer.Option(metavar="A,B", help="Comma-separated methods, or 'all' for every registered one.")
+    ] = "flashtrace,ifr",
     samples: Annotated[int, typer.Option("-n", "--samples", min=1, help="How many samples.")] = 10,
     length: Annotated[int, typer.Option(min=16, help="Prompt length in tokens (RULER tasks).")] = 1024,
     seed: Annotated[int, typer.Option(help="Seed of the generated tasks.")] = 42,
@@ -274,6 +276,8 @@ def eval_(
     from .eval.runner import EvalConfig, ResultsFile, run_eval
 
     names = tuple(name.strip() for name in methods.split(",") if name.strip())
+    if names == ("all",):
+        names = tuple(info.name for info in describe_methods())
     for name in names:
         _check_method(name)
     config = EvalConfig(task=task, methods=names, n=samples, length=length, seed=seed, steps=steps,

@@ -1,0 +1,5 @@
+"""``python -m spantrace``: the same as the ``spantrace`` command."""
+
+from .cli import main
+
+main()
