@@ -343,7 +343,9 @@ def report(
 
 def _report_figures(rows: list[dict[str, Any]]) -> dict[str, bytes]:
     from .eval.plots import metric_bars, metric_vs_length
+    from .eval.report import complete_samples
 
+    rows, _ = complete_samples(rows)  # the figures show the samples the tables show
     return {"metrics": metric_bars(rows), "rise_vs_length": metric_vs_length(rows)}
 
 

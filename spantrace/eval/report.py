@@ -5,6 +5,10 @@ The standard error is ``std(ddof=1) / √n`` (0 for one row). The paired compari
 each baseline uses the samples both have, on RISE (lower is better): ``wins`` = samples where
 FlashTrace is lower, ``losses`` where it is higher (ties dropped), and the exact two-sided sign-test
 p-value ``min(1, 2 · P[Binomial(wins + losses, ½) ≤ min(wins, losses)])``.
+
+Every method of a task is scored on the same samples: a sample that lacks a row for some method of its
+task (a run stopped part-way through it) is left out of that task's tables and counted in the preamble.
+Each table also says which device its rows ran on, since trace times are only comparable on one.
 """
 
 from __future__ import annotations
@@ -45,6 +49,35 @@ def load_rows(path: Path | str) -> list[dict[str, Any]]:
             if number < len(lines):
                 raise SpanTraceError(f"{path} line {number} is not JSON ({error})") from error
     return rows
+
+
+def complete_samples(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """The rows of samples that have a row (an error row too) for every method of their task, and how many
+    rows were left out because their sample is not complete yet."""
+    methods: dict[str, set[str]] = defaultdict(set)
+    per_sample: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for row in rows:
+        methods[row["task"]].add(row["method"])
+        per_sample[(row["task"], row["sample_id"])].add(row["method"])
+    kept = [row for row in rows if per_sample[(row["task"], row["sample_id"])] >= methods[row["task"]]]
+    return kept, len(rows) - len(kept)
+
+
+def row_device(row: dict[str, Any]) -> str:
+    """Where a row was measured: its ``device``, else what its memory measure implies (older rows)."""
+    if row.get("device"):
+        return str(row["device"])
+    return {"cuda_allocated": "cuda", "process_peak_rss": "cpu"}.get(str(row.get("memory_kind")), "unknown")
+
+
+def devices(rows: list[dict[str, Any]]) -> str:
+    """``"cuda"``, or ``"cuda (280 rows), cpu (20 rows)"`` when the rows ran on more than one device."""
+    counts: dict[str, int] = defaultdict(int)
+    for row in rows:
+        counts[row_device(row)] += 1
+    if len(counts) == 1:
+        return next(iter(counts))
+    return ", ".join(f"{device} ({count} rows)" for device, count in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def mean_and_error(values: list[float]) -> tuple[float, float]:
@@ -99,6 +132,7 @@ class TaskTable:
     """One task's part of the report: cells as text, the best of each column marked, and the sign tests."""
 
     task: str
+    devices: str  # where its rows ran: trace times compare only within one device
     headers: list[str]
     rows: list[tuple[str, int, list[tuple[str, bool]]]]  # (method, n, [(cell, is best)])
     paired: list[tuple[str, int, int, float]]  # (baseline, wins, losses, p)
@@ -108,6 +142,7 @@ def report_tables(rows: list[dict[str, Any]]) -> list[TaskTable]:
     """The report's tables, one per task: mean ± s.e. per method and metric, best marked, then sign tests."""
     if not rows:
         raise SpanTraceError("the results file has no rows")
+    rows, _ = complete_samples(rows)
     tables = []
     for task, methods in summarize(rows).items():
         present = [column for column in COLUMNS if any(column[0] in stats for stats in methods.values())]
@@ -127,24 +162,29 @@ def report_tables(rows: list[dict[str, Any]]) -> list[TaskTable]:
             body.append((method, count, cells))
         baselines = [m for m in methods if m != REFERENCE_METHOD] if REFERENCE_METHOD in methods else []
         paired_rows = [(baseline, *paired(rows, task, baseline)) for baseline in baselines]
-        tables.append(TaskTable(task, [header for _, header, _ in present], body, paired_rows))
+        here = devices([row for row in rows if row["task"] == task])
+        tables.append(TaskTable(task, here, [header for _, header, _ in present], body, paired_rows))
     return tables
 
 
-def _preamble(rows: list[dict[str, Any]]) -> tuple[str, int]:
+def _preamble(rows: list[dict[str, Any]]) -> tuple[str, int, int]:
     models = sorted({str(row.get("model")) for row in rows})
-    return ", ".join(models), sum(1 for row in rows if row.get("error"))
+    kept, partial = complete_samples(rows)
+    return ", ".join(models), sum(1 for row in kept if row.get("error")), partial
 
 
 def markdown_report(rows: list[dict[str, Any]]) -> str:
     """The Markdown tables: per task, mean ± s.e. per method (best in bold), then FlashTrace's sign tests."""
     tables = report_tables(rows)
-    models, errors = _preamble(rows)
+    models, errors, partial = _preamble(rows)
     lines = [f"# Faithfulness results ({models})", ""]
     if errors:
         lines += [f"{errors} row(s) with an error are left out.", ""]
+    if partial:
+        lines += [f"{partial} row(s) of samples not yet scored by every method are left out.", ""]
     for table in tables:
-        lines += [f"## {table.task}", "", "| method | n | " + " | ".join(table.headers) + " |"]
+        lines += [f"## {table.task}", "", f"Measured on: {table.devices}.", ""]
+        lines += ["| method | n | " + " | ".join(table.headers) + " |"]
         lines.append("|---|---:|" + "---:|" * len(table.headers))
         for method, count, cells in table.rows:
             shown = [f"**{cell}**" if is_best else cell for cell, is_best in cells]
@@ -160,9 +200,9 @@ def html_report(rows: list[dict[str, Any]], figures: dict[str, bytes] | None = N
     """The same tables as one self-contained HTML page; ``figures`` (title → PNG bytes) are embedded inline."""
     from ..render.html import environment
 
-    models, errors = _preamble(rows)
+    models, errors, partial = _preamble(rows)
     images = [(title, base64.b64encode(png).decode("ascii")) for title, png in (figures or {}).items()]
     return environment().get_template("eval_report.html.j2").render(
-        models=models, errors=errors, tables=report_tables(rows), figures=images, rows=len(rows),
+        models=models, errors=errors, partial=partial, tables=report_tables(rows), figures=images, rows=len(rows),
         reference=REFERENCE_METHOD,
     )

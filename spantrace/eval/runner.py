@@ -157,6 +157,7 @@ def evaluate_sample(
             "recovery": metrics.recovery(scores[positions], gold, config.recovery_frac) if gold.any() else None,
             "flat": metrics.is_flat(deletion.values),
             "trace_s": trace_seconds,
+            "device": model.device.type,
             "peak_memory_mb": memory,
             "memory_kind": memory_kind,
             "deletion_curve": deletion.values.tolist(),

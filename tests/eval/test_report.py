@@ -12,7 +12,17 @@ from typer.testing import CliRunner
 from spantrace.cli import app
 from spantrace.errors import InputError
 from spantrace.eval.plots import metric_bars, metric_vs_length
-from spantrace.eval.report import html_report, markdown_report, mean_and_error, paired, sign_test, summarize
+from spantrace.eval.report import (
+    complete_samples,
+    devices,
+    html_report,
+    markdown_report,
+    mean_and_error,
+    paired,
+    row_device,
+    sign_test,
+    summarize,
+)
 
 
 def rows() -> list[dict]:
@@ -43,7 +53,9 @@ def test_summary_pairs_and_markdown():
     assert paired(rows(), "t", "ifr") == (2, 1, pytest.approx(1.0))
     text = markdown_report(rows())
     assert "| flashtrace | 3 | **0.200 ± 0.058** |" in text
-    assert "1 row(s) with an error" in text and "| ifr | 2 | 1 | 1 |" in text
+    assert "1 row(s) of samples not yet scored" in text and "| ifr | 2 | 1 | 1 |" in text  # s3 has no flashtrace
+    errored = rows() + [{"task": "t", "sample_id": "s3", "method": "flashtrace", "rise": 0.5, "model": "m"}]
+    assert "1 row(s) with an error are left out" in markdown_report(errored)
 
 
 def test_a_tie_marks_no_best():
@@ -129,3 +141,25 @@ def test_eval_command_takes_all_for_every_registered_method(tmp_path, monkeypatc
                                       "--methods", "all", "-q"])
     assert result.exit_code == 0, result.output
     assert list(seen["config"].methods) == list_methods()
+
+
+def test_a_sample_not_scored_by_every_method_is_left_out():
+    made = rows() + [{"task": "t", "sample_id": "s9", "method": "flashtrace", "rise": 9.0, "model": "m"}]
+    kept, partial = complete_samples(made)
+    assert partial == 2 and {row["sample_id"] for row in kept} == {"s0", "s1", "s2"}  # s3: ifr only; s9: ours only
+    text = markdown_report(made)
+    assert "| flashtrace | 3 | **0.200 ± 0.058** |" in text  # s9's 9.0 is not in the mean
+    assert "2 row(s) of samples not yet scored by every method are left out" in text
+    assert "row(s) with an error" not in text  # s3's error row went with its sample
+
+
+def test_each_table_says_where_its_rows_ran():
+    assert row_device({"device": "cuda"}) == "cuda"
+    assert row_device({"memory_kind": "process_peak_rss"}) == "cpu"  # rows written before the device field
+    assert row_device({"memory_kind": "cuda_allocated"}) == "cuda"
+    gpu = [{**row, "device": "cuda"} for row in rows()[:4]]
+    cpu = [{**row, "device": "cpu"} for row in rows()[4:6]]
+    assert devices(gpu) == "cuda"
+    assert devices(gpu + cpu) == "cuda (4 rows), cpu (2 rows)"
+    assert "Measured on: cuda (4 rows), cpu (2 rows)." in markdown_report(gpu + cpu)
+    assert "Measured on: cuda (4 rows), cpu (2 rows)." in html_report(gpu + cpu)
