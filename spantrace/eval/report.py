@@ -167,6 +167,31 @@ def report_tables(rows: list[dict[str, Any]]) -> list[TaskTable]:
     return tables
 
 
+@dataclass(frozen=True)
+class Overview:
+    """One metric across tasks: a row per method, a column per task, the best of each column marked."""
+
+    metric: str
+    tasks: list[tuple[str, int]]  # (task, samples)
+    rows: list[tuple[str, list[tuple[str, bool]]]]  # (method, [(cell, is best)])
+
+
+def overview(rows: list[dict[str, Any]], metric: str = "rise") -> Overview:
+    """``metric`` (mean ± s.e.) for every method and task, on the same complete samples as the task tables."""
+    tables = {table.task: table for table in report_tables(rows)}
+    header = next(header for key, header, _ in COLUMNS if key == metric)
+    tasks, columns = [], {}
+    for task, table in tables.items():
+        if header not in table.headers:
+            continue
+        index = table.headers.index(header)
+        tasks.append((task, max(count for _, count, _ in table.rows)))
+        columns[task] = {method: cells[index] for method, _, cells in table.rows}
+    methods = sorted({method for column in columns.values() for method in column})
+    body = [(method, [columns[task].get(method, ("–", False)) for task, _ in tasks]) for method in methods]
+    return Overview(header, tasks, body)
+
+
 def _preamble(rows: list[dict[str, Any]]) -> tuple[str, int, int]:
     models = sorted({str(row.get("model")) for row in rows})
     kept, partial = complete_samples(rows)
@@ -182,6 +207,14 @@ def markdown_report(rows: list[dict[str, Any]]) -> str:
         lines += [f"{errors} row(s) with an error are left out.", ""]
     if partial:
         lines += [f"{partial} row(s) of samples not yet scored by every method are left out.", ""]
+    if len(tables) > 1:
+        summary = overview(rows)
+        lines += [f"## {summary.metric} by task", ""]
+        lines.append("| method | " + " | ".join(f"{task} (n={n})" for task, n in summary.tasks) + " |")
+        lines.append("|---|" + "---:|" * len(summary.tasks))
+        for method, cells in summary.rows:
+            lines.append(f"| {method} | " + " | ".join(f"**{c}**" if best else c for c, best in cells) + " |")
+        lines.append("")
     for table in tables:
         lines += [f"## {table.task}", "", f"Measured on: {table.devices}.", ""]
         lines += ["| method | n | " + " | ".join(table.headers) + " |"]
@@ -204,5 +237,6 @@ def html_report(rows: list[dict[str, Any]], figures: dict[str, bytes] | None = N
     images = [(title, base64.b64encode(png).decode("ascii")) for title, png in (figures or {}).items()]
     return environment().get_template("eval_report.html.j2").render(
         models=models, errors=errors, partial=partial, tables=report_tables(rows), figures=images, rows=len(rows),
+        overview=overview(rows) if len({row["task"] for row in rows}) > 1 else None,
         reference=REFERENCE_METHOD,
     )

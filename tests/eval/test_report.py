@@ -18,6 +18,7 @@ from spantrace.eval.report import (
     html_report,
     markdown_report,
     mean_and_error,
+    overview,
     paired,
     row_device,
     sign_test,
@@ -163,3 +164,19 @@ def test_each_table_says_where_its_rows_ran():
     assert devices(gpu + cpu) == "cuda (4 rows), cpu (2 rows)"
     assert "Measured on: cuda (4 rows), cpu (2 rows)." in markdown_report(gpu + cpu)
     assert "Measured on: cuda (4 rows), cpu (2 rows)." in html_report(gpu + cpu)
+
+
+def test_the_overview_puts_one_metric_of_every_task_side_by_side():
+    made = many_rows()
+    summary = overview(made)
+    assert summary.metric == "RISE ↓" and summary.tasks == [("a", 8), ("b", 8)]
+    table = summarize(made)
+    for method, cells in summary.rows:
+        for (task, _), (cell, _) in zip(summary.tasks, cells, strict=True):
+            mean, error, _ = table[task][method]["rise"]
+            assert cell == f"{mean:.3f} ± {error:.3f}"
+    assert sum(best for _, cells in summary.rows for _, best in cells) == 2  # one best per task
+    text = markdown_report(made)
+    assert "## RISE ↓ by task" in text and "| method | a (n=8) | b (n=8) |" in text
+    assert "RISE ↓ by task</h2>" in html_report(made)
+    assert "by task" not in markdown_report(rows())  # one task: no overview
