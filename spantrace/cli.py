@@ -29,7 +29,7 @@ from typer.core import TyperGroup
 from .api import DEFAULT_CHUNK_SIZE, load
 from .errors import SpanTraceError
 from .methods.hops import RECURSIVE_SPANS
-from .methods.registry import available_methods, describe_methods
+from .methods.registry import available_methods, describe_methods, list_methods
 from .model import builtin
 from .model.registry import SUPPORTED_ARCHITECTURES
 from .spans import SPAN_FORMS
@@ -277,7 +277,7 @@ def eval_(
 
     names = tuple(name.strip() for name in methods.split(",") if name.strip())
     if names == ("all",):
-        names = tuple(info.name for info in describe_methods())
+        names = tuple(list_methods())
     for name in names:
         _check_method(name)
     config = EvalConfig(task=task, methods=names, n=samples, length=length, seed=seed, steps=steps,

@@ -176,17 +176,16 @@ class Overview:
     rows: list[tuple[str, list[tuple[str, bool]]]]  # (method, [(cell, is best)])
 
 
-def overview(rows: list[dict[str, Any]], metric: str = "rise") -> Overview:
-    """``metric`` (mean ± s.e.) for every method and task, on the same complete samples as the task tables."""
-    tables = {table.task: table for table in report_tables(rows)}
+def overview(tables: list[TaskTable], metric: str = "rise") -> Overview:
+    """``metric`` (mean ± s.e.) for every method and task, read off the task tables (``report_tables``)."""
     header = next(header for key, header, _ in COLUMNS if key == metric)
     tasks, columns = [], {}
-    for task, table in tables.items():
+    for table in tables:
         if header not in table.headers:
             continue
         index = table.headers.index(header)
-        tasks.append((task, max(count for _, count, _ in table.rows)))
-        columns[task] = {method: cells[index] for method, _, cells in table.rows}
+        tasks.append((table.task, max(count for _, count, _ in table.rows)))
+        columns[table.task] = {method: cells[index] for method, _, cells in table.rows}
     methods = sorted({method for column in columns.values() for method in column})
     body = [(method, [columns[task].get(method, ("–", False)) for task, _ in tasks]) for method in methods]
     return Overview(header, tasks, body)
@@ -208,7 +207,7 @@ def markdown_report(rows: list[dict[str, Any]]) -> str:
     if partial:
         lines += [f"{partial} row(s) of samples not yet scored by every method are left out.", ""]
     if len(tables) > 1:
-        summary = overview(rows)
+        summary = overview(tables)
         lines += [f"## {summary.metric} by task", ""]
         lines.append("| method | " + " | ".join(f"{task} (n={n})" for task, n in summary.tasks) + " |")
         lines.append("|---|" + "---:|" * len(summary.tasks))
@@ -235,8 +234,9 @@ def html_report(rows: list[dict[str, Any]], figures: dict[str, bytes] | None = N
 
     models, errors, partial = _preamble(rows)
     images = [(title, base64.b64encode(png).decode("ascii")) for title, png in (figures or {}).items()]
+    tables = report_tables(rows)
     return environment().get_template("eval_report.html.j2").render(
-        models=models, errors=errors, partial=partial, tables=report_tables(rows), figures=images, rows=len(rows),
-        overview=overview(rows) if len({row["task"] for row in rows}) > 1 else None,
+        models=models, errors=errors, partial=partial, tables=tables, figures=images, rows=len(rows),
+        overview=overview(tables) if len(tables) > 1 else None,
         reference=REFERENCE_METHOD,
     )

@@ -20,6 +20,7 @@ from spantrace.eval.report import (
     mean_and_error,
     overview,
     paired,
+    report_tables,
     row_device,
     sign_test,
     summarize,
@@ -168,7 +169,7 @@ def test_each_table_says_where_its_rows_ran():
 
 def test_the_overview_puts_one_metric_of_every_task_side_by_side():
     made = many_rows()
-    summary = overview(made)
+    summary = overview(report_tables(made))
     assert summary.metric == "RISE ↓" and summary.tasks == [("a", 8), ("b", 8)]
     table = summarize(made)
     for method, cells in summary.rows:
