@@ -18,14 +18,13 @@ from .errors import (
     SpanTraceError,
     UnsupportedArchitectureError,
 )
-from .methods.registry import available_methods, list_methods
+from .methods.registry import available_methods, list_methods, register_method
 from .model.builtin import DEFAULT_MODEL
-from .model.registry import SUPPORTED_ARCHITECTURES
+from .model.registry import register_adapter, supported_architectures
 from .result import TopToken, TraceResult
 
 __all__ = [
     "DEFAULT_MODEL",
-    "SUPPORTED_ARCHITECTURES",
     "InputError",
     "Model",
     "ModelLoadError",
@@ -40,4 +39,7 @@ __all__ = [
     "available_methods",
     "list_methods",
     "load",
+    "register_adapter",
+    "register_method",
+    "supported_architectures",
 ]

@@ -18,6 +18,7 @@ from .methods.hops import RECURSIVE_SPANS, trace_hops
 from .methods.registry import get_method
 from .model.adapter import ArchitectureAdapter
 from .model.registry import adapter_for
+from .model.selfcheck import SelfCheck, self_check
 from .result import TraceResult
 from .spans import resolve_span
 
@@ -34,11 +35,20 @@ MAX_CHARACTER_TOKENS = 4  # a UTF-8 character has at most 4 bytes, so byte-level
 class Model:
     """A causal LM with its tokenizer and the adapter that knows its internals."""
 
-    def __init__(self, model: PreTrainedModel, tokenizer: Any | None = None, model_id: str | None = None) -> None:
+    def __init__(
+        self, model: PreTrainedModel, tokenizer: Any | None = None, model_id: str | None = None, *, check: bool = True
+    ) -> None:
+        """``check=False`` skips the load-time self-check (``spantrace.model.selfcheck``): only for a model
+        whose adapter you have verified otherwise, since an unchecked adapter may give scores that are not
+        the model's."""
         self.hf_model = model.eval()
         self.tokenizer = tokenizer
         self.model_id = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.adapter: ArchitectureAdapter = adapter_for(model)
+        self.self_check: SelfCheck | None = None
+        if check:
+            vocab_size = model.get_input_embeddings().num_embeddings
+            self.self_check = self_check(self.adapter, vocab_size, next(model.parameters()).dtype)
 
     def __repr__(self) -> str:
         return f"Model({self.model_id!r}, architecture={self.adapter.name!r})"
@@ -284,6 +294,7 @@ class Run:
         return {
             "model": self.model.model_id,
             "architecture": self.adapter.name,
+            "self_check": self.model.self_check.as_info() if self.model.self_check is not None else "skipped",
             "method": method,
             "options": {"hops": hops, "recursive": recursive, "stop_tokens": stop_tokens, "chunk_size": chunk_size},
             "method_options": dict(method_options or {}),
@@ -322,9 +333,15 @@ def load(
     tokenizer: Any | None = None,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
+    check: bool = True,
 ) -> Model:
-    """Load a causal LM to trace: the built-in model (default), a hub id, a folder, a GGUF file or a model."""
+    """Load a causal LM to trace: the built-in model (default), a hub id, a folder, a GGUF file or a model.
+
+    Every model is self-checked at load: a short slice of tokens runs through every layer and the adapter
+    must rebuild each layer's attention output from its per-source parts, or the model is refused with
+    ``UnsupportedArchitectureError`` naming the layer. ``check=False`` skips that (at your own risk).
+    """
     from .model.loading import load_hf
 
     loaded = load_hf(source, tokenizer=tokenizer, dtype=dtype, device=device)
-    return Model(loaded.model, loaded.tokenizer, loaded.model_id)
+    return Model(loaded.model, loaded.tokenizer, loaded.model_id, check=check)

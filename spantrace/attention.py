@@ -143,14 +143,28 @@ def attention_rows(
     logits = logits.reshape(heads, sinks.shape[0], width).mul_(rule.scaling)  # [H, C, width]
     if rule.softcap is not None:
         logits.div_(rule.softcap).tanh_().mul_(rule.softcap)
-    sources = torch.arange(width, device=queries.device)
+    logits.masked_fill_(~visible_sources(sinks, width, rule)[None], float("-inf"))
+    # softmax in place (one [H, C, width] buffer instead of three); every row sees its own sink
+    top = logits.amax(dim=-1, keepdim=True)  # [H, C, 1]
+    if rule.sink_logits is None:
+        logits.sub_(top).exp_()
+        return logits.div_(logits.sum(dim=-1, keepdim=True))
+    # A sink logit joins the denominator: exp(s_h) / (Σ_j exp(l_j) + exp(s_h)) is the mass no source gets.
+    sink_logits = rule.sink_logits.to(device=logits.device, dtype=torch.float32)[:, None, None]  # [H, 1, 1]
+    top = torch.maximum(top, sink_logits)
+    logits.sub_(top).exp_()
+    return logits.div_(logits.sum(dim=-1, keepdim=True) + (sink_logits - top).exp())
+
+
+def visible_sources(sinks: torch.Tensor, width: int, rule: AttentionRule) -> torch.Tensor:
+    """[C, width] bool: which sources each sink attends to (causal, sliding window, chunked attention)."""
+    sources = torch.arange(width, device=sinks.device)
     visible = sources[None, :] <= sinks[:, None]  # [C, width]
     if rule.sliding_window is not None:
         visible &= sources[None, :] > sinks[:, None] - rule.sliding_window
-    logits.masked_fill_(~visible[None], float("-inf"))
-    # softmax in place (one [H, C, width] buffer instead of three); every row sees its own sink
-    logits.sub_(logits.amax(dim=-1, keepdim=True)).exp_()
-    return logits.div_(logits.sum(dim=-1, keepdim=True))
+    if rule.attention_chunk is not None:
+        visible &= (sources[None, :] // rule.attention_chunk) == (sinks[:, None] // rule.attention_chunk)
+    return visible
 
 
 # Elements of one chunk's [H, C, width] rows: ~8 MB fp32 keeps them in cache and off the page-fault path.

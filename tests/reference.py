@@ -1,23 +1,28 @@
 """A slow, obviously-correct float64 reference for FlashTrace and token-wise IFR (DESIGN.md §1).
 
-Independent of the library: it reads attention probabilities straight out of the model's own eager
-attention (a forward hook on each self-attention module), reads the value/output weights straight
-out of the parameters, and computes everything with explicit Python loops over layers, heads, sinks
-and sources in float64. Speed is not a goal; being easy to check by eye is.
+Independent of the library's adapters: it runs a float64 copy of the model with eager attention and
+intercepts the model's own eager attention function (``eager_attention_forward`` in the modeling
+module), which every architecture calls with the value states it multiplies and returns the
+probabilities it applied (after masks, windows, soft-capping and sink logits). The output projection
+is read from the parameters; everything else is explicit Python loops over layers, heads, sinks and
+sources in float64. Speed is not a goal; being easy to check by eye is.
 
 Conventions (the same as the library's):
 
-- The V bias is part of the value vector ``v[h, j]``, so it is attributed to the source token
-  (attention rows sum to one, so ``Σ_j α[h, i, j] · b_V`` is exactly the bias's share of the output).
-- The O bias stays with the residual: the residual vector of sink ``i`` is ``x_in_i + b_O``.
-- Gemma's sandwich norm after attention, ``postnorm(a_i) = a_i · s_i · (1 + γ')`` with the per-sink
-  scalar ``s_i = 1 / sqrt(mean(a_i²) + eps)``, is linear in ``a_i`` once ``s_i`` is fixed, so each head
-  and source contribution is scaled by ``s_i · (1 + γ')`` (and an O bias, if any, likewise).
+- The V bias is part of the value state ``v[g, j]`` (the eager function receives it with the bias in),
+  so it is attributed to the source token.
+- The O bias stays with the residual: the residual vector of sink ``i`` is ``x_in_i + b_O`` (times the
+  branch's scale below).
+- A norm on the attention output before the residual add (Gemma's sandwich, GLM-4's
+  ``post_self_attn_layernorm``), ``a_i · s_i · gain`` with the per-sink scalar
+  ``s_i = 1 / sqrt(mean(a_i²) + eps)``, is linear in ``a_i`` once ``s_i`` is fixed, so each head and
+  source contribution is scaled by ``s_i · gain``; a residual multiplier (Granite) scales it too.
 """
 
 from __future__ import annotations
 
 import copy
+import sys
 import types
 from dataclasses import dataclass
 
@@ -25,135 +30,111 @@ import numpy as np
 import torch
 from torch import nn
 
-SANDWICH_FAMILIES = ("gemma2", "gemma3_text")
-SUPPORTED_FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gpt2", *SANDWICH_FAMILIES)
-
-
 # ----------------------------------------------------------------------------------------------------
 # The float64 eager model
 # ----------------------------------------------------------------------------------------------------
 
 
+def _rms_gain_kind(module: nn.Module) -> str:
+    """How an RMSNorm applies its weight: "none" (no weight), "weight", or "one_plus" (Gemma-style)."""
+    weight = getattr(module, "weight", None)
+    if weight is None:
+        return "none"
+    with torch.no_grad():
+        probe = torch.ones(1, weight.shape[0], dtype=weight.dtype)
+        out = module(probe).double()[0]  # rms(1) = 1, so out ≈ gain
+    w = weight.double()
+    return "one_plus" if (out - (1 + w)).abs().max() < (out - w).abs().max() else "weight"
+
+
 def _exact_rms_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """RMSNorm in the input's own dtype (transformers' RMSNorms compute in float32 whatever the input)."""
     eps = module.variance_epsilon if hasattr(module, "variance_epsilon") else module.eps
+    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    if module._gain_kind == "none":
+        return normed
     gain = module.weight.to(x.dtype)
-    if type(module).__name__.startswith("Gemma"):
-        gain = 1.0 + gain  # Gemma stores γ - 1
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gain
+    return normed * (1.0 + gain if module._gain_kind == "one_plus" else gain)
 
 
 def float64_eager_copy(model: nn.Module) -> nn.Module:
     """A float64 copy of ``model`` with eager attention and RMSNorms that really compute in float64.
 
-    The model itself is left untouched. Eager softmax still runs in float32 inside transformers
-    (``softmax(..., dtype=float32)``); that does not affect the decomposition, which uses the
-    probabilities the model actually applied.
+    The model itself is left untouched. Eager softmax may still run in float32 inside transformers;
+    that does not affect the decomposition, which uses the probabilities the model actually applied.
     """
-    reference = copy.deepcopy(model).double().eval()
+    reference = copy.deepcopy(model).eval()
+    kinds = {name: _rms_gain_kind(m) for name, m in reference.named_modules() if type(m).__name__.endswith("RMSNorm")}
+    reference = reference.double()
     reference.set_attn_implementation("eager")
-    for module in reference.modules():
-        if type(module).__name__.endswith("RMSNorm"):
+    if getattr(reference.config, "_experts_implementation", None) not in (None, "eager"):
+        reference.set_experts_implementation("eager")  # grouped matmuls have no float64 kernel
+    for name, module in reference.named_modules():
+        if name in kinds:
+            module._gain_kind = kinds[name]
             module.forward = types.MethodType(_exact_rms_norm, module)
     return reference
 
 
 # ----------------------------------------------------------------------------------------------------
-# Where things live in each family
+# Where things live in a layer
 # ----------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class LayerModules:
-    attn: nn.Module  # the self-attention module; eager forward returns (output [1, N, D], probs [1, H, N, N])
-    input_norm: nn.Module  # its input is x_in
+    layer: nn.Module  # the decoder layer; its input is x_in
+    attn: nn.Module  # the attention module that calls the eager attention function
     mlp_prenorm: nn.Module  # its input is x_mid
-    attn_postnorm: nn.Module | None  # Gemma's sandwich norm on the attention output, else None
+    attn_postnorm: nn.Module | None  # a norm on the attention output before the residual add, else None
+    out_proj: nn.Module  # the output projection (nn.Linear, or GPT-2's Conv1D)
+    branch_scale: float  # a residual multiplier on the attention branch (Granite), else 1
 
 
-def family(model: nn.Module) -> str:
-    model_type = model.config.model_type
-    if model_type not in SUPPORTED_FAMILIES:
-        raise ValueError(f"reference: unsupported architecture {model_type!r}")
-    return model_type
+def decoder_layers(model: nn.Module) -> list[nn.Module]:
+    if hasattr(model, "transformer"):  # GPT-2
+        return list(model.transformer.h)
+    base = model.model
+    base = getattr(base, "language_model", base)  # multimodal wrappers
+    return list(base.layers)
 
 
 def layer_modules(model: nn.Module) -> list[LayerModules]:
-    arch = family(model)
-    if arch == "gpt2":
-        return [LayerModules(block.attn, block.ln_1, block.ln_2, None) for block in model.transformer.h]
-    if arch in SANDWICH_FAMILIES:
-        return [
-            LayerModules(layer.self_attn, layer.input_layernorm, layer.pre_feedforward_layernorm,
-                         layer.post_attention_layernorm)
-            for layer in model.model.layers
-        ]
-    return [
-        LayerModules(layer.self_attn, layer.input_layernorm, layer.post_attention_layernorm, None)
-        for layer in model.model.layers
-    ]
+    found = []
+    for layer in decoder_layers(model):
+        if hasattr(layer, "ln_1"):  # GPT-2
+            found.append(LayerModules(layer, layer.attn, layer.ln_2, None, layer.attn.c_proj, 1.0))
+            continue
+        if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma 2/3: sandwich norms
+            mid, post = layer.pre_feedforward_layernorm, layer.post_attention_layernorm
+        elif hasattr(layer, "post_self_attn_layernorm"):  # GLM-4
+            mid, post = layer.post_attention_layernorm, layer.post_self_attn_layernorm
+        else:
+            mid, post = layer.post_attention_layernorm, None
+        scale = float(getattr(layer, "residual_multiplier", 1.0))
+        found.append(LayerModules(layer, layer.self_attn, mid, post, layer.self_attn.o_proj, scale))
+    return found
 
 
-@dataclass(frozen=True)
-class HeadShape:
-    num_heads: int  # H query heads
-    num_kv_heads: int  # G key/value heads
-    head_dim: int  # d
-    hidden: int  # D
-
-    def kv_head(self, h: int) -> int:
-        """GQA: query head h reads KV head h // (H / G)."""
-        return h // (self.num_heads // self.num_kv_heads)
-
-
-def head_shape(model: nn.Module, attn: nn.Module) -> HeadShape:
-    config = model.config
-    num_heads = config.num_attention_heads
-    num_kv_heads = getattr(config, "num_key_value_heads", None) or num_heads
-    return HeadShape(num_heads, num_kv_heads, attn.head_dim, config.hidden_size)
+def kv_head(h: int, num_heads: int, num_kv_heads: int) -> int:
+    """GQA: query head h reads KV head h // (H / G)."""
+    return h // (num_heads // num_kv_heads)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float64).cpu().numpy()
 
 
-def value_weights(arch: str, attn: nn.Module, shape: HeadShape) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per KV head g: W_V^g [D, d] and b_V^g [d] (zeros where the model has no V bias)."""
-    H, G, d, D = shape.num_heads, shape.num_kv_heads, shape.head_dim, shape.hidden
-    w_v: list[np.ndarray] = []
-    b_v: list[np.ndarray] = []
-    for g in range(G):
-        if arch == "gpt2":
-            # Conv1D: y = x @ weight + bias, weight [D, 3D]; c_attn(x).split(D) gives q, k, v -> v is [2D:3D].
-            cols = slice(2 * D + g * d, 2 * D + (g + 1) * d)
-            w_v.append(_np(attn.c_attn.weight[:, cols]))  # [D, d]
-            b_v.append(_np(attn.c_attn.bias[cols]))  # [d]
-            continue
-        if arch == "phi3":
-            # Fused Linear: weight [H*d + 2*G*d, D], rows are q (H*d), k (G*d), v (G*d).
-            proj = attn.qkv_proj
-            start = H * d + G * d
-        else:
-            proj = attn.v_proj  # Linear: weight [G*d, D]
-            start = 0
-        rows = slice(start + g * d, start + (g + 1) * d)
-        w_v.append(_np(proj.weight[rows, :]).T)  # [D, d]
-        b_v.append(_np(proj.bias[rows]) if proj.bias is not None else np.zeros(d))  # [d]
-    return w_v, b_v
-
-
-def output_weights(arch: str, attn: nn.Module, shape: HeadShape) -> tuple[list[np.ndarray], np.ndarray]:
-    """Per query head h: W_O^h [d, D]; and b_O [D] (zeros where the model has no O bias)."""
-    H, d, D = shape.num_heads, shape.head_dim, shape.hidden
-    w_o: list[np.ndarray] = []
-    for h in range(H):
-        cols = slice(h * d, (h + 1) * d)
-        if arch == "gpt2":
-            w_o.append(_np(attn.c_proj.weight[cols, :]))  # Conv1D weight [H*d, D] -> [d, D]
-        else:
-            w_o.append(_np(attn.o_proj.weight[:, cols]).T)  # Linear weight [D, H*d] -> [d, D]
-    proj = attn.c_proj if arch == "gpt2" else attn.o_proj
-    b_o = _np(proj.bias) if proj.bias is not None else np.zeros(D)  # [D]
+def output_weights(parts: LayerModules, num_heads: int) -> tuple[list[np.ndarray], np.ndarray]:
+    """Per query head h: W_O^h [d_v, D]; and b_O [D] (zeros where the model has no O bias)."""
+    proj = parts.out_proj
+    if type(proj).__name__ == "Conv1D":  # GPT-2: y = x @ weight + bias, weight [H*d, D]
+        weight = _np(proj.weight)
+    else:  # nn.Linear: weight [D, H*d]
+        weight = _np(proj.weight).T
+    d_v = weight.shape[0] // num_heads
+    w_o = [weight[h * d_v : (h + 1) * d_v] for h in range(num_heads)]
+    b_o = _np(proj.bias) if proj.bias is not None else np.zeros(weight.shape[1])
     return w_o, b_o
 
 
@@ -165,8 +146,10 @@ def output_weights(arch: str, attn: nn.Module, shape: HeadShape) -> tuple[list[n
 @dataclass
 class LayerCapture:
     x_in: torch.Tensor  # [N, D]
-    alpha: torch.Tensor  # [H, N, N] attention probabilities (sink i, source j)
-    attn_out: torch.Tensor  # [N, D] attention module output (o_proj / c_proj, bias included)
+    alpha: torch.Tensor  # [H, N, N] attention probabilities the model applied (sink i, source j)
+    values: torch.Tensor  # [G, N, d_v] value states the model multiplied (V bias and any v norm in)
+    head_out: torch.Tensor  # [N, H, d_v] what the eager function returned
+    postnorm_in: torch.Tensor | None  # [N, D] input of the post-attention norm
     x_mid: torch.Tensor  # [N, D]
 
 
@@ -179,33 +162,49 @@ def capture(model64: nn.Module, ids: torch.Tensor) -> list[LayerCapture]:
     """One forward pass of the float64 eager model on ``ids`` [N], hooks on every layer."""
     modules = layer_modules(model64)
     seen: list[dict[str, torch.Tensor]] = [{} for _ in modules]
-    handles = []
+    by_attention = {id(parts.attn): store for parts, store in zip(modules, seen, strict=True)}
 
     def keep_input(store: dict, key: str):
         def hook(_module, args, kwargs):
             store[key] = _first_tensor(args, kwargs)[0].clone()  # [N, D]
         return hook
 
-    def keep_attention(store: dict):
-        def hook(_module, _args, _kwargs, output):
-            out, probs = output[0], output[1]
+    def intercept(eager):
+        def wrapped(module, query, key, value, *args, **kwargs):
+            out, probs = eager(module, query, key, value, *args, **kwargs)
             assert probs is not None, "eager attention returned no probabilities"
-            store["attn_out"] = out[0].clone()  # [N, D]
+            store = by_attention[id(module)]
             store["alpha"] = probs[0].clone()  # [H, N, N]
-        return hook
+            store["values"] = value[0].clone()  # [G, N, d_v]
+            store["head_out"] = out[0].clone()  # [N, H, d_v]
+            return out, probs
+        return wrapped
 
+    handles = []
+    patched = {}
     for store, parts in zip(seen, modules, strict=True):
         handles += [
-            parts.input_norm.register_forward_pre_hook(keep_input(store, "x_in"), with_kwargs=True),
+            parts.layer.register_forward_pre_hook(keep_input(store, "x_in"), with_kwargs=True),
             parts.mlp_prenorm.register_forward_pre_hook(keep_input(store, "x_mid"), with_kwargs=True),
-            parts.attn.register_forward_hook(keep_attention(store), with_kwargs=True),
         ]
+        if parts.attn_postnorm is not None:
+            handles.append(parts.attn_postnorm.register_forward_pre_hook(keep_input(store, "postnorm_in"),
+                                                                         with_kwargs=True))
+        modeling = sys.modules[type(parts.attn).__module__]
+        if modeling not in patched:
+            patched[modeling] = modeling.eager_attention_forward
+            modeling.eager_attention_forward = intercept(modeling.eager_attention_forward)
     try:
         model64(input_ids=ids[None].to(next(model64.parameters()).device), use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
-    return [LayerCapture(s["x_in"], s["alpha"], s["attn_out"], s["x_mid"]) for s in seen]
+        for modeling, eager in patched.items():
+            modeling.eager_attention_forward = eager
+    return [
+        LayerCapture(s["x_in"], s["alpha"], s["values"], s["head_out"], s.get("postnorm_in"), s["x_mid"])
+        for s in seen
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -222,33 +221,50 @@ class LayerTerms:
     x_mid: np.ndarray  # [N, D]
 
 
-@torch.no_grad()
-def layer_terms(arch: str, parts: LayerModules, shape: HeadShape, cap: LayerCapture) -> LayerTerms:
-    H, D = shape.num_heads, shape.hidden
-    N = cap.x_in.shape[0]
-    normed = _np(parts.input_norm(cap.x_in))  # [N, D], the layer's own input norm
-    alpha = _np(cap.alpha)  # [H, N, N]
-    attn_out = _np(cap.attn_out)  # [N, D]
-    x_in = _np(cap.x_in)  # [N, D]
-    w_v, b_v = value_weights(arch, parts.attn, shape)
-    w_o, b_o = output_weights(arch, parts.attn, shape)
+def _norm_gain(norm: nn.Module) -> np.ndarray:
+    kind = getattr(norm, "_gain_kind", "weight")
+    if kind == "none":
+        return np.ones(norm.normalized_shape if hasattr(norm, "normalized_shape") else 1)
+    weight = _np(norm.weight)
+    return 1.0 + weight if kind == "one_plus" else weight
 
-    # v[h, j] = (norm(x_in)_j · W_V^{kv(h)} + b_V^{kv(h)}) · W_O^h
+
+@torch.no_grad()
+def layer_terms(parts: LayerModules, cap: LayerCapture) -> LayerTerms:
+    alpha = _np(cap.alpha)  # [H, N, N]
+    values = _np(cap.values)  # [G, N, d_v]
+    H, N, _ = alpha.shape
+    G = values.shape[0]
+    x_in = _np(cap.x_in)  # [N, D]
+    w_o, b_o = output_weights(parts, H)
+
+    # The eager function's own output is Σ_j α[h, i, j] · values[kv(h), j]: check the capture first.
+    head_out = _np(cap.head_out)  # [N, H, d_v]
+    for h in range(H):
+        g = kv_head(h, H, G)
+        for i in range(N):
+            rebuilt = sum(alpha[h, i, j] * values[g, j] for j in range(N))
+            assert np.allclose(rebuilt, head_out[i, h], rtol=1e-9, atol=1e-9), "eager capture is inconsistent"
+
+    # v[h, j] = values[kv(h), j] · W_O^h
+    D = w_o[0].shape[1]
     v = np.zeros((H, N, D))  # [H, N, D]
     for h in range(H):
-        g = shape.kv_head(h)
+        g = kv_head(h, H, G)
         for j in range(N):
-            v[h, j] = (normed[j] @ w_v[g] + b_v[g]) @ w_o[h]
+            v[h, j] = values[g, j] @ w_o[h]
 
     # The linear map applied to the attention output before it joins the residual, per sink:
-    # identity, or Gemma's postnorm with its scalar s_i frozen: u -> s_i * (1 + γ') ⊙ u.
-    sink_scale = np.ones(N)  # [N]
+    # u -> branch_scale · s_i · gain ⊙ u (s_i = 1 and gain = 1 without a post-attention norm).
+    sink_scale = np.full(N, parts.branch_scale)  # [N]
     gain = np.ones(D)  # [D]
     if parts.attn_postnorm is not None:
-        eps = parts.attn_postnorm.eps
-        gain = 1.0 + _np(parts.attn_postnorm.weight)
+        norm = parts.attn_postnorm
+        eps = norm.variance_epsilon if hasattr(norm, "variance_epsilon") else norm.eps
+        gain = _norm_gain(norm)
+        attn_out = _np(cap.postnorm_in)
         for i in range(N):
-            sink_scale[i] = 1.0 / np.sqrt(np.mean(attn_out[i] ** 2) + eps)
+            sink_scale[i] *= 1.0 / np.sqrt(np.mean(attn_out[i] ** 2) + eps)
 
     contrib = np.zeros((H, N, N, D))  # [H, N, N, D]
     residual = np.zeros((N, D))  # [N, D]
@@ -263,12 +279,8 @@ def layer_terms(arch: str, parts: LayerModules, shape: HeadShape, cap: LayerCapt
 def reference_terms(model: nn.Module, ids: torch.Tensor) -> list[LayerTerms]:
     """The exact float64 decomposition of every layer of ``model`` on ``ids`` [N] (model left untouched)."""
     model64 = float64_eager_copy(model)
-    arch = family(model64)
     captures = capture(model64, ids)
-    terms = []
-    for parts, cap in zip(layer_modules(model64), captures, strict=True):
-        terms.append(layer_terms(arch, parts, head_shape(model64, parts.attn), cap))
-    return terms
+    return [layer_terms(parts, cap) for parts, cap in zip(layer_modules(model64), captures, strict=True)]
 
 
 def decomposition_error(terms: list[LayerTerms]) -> float:

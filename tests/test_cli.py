@@ -81,7 +81,7 @@ def test_models_lists_the_builtin_model_and_architectures(runner: CliRunner) -> 
     result = runner.invoke(app, ["models"])
     assert result.exit_code == 0
     assert spantrace.DEFAULT_MODEL in result.stdout
-    assert all(arch in result.stdout for arch in spantrace.SUPPORTED_ARCHITECTURES)
+    assert all(arch in result.stdout for arch in spantrace.supported_architectures())
 
 
 @pytest.mark.parametrize("command", [[], ["trace"], ["methods"], ["models"]])

@@ -16,7 +16,7 @@ import torch
 
 from ..attention import layer_inputs
 from .base import AttributionMethod, SinkScores
-from .registry import register
+from .registry import register_method
 
 if TYPE_CHECKING:
     from ..api import Run
@@ -33,7 +33,7 @@ def sink_attention(
     return scores
 
 
-@register
+@register_method
 class AttentionLast(AttributionMethod):
     name = "attention-last"
     description = "Last layer's attention probabilities, mean over heads, summed over the span's rows."
@@ -45,7 +45,7 @@ class AttentionLast(AttributionMethod):
         return SinkScores(scores=sink_attention(run, last, sinks, sink_weights, chunk_size))
 
 
-@register
+@register_method
 class AttentionMean(AttributionMethod):
     name = "attention-mean"
     description = "Attention probabilities, mean over heads and over layers, summed over the span's rows."

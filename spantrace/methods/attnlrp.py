@@ -28,7 +28,7 @@ from ..errors import UnsupportedArchitectureError
 from . import lrp_rules as rules
 from .base import AttributionMethod, SinkScores
 from .objective import Objective, input_embeddings, objective_for, scores_over_run
-from .registry import register
+from .registry import register_method
 
 if TYPE_CHECKING:
     from torch import nn
@@ -186,7 +186,7 @@ def attnlrp_relevance(
     )
 
 
-@register
+@register_method
 class AttnLRP(AttributionMethod):
     name = "attnlrp"
     description = "AttnLRP (Achtibat et al. 2024): LRP relevance of the span's target logits, one backward pass."

@@ -14,13 +14,13 @@ import torch
 from ..attention import iter_layers
 from ..kernels import Workspace, span_edges
 from .base import AttributionMethod, SinkScores
-from .registry import register
+from .registry import register_method
 
 if TYPE_CHECKING:
     from ..api import Run
 
 
-@register
+@register_method
 class FlashTrace(AttributionMethod):
     name = "flashtrace"
     description = "Span-aggregated Information Flow Routes in one pass (FlashTrace), with recursive hops."

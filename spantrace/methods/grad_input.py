@@ -15,7 +15,7 @@ import torch
 from ..errors import SpanTraceError
 from .base import AttributionMethod, SinkScores
 from .objective import embedding_gradients, input_embeddings, objective_for, scores_over_run
-from .registry import register
+from .registry import register_method
 
 if TYPE_CHECKING:
     from ..api import Run
@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 AGGREGATES = ("l2", "sum")
 
 
-@register
+@register_method
 class GradientInput(AttributionMethod):
     name = "grad-input"
     description = "Gradient × input embedding of the span's teacher-forced log-probability (L2 over the width)."

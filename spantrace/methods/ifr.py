@@ -14,13 +14,13 @@ import torch
 from ..attention import iter_layers, sink_chunks
 from ..kernels import DEFAULT_BLOCK_ELEMENTS, Workspace, head_value_vectors, token_edges
 from .base import AttributionMethod, SinkScores
-from .registry import register
+from .registry import register_method
 
 if TYPE_CHECKING:
     from ..api import Run
 
 
-@register
+@register_method
 class TokenwiseIFR(AttributionMethod):
     name = "ifr"
     description = "Token-wise Information Flow Routes: one exact row per sink, averaged (slow baseline)."

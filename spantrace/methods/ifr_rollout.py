@@ -23,7 +23,7 @@ import torch
 
 from .base import AttributionMethod, SinkScores
 from .ifr import TokenwiseIFR
-from .registry import register
+from .registry import register_method
 
 if TYPE_CHECKING:
     from ..api import Run
@@ -54,7 +54,7 @@ def roll_back(
     return mass.float(), stuck
 
 
-@register
+@register_method
 class IFRRollout(AttributionMethod):
     name = "ifr-rollout"
     description = "Token-wise IFR rows of every generated token, rolled back through the generation to the prompt."

@@ -25,7 +25,7 @@ from .objective import (
     objective_for,
     scores_over_run,
 )
-from .registry import register
+from .registry import register_method
 
 if TYPE_CHECKING:
     from ..api import Run
@@ -89,7 +89,7 @@ def integrated_gradients(
     )
 
 
-@register
+@register_method
 class IntegratedGradients(AttributionMethod):
     name = "integrated-gradients"
     description = "Integrated gradients from the pad/EOS-embedding baseline (trapezoid rule, batched), signed."

@@ -17,7 +17,7 @@ import torch
 from ..errors import SpanTraceError
 from .base import AttributionMethod, SinkScores
 from .objective import auto_batch_size, neutral_token_id, objective_for, weighted_log_prob
-from .registry import register
+from .registry import register_method
 
 if TYPE_CHECKING:
     from ..api import Run
@@ -46,7 +46,7 @@ def sentence_groups(tokens: list[str]) -> list[torch.Tensor]:
     return groups
 
 
-@register
+@register_method
 class Occlusion(AttributionMethod):
     name = "occlusion"
     description = "Leave-one-group-out: replace each prompt group by pad/EOS; score = drop in the span log-prob."

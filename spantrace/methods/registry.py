@@ -21,10 +21,20 @@ class MethodInfo:
     cost: str  # e.g. "O(M·N) per layer", "O(k·forward)"; "" when a method does not say
 
 
-def register(method: type[AttributionMethod]) -> type[AttributionMethod]:
-    """Class decorator: make ``method`` available under ``method.name``."""
-    if method.name in _METHODS and _METHODS[method.name] is not method:
-        raise SpanTraceError(f"two attribution methods are registered as {method.name!r}")
+def register_method(method: type[AttributionMethod], *, replace: bool = False) -> type[AttributionMethod]:
+    """Make ``method`` (an ``AttributionMethod`` subclass) available under ``method.name``; usable as a decorator.
+
+    The CLI, the viewer and the evaluator then list it and run it like a built-in method. ``replace=True``
+    overrides a method already registered under that name.
+    """
+    if not (isinstance(method, type) and issubclass(method, AttributionMethod)):
+        raise SpanTraceError(f"register_method takes an AttributionMethod subclass, not {method!r}")
+    if not isinstance(getattr(method, "name", None), str) or not method.name:
+        raise SpanTraceError(f"{method.__name__} needs a class attribute `name` (a non-empty string)")
+    if method.name in _METHODS and _METHODS[method.name] is not method and not replace:
+        raise SpanTraceError(
+            f"two attribution methods are registered as {method.name!r}; pass replace=True to override it"
+        )
     _METHODS[method.name] = method
     return method
 

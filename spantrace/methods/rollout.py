@@ -18,7 +18,7 @@ import torch
 
 from ..attention import layer_inputs, sink_chunks
 from .base import AttributionMethod, SinkScores
-from .registry import register
+from .registry import register_method
 
 if TYPE_CHECKING:
     from ..api import Run
@@ -34,7 +34,7 @@ def rollout_rows(attention: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
     return mixed / mixed.sum(-1, keepdim=True)
 
 
-@register
+@register_method
 class Rollout(AttributionMethod):
     name = "rollout"
     description = "Attention rollout with the residual (Abnar & Zuidema 2020): product of 0.5·A + 0.5·I over layers."

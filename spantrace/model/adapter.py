@@ -8,7 +8,11 @@ An adapter turns a Hugging Face causal LM into four things per decoder layer:
   biases, k norm and rotary embedding ``[G, N, d]`` and values with the V bias ``[G, N, d]`` for the
   whole sequence, and queries ``[H, C, d]`` for just the C sinks a trace needs;
 - the output projection split per head, ``[H, d, D]``, and its bias (kept with the residual);
-- the score rules: scaling, logit soft-capping, sliding window.
+- the score rules: scaling, logit soft-capping, sliding or chunked windows, per-head sink logits.
+
+Queries and keys may have a different width from values (DeepSeek's MLA): ``keys [G, N, d]`` but
+``values [G, N, d_v]`` and the output projection ``[H, d_v, D]``. A residual multiplier on the attention
+branch (Granite) is folded into the output projection by the adapter.
 
 Architectures with a norm after attention ("sandwich", Gemma 2/3) also say how to read the per-sink
 scale of that norm (see ``SandwichNorm``).
@@ -33,11 +37,16 @@ class AttentionRule:
     scaling: float  # multiplies q·k
     softcap: float | None  # logits -> softcap * tanh(logits / softcap)
     sliding_window: int | None  # sink i sees source j iff i - window < j <= i
+    # A learned logit per head that joins every softmax denominator and has no value vector (gpt-oss):
+    # rows then sum to less than one, and the missing mass simply contributes nothing. [H] float32.
+    sink_logits: torch.Tensor | None = None
+    # Chunked attention (Llama 4): sink i sees source j only inside its own block, i // chunk == j // chunk.
+    attention_chunk: int | None = None
 
 
 @dataclass(frozen=True)
 class SandwichNorm:
-    """An RMSNorm applied to the attention output before it joins the residual.
+    """An RMSNorm applied to the attention output before it joins the residual (Gemma, GLM-4, OLMo 2).
 
     ``x_mid_i = x_in_i + gain ⊙ a_i · s_i`` with ``s_i = 1 / sqrt(mean(a_i²) + eps)`` a scalar per
     sink. Since ``a_i = Σ_{h,j} α[h,i,j] v[h,j] (+ o bias)`` is linear in the value vectors, source j's

@@ -1,10 +1,14 @@
-"""Llama-style decoders: Llama (and SmolLM), Mistral, Qwen2, Qwen3, Gemma 2/3, Phi-3.
+"""Llama-style decoders: every family laid out like ``LlamaForCausalLM`` (see docs/architectures.md).
 
 They share one layout — ``model.model.layers[i].self_attn`` with q/k/v/o projections (Phi-3 fuses
-q/k/v), a pre-attention norm, a rotary embedding on ``model.model.rotary_emb`` and the rotation
-function in the model's own modeling module. The differences are data: q/k norms (Qwen3, Gemma 3),
-a sandwich norm after attention and a pre-MLP norm (Gemma), soft-capping (Gemma 2), per-layer
-sliding windows and per-layer-type rotary tables (Gemma 3).
+q/k/v), a rotary embedding on ``model.model.rotary_emb`` and the rotation function in the model's own
+modeling module. Multimodal wrappers (Gemma 3, Mistral 3) hold that stack at
+``model.model.language_model`` with its sizes in ``config.text_config``. The differences are data:
+q/k norms (Qwen3, Gemma 3), a norm on the attention output (Gemma's sandwich, GLM-4's
+``post_self_attn_layernorm``), soft-capping (Gemma 2), per-layer sliding windows and rotary tables
+(Gemma 3, gpt-oss), per-head sink logits (gpt-oss), layers without rotary (SmolLM3's
+``no_rope_layers``), a residual multiplier on the attention branch (Granite) and a query scale that
+grows with position (Ministral 3's ``llama_4_scaling_beta``).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ def _require(obj: object, attribute: str, architecture: str, where: str) -> obje
     if not hasattr(obj, attribute):
         raise UnsupportedArchitectureError(
             f"{architecture}: expected `{where}.{attribute}` but the model has none; "
-            "this architecture is not supported by spantrace (see `spantrace.SUPPORTED_ARCHITECTURES`)."
+            "this architecture is not supported by spantrace (see `spantrace models`)."
         )
     return getattr(obj, attribute)
 
@@ -37,19 +41,24 @@ class LlamaStyleAdapter:
 
     def __init__(self, model: PreTrainedModel) -> None:
         self.model = model
-        self.config = model.config
-        self.name = getattr(self.config, "model_type", type(model).__name__)
+        self.name = getattr(model.config, "model_type", type(model).__name__)
+        # The text stack and its config: a multimodal wrapper holds them one level down.
+        self.config = model.config.get_text_config()
+        self.text_type = getattr(self.config, "model_type", self.name)
         self._base = _require(model, "model", self.name, type(model).__name__)
-        self._layers = _require(self._base, "layers", self.name, "model.model")
-        self._rotary = _require(self._base, "rotary_emb", self.name, "model.model")
+        where = "model.model"
+        if hasattr(self._base, "language_model"):
+            self._base, where = self._base.language_model, "model.model.language_model"
+        self._layers = _require(self._base, "layers", self.name, where)
+        self._rotary = _require(self._base, "rotary_emb", self.name, where)
         first = self._layers[0]
-        attention = _require(first, "self_attn", self.name, "model.model.layers[0]")
+        attention = _require(first, "self_attn", self.name, f"{where}.layers[0]")
         if not (hasattr(attention, "qkv_proj") or all(hasattr(attention, p) for p in ("q_proj", "k_proj"))):
             raise UnsupportedArchitectureError(
                 f"{self.name}: the attention module has neither q_proj/k_proj/v_proj nor a fused qkv_proj."
             )
-        _require(attention, "o_proj", self.name, "model.model.layers[0].self_attn")
-        _require(first, "input_layernorm", self.name, "model.model.layers[0]")
+        _require(attention, "o_proj", self.name, f"{where}.layers[0].self_attn")
+        _require(first, "input_layernorm", self.name, f"{where}.layers[0]")
         self._rotate: Callable = _require(
             sys.modules[type(attention).__module__], "apply_rotary_pos_emb", self.name, "modeling module"
         )
@@ -80,9 +89,12 @@ class LlamaStyleAdapter:
 
     def _read_sandwich_norm(self, index: int) -> SandwichNorm | None:
         layer = self._layers[index]
-        if not hasattr(layer, "pre_feedforward_layernorm"):
+        if hasattr(layer, "post_self_attn_layernorm"):  # GLM-4: normed attention output, then the residual
+            norm = layer.post_self_attn_layernorm
+        elif hasattr(layer, "pre_feedforward_layernorm"):  # Gemma: post_attention_layernorm is the sandwich
+            norm = layer.post_attention_layernorm
+        else:
             return None
-        norm = layer.post_attention_layernorm
         weight = norm.weight.detach().float()
         # Gemma's RMSNorm scales by (1 + weight), initialised at zero; Llama's by weight.
         gain = 1.0 + weight if _is_offset_rms_norm(norm) else weight
@@ -107,7 +119,8 @@ class LlamaStyleAdapter:
             window = getattr(self.config, "sliding_window", None)
         # Only Gemma 2 passes its soft-capping to the attention function; Gemma 3 configs carry the
         # field but the model ignores it, and so do we.
-        softcap = getattr(attention, "attn_logit_softcapping", None) if self.name in _SOFTCAPPED else None
+        softcap = getattr(attention, "attn_logit_softcapping", None) if self.text_type in _SOFTCAPPED else None
+        sinks = getattr(attention, "sinks", None)  # gpt-oss: one learned logit per head in every denominator
         return AttentionRule(
             num_heads=heads,
             num_kv_heads=kv_heads,
@@ -115,7 +128,21 @@ class LlamaStyleAdapter:
             scaling=float(attention.scaling),
             softcap=float(softcap) if softcap else None,
             sliding_window=int(window) if window else None,
+            sink_logits=sinks.detach().float() if isinstance(sinks, torch.Tensor) else None,
         )
+
+    def _uses_rotary(self, index: int) -> bool:
+        """False on layers that skip the rotary embedding (SmolLM3's ``no_rope_layers``)."""
+        return bool(getattr(self._attention(index), "use_rope", True))
+
+    def _query_scale(self, positions: torch.Tensor) -> torch.Tensor | None:
+        """Ministral 3's position-dependent query scale ``1 + β·log(1 + ⌊pos / original_max⌋)``, [C]; else None."""
+        rope = getattr(self.config, "rope_parameters", None) or {}
+        beta = rope.get("llama_4_scaling_beta") if isinstance(rope, dict) else None
+        if self.text_type not in _LLAMA4_QUERY_SCALED or beta is None:
+            return None
+        original = rope["original_max_position_embeddings"]
+        return 1 + beta * torch.log(1 + torch.floor(positions.float() / original))
 
     def _rotary_tables(self, index: int, like: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin [1, length, d] for positions 0…length−1 (dynamic rope sees the whole sequence)."""
@@ -154,9 +181,11 @@ class LlamaStyleAdapter:
         values = self._projection(index, "v", hidden).view(n, rule.num_kv_heads, rule.head_dim).transpose(0, 1)
         if hasattr(attention, "k_norm"):  # Qwen3, Gemma 3: per-head RMSNorm before rotary
             keys = attention.k_norm(keys)
-        cos, sin = self._rotary_tables(index, hidden, n)
-        _, keys = self._rotate(keys[None], keys[None], cos, sin)
-        return keys[0], values  # [G, N, d] each
+        if self._uses_rotary(index):
+            cos, sin = self._rotary_tables(index, hidden, n)
+            _, keys = self._rotate(keys[None], keys[None], cos, sin)
+            keys = keys[0]
+        return keys, values  # [G, N, d] each
 
     def queries(self, index: int, x_rows: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
         attention = self._attention(index)
@@ -166,10 +195,15 @@ class LlamaStyleAdapter:
         queries = self._projection(index, "q", hidden).view(c, rule.num_heads, rule.head_dim).transpose(0, 1)
         if hasattr(attention, "q_norm"):
             queries = attention.q_norm(queries)
-        cos, sin = self._rotary_tables(index, hidden, length)
-        positions = positions.to(cos.device)
-        queries, _ = self._rotate(queries[None], queries[None], cos[:, positions], sin[:, positions])
-        return queries[0]  # [H, C, d]
+        if self._uses_rotary(index):
+            cos, sin = self._rotary_tables(index, hidden, length)
+            positions = positions.to(cos.device)
+            queries, _ = self._rotate(queries[None], queries[None], cos[:, positions], sin[:, positions])
+            queries = queries[0]
+        scale = self._query_scale(positions)
+        if scale is not None:
+            queries = queries * scale.to(device=queries.device, dtype=queries.dtype)[None, :, None]
+        return queries  # [H, C, d]
 
     def output_projection(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         rule = self.attention_rule(index)
@@ -177,10 +211,16 @@ class LlamaStyleAdapter:
         weight = o_proj.weight.detach()  # [D, H*d]
         per_head = weight.T.reshape(rule.num_heads, rule.head_dim, weight.shape[0])  # [H, d, D]
         bias = o_proj.bias.detach() if o_proj.bias is not None else None
+        # Granite scales the whole attention branch before the residual add: fold it into W_O and b_O.
+        multiplier = getattr(self._layers[index], "residual_multiplier", None)
+        if multiplier is not None:
+            per_head = per_head * multiplier
+            bias = bias * multiplier if bias is not None else None
         return per_head, bias
 
 
 _SOFTCAPPED = frozenset({"gemma2"})
+_LLAMA4_QUERY_SCALED = frozenset({"ministral3"})
 
 
 def _is_offset_rms_norm(norm: nn.Module) -> bool:

@@ -1,15 +1,21 @@
-"""Pick the adapter for a model by its ``config.model_type``."""
+"""Pick the adapter for a model by its ``config.model_type``; users add their own with ``register_adapter``."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..errors import UnsupportedArchitectureError
+from ..errors import SpanTraceError, UnsupportedArchitectureError
 from .adapter import ArchitectureAdapter
 from .gpt2 import GPT2Adapter
 from .llama import LlamaStyleAdapter
 
-_ADAPTERS = {
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+AdapterFactory = Callable[["PreTrainedModel"], ArchitectureAdapter]
+
+_ADAPTERS: dict[str, AdapterFactory] = {
     "llama": LlamaStyleAdapter,
     "mistral": LlamaStyleAdapter,
     "qwen2": LlamaStyleAdapter,
@@ -19,12 +25,45 @@ _ADAPTERS = {
     "gemma3_text": LlamaStyleAdapter,
     "phi3": LlamaStyleAdapter,
     "gpt2": GPT2Adapter,
+    # softmax attention with a twist the Llama-style adapter reads from the modules (docs/architectures.md)
+    "gpt_oss": LlamaStyleAdapter,
+    "smollm3": LlamaStyleAdapter,
+    "glm4": LlamaStyleAdapter,
+    "granite": LlamaStyleAdapter,
+    "granitemoe": LlamaStyleAdapter,
+    "ministral3": LlamaStyleAdapter,
+    "mistral3": LlamaStyleAdapter,
+    "gemma3": LlamaStyleAdapter,
+    # only the MLP differs (mixture of experts): attention attribution is the Llama-style one
+    "qwen3_moe": LlamaStyleAdapter,
+    "glm4_moe": LlamaStyleAdapter,
+    "seed_oss": LlamaStyleAdapter,
+    "hy_v3": LlamaStyleAdapter,
 }
 
-SUPPORTED_ARCHITECTURES: tuple[str, ...] = tuple(_ADAPTERS)
 
-if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+def register_adapter(model_type: str, factory: AdapterFactory, *, replace: bool = False) -> None:
+    """Trace models whose ``config.model_type`` is ``model_type`` with ``factory(model)``.
+
+    ``factory`` takes the transformers model and returns an object that implements
+    ``spantrace.model.adapter.ArchitectureAdapter``. Every model is still checked at load (the adapter
+    must reconstruct each layer's attention output), so a wrong adapter is refused, not trusted.
+    ``replace=True`` overrides an adapter already registered for ``model_type`` (a built-in one too).
+    """
+    if not isinstance(model_type, str) or not model_type:
+        raise SpanTraceError("register_adapter: model_type must be a non-empty string such as 'llama'")
+    if not callable(factory):
+        raise SpanTraceError(f"register_adapter: the factory for {model_type!r} must be callable (model -> adapter)")
+    if model_type in _ADAPTERS and _ADAPTERS[model_type] is not factory and not replace:
+        raise SpanTraceError(
+            f"an adapter is already registered for {model_type!r}; pass replace=True to override it"
+        )
+    _ADAPTERS[model_type] = factory
+
+
+def supported_architectures() -> tuple[str, ...]:
+    """The model types spantrace has an adapter for (built-in and registered), sorted."""
+    return tuple(sorted(_ADAPTERS))
 
 
 def adapter_for(model: PreTrainedModel) -> ArchitectureAdapter:
@@ -32,8 +71,8 @@ def adapter_for(model: PreTrainedModel) -> ArchitectureAdapter:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     if model_type not in _ADAPTERS:
         raise UnsupportedArchitectureError(
-            f"model type {model_type!r} ({type(model).__name__}) is not supported; "
-            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}. An adapter needs the decoder layers, their "
-            "pre-attention and pre-MLP norms, the q/k/v/o projections and the rotary embedding."
+            f"model type {model_type!r} ({type(model).__name__}) is not supported; see `spantrace models` for the "
+            "supported ones and why others are refused, or add one with spantrace.register_adapter "
+            "(docs/adding-an-architecture.md)."
         )
     return _ADAPTERS[model_type](model)

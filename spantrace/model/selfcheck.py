@@ -1,0 +1,109 @@
+"""The load-time self-check: does the adapter reproduce what each layer's attention actually added?
+
+Attribution rests on one identity per layer and sink i:
+``x_mid_i − x_in_i = Σ_{h, j} α[h, i, j] · s_i · v[h, j] + (output bias)``, with the attention rows α, the
+per-source value vectors v and the post-attention norm scale s_i all recomputed by the adapter from the
+captured ``x_in``. If an adapter misses a detail of the architecture (a sink logit, a skipped rotary, a
+norm on the attention output, a residual multiplier), the identity fails. So every model is checked once
+when it is loaded: a short slice of tokens through every layer, and the worst relative error of the
+reconstruction against the layer's own output. A miss beyond the tolerance of the model's dtype refuses
+the model with the layer named, rather than returning scores that are not the model's.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..errors import UnsupportedArchitectureError
+from .adapter import ArchitectureAdapter
+
+SELF_CHECK_TOKENS = 16
+# Worst tolerated error, relative to the largest entry of the layer's attention update x_mid − x_in.
+# float32 recomputation of a float32 forward agrees to ~1e-6; half precisions round the model's own
+# attention output to 8 (bf16) or 11 (fp16) bits, which the check must not mistake for a wrong adapter.
+TOLERANCE_BY_DTYPE = {
+    torch.float64: 1e-6,
+    torch.float32: 1e-3,
+    torch.float16: 1e-2,
+    torch.bfloat16: 3e-2,
+}
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    """What the load-time check measured: the worst relative reconstruction error and where."""
+
+    max_relative_error: float
+    worst_layer: int
+    tolerance: float
+    tokens: int
+    seconds: float
+
+    def as_info(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def check_tokens(vocab_size: int, length: int = SELF_CHECK_TOKENS) -> torch.Tensor:
+    """A fixed pseudo-random slice of token ids ``[length]`` (the same for every load)."""
+    generator = torch.Generator().manual_seed(20260202)
+    return torch.randint(0, vocab_size, (length,), generator=generator)
+
+
+@torch.inference_mode()
+def layer_errors(adapter: ArchitectureAdapter, input_ids: torch.Tensor) -> list[float]:
+    """Per layer: max |reconstructed x_mid − x_mid| / max |x_mid − x_in| over the tokens ``input_ids [N]``."""
+    from ..attention import layer_inputs
+    from ..capture import capture_residuals
+    from ..kernels import head_value_vectors
+
+    capture = capture_residuals(adapter, input_ids)
+    length = capture.num_tokens
+    sinks = torch.arange(length)
+    errors = []
+    for index in range(capture.num_layers):
+        layer = layer_inputs(adapter, capture, index)
+        rows = layer.rows(sinks, length)  # [H, N, N]
+        if layer.sink_scale is not None:
+            rows = rows * layer.sink_scale[None, :, None]
+        vectors = head_value_vectors(layer.values, layer.out_weight)  # [H, N, D]
+        rebuilt = torch.einsum("hij,hjd->id", rows, vectors) + layer.residual(sinks.to(layer.x_in.device))
+        update = (layer.x_mid - layer.x_in).abs().max().clamp_min(1e-30)
+        errors.append(float((rebuilt - layer.x_mid).abs().max() / update))
+    return errors
+
+
+def self_check(
+    adapter: ArchitectureAdapter, vocab_size: int, dtype: torch.dtype, *, tokens: int = SELF_CHECK_TOKENS
+) -> SelfCheck:
+    """Check every layer of ``adapter``'s model; raise UnsupportedArchitectureError naming the worst layer."""
+    started = time.perf_counter()
+    try:
+        errors = layer_errors(adapter, check_tokens(vocab_size, tokens))
+    except UnsupportedArchitectureError:
+        raise
+    except Exception as error:
+        raise UnsupportedArchitectureError(
+            f"{adapter.name}: the self-check could not recompute the attention from the adapter "
+            f"({type(error).__name__}: {error}); the adapter does not fit this model. "
+            "Pass check=False to load it anyway (its scores would not be checked)."
+        ) from error
+    worst = max(range(len(errors)), key=lambda i: errors[i] if errors[i] == errors[i] else float("inf"))
+    tolerance = TOLERANCE_BY_DTYPE.get(dtype, 3e-2)
+    check = SelfCheck(
+        max_relative_error=errors[worst],
+        worst_layer=worst,
+        tolerance=tolerance,
+        tokens=tokens,
+        seconds=time.perf_counter() - started,
+    )
+    if not errors[worst] <= tolerance:  # also refuses NaN
+        raise UnsupportedArchitectureError(
+            f"{adapter.name}: the adapter does not reproduce layer {worst}'s attention output "
+            f"(relative error {errors[worst]:.2e}, tolerance {tolerance:.0e} for {str(dtype).removeprefix('torch.')}), "
+            "so its scores would not be the model's. The model differs from what its adapter expects "
+            "(a patched or unusual attention module?). Pass check=False to load it anyway, at your own risk."
+        )
+    return check
