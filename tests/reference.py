@@ -109,6 +109,9 @@ def layer_modules(model: nn.Module) -> list[LayerModules]:
             mid, post = layer.pre_feedforward_layernorm, layer.post_attention_layernorm
         elif hasattr(layer, "post_self_attn_layernorm"):  # GLM-4
             mid, post = layer.post_attention_layernorm, layer.post_self_attn_layernorm
+        elif not hasattr(layer, "input_layernorm") and hasattr(layer, "post_feedforward_layernorm"):
+            # OLMo 2/3, EXAONE 4: no norm before attention, one on its output; the MLP reads x_mid unnormed
+            mid, post = layer.mlp, layer.post_attention_layernorm
         else:
             mid, post = layer.post_attention_layernorm, None
         scale = float(getattr(layer, "residual_multiplier", 1.0))

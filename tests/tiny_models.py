@@ -14,9 +14,15 @@ ARCHITECTURES = (
     "llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "gpt2",
     "gpt_oss", "smollm3", "glm4", "granite", "granitemoe", "ministral3", "qwen3_moe", "glm4_moe", "seed_oss",
     "hy_v3", "gemma3", "mistral3",
+    "gemma4_text", "gemma4",
+    "deepseek_v3",
+    "olmo2", "olmo3", "exaone4",
+    "llama4_text",  # Llama 4's image-text wrapper ("llama4") is tested in tests/model/test_arch_llama4.py
+    "mixtral", "qwen2_moe", "phimoe", "ernie4_5", "ernie4_5_moe", "exaone", "starcoder2", "nemotron", "olmo",
+    "hunyuan_v1_dense", "hunyuan_v1_moe",
 )
 # Multimodal wrappers: the text stack's config sits in ``text_config``; the vision tower is kept tiny.
-_WRAPPED_TEXT = {"gemma3": "gemma3_text", "mistral3": "ministral3"}
+_WRAPPED_TEXT = {"gemma3": "gemma3_text", "gemma4": "gemma4_text", "mistral3": "ministral3", "llama4": "llama4_text"}
 
 _COMMON = dict(
     vocab_size=97,
@@ -86,8 +92,69 @@ _SPECIFIC: dict[str, dict] = {
                      n_shared_experts=1, moe_intermediate_size=32, first_k_dense_replace=1, n_group=1, topk_group=1,
                      rope_parameters={"rope_theta": 10000.0, "partial_rotary_factor": 0.5, "rope_type": "default"}),
     "seed_oss": dict(attention_bias=True, attention_out_bias=True),
+    # Llama-shaped types the Llama-style adapter reads as they are (MoE MLPs, LayerNorms, biases)
+    "mixtral": dict(sliding_window=6, num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32,
+                      shared_expert_intermediate_size=32, qkv_bias=True),
+    "phimoe": dict(sliding_window=6, num_local_experts=4, num_experts_per_tok=2, attention_bias=True),
+    "ernie4_5": dict(use_bias=True),
+    "ernie4_5_moe": dict(use_bias=True, moe_num_experts=4, moe_k=2, moe_intermediate_size=32, moe_layer_start_index=1),
+    "exaone": dict(),
+    "starcoder2": dict(sliding_window=6, use_bias=True),
+    "nemotron": dict(partial_rotary_factor=0.5),
+    "olmo": dict(attention_bias=True, clip_qkv=0.9),
+    "hunyuan_v1_dense": dict(),
+    "hunyuan_v1_moe": dict(num_experts=4, moe_topk=2, moe_intermediate_size=32),
     "hy_v3": dict(num_experts=4, num_experts_per_tok=2, num_shared_experts=1, moe_intermediate_size=32,
                   mlp_layer_types=["dense", "sparse", "sparse"]),
+    # Gemma 4: wider full layers with one kv head (16 vs 12, 1 vs 2), k_eq_v on them, v_norm, q/k/v/o biases,
+    # windows of 5 < 16, proportional (partial) rotary on full layers; layers 3 and 4 reuse the K/V of layers
+    # 2 and 1 (KV sharing); per-layer input embeddings, MoE block, double-wide MLP; layer_scalar randomised below
+    "gemma4_text": dict(num_hidden_layers=5, sliding_window=5, attention_bias=True, attention_k_eq_v=True,
+                        layer_types=["sliding_attention", "full_attention", "sliding_attention", "sliding_attention",
+                                     "full_attention"],
+                        global_head_dim=16, num_global_key_value_heads=1, num_kv_shared_layers=2,
+                        rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                         "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.5,
+                                                            "rope_theta": 1000.0}},
+                        hidden_size_per_layer_input=8, vocab_size_per_layer_input=97, enable_moe_block=True,
+                        num_experts=4, top_k_experts=2, moe_intermediate_size=16, use_double_wide_mlp=True,
+                        final_logit_softcapping=30.0, use_bidirectional_attention="vision"),
+    # MLA: low-rank queries with their own norm, a normed KV latent, one shared rotated key slice, three
+    # different head widths (nope 10, rope 6, value 8), interleaved rotary, YaRN with mscale ≠ mscale_all_dim
+    # (both the cos/sin factor and the softmax scale move), biases on q_a/kv_a/o, one dense layer then MoE.
+    # head_dim is the rotary width qk_rope_head_dim (the config derives it, but _COMMON's 12 would override it);
+    # q and k each pass an RMSNorm then one projection, so the default init would leave attention near uniform.
+    "deepseek_v3": dict(num_key_value_heads=4, head_dim=6, initializer_range=0.06, q_lora_rank=20, kv_lora_rank=14,
+                        qk_nope_head_dim=10, qk_rope_head_dim=6, v_head_dim=8, attention_bias=True,
+                        rope_interleave=True, n_routed_experts=4, num_experts_per_tok=2, n_group=2, topk_group=1,
+                        n_shared_experts=1, moe_intermediate_size=32, first_k_dense_replace=1,
+                        rope_parameters={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64,
+                                         "mscale": 0.5, "mscale_all_dim": 2.0, "beta_fast": 32.0, "beta_slow": 1.0,
+                                         "rope_theta": 10000.0}),
+    # OLMo 2/3, EXAONE 4: no norm before attention, q/k norms (full width / per head), a norm on the attention
+    # output; OLMo 3 with YaRN on its full layers only; EXAONE 4's full layer skips rotary ("global NoPE")
+    "olmo2": dict(attention_bias=True),
+    "olmo3": dict(attention_bias=True, sliding_window=5,
+                  layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                  rope_parameters={"full_attention": {"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0,
+                                                      "beta_slow": 1.0, "original_max_position_embeddings": 64,
+                                                      "rope_theta": 10000.0},
+                                   "sliding_attention": {"rope_type": "default", "rope_theta": 500000.0}}),
+    "exaone4": dict(sliding_window=5, layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+                    rope_parameters={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 64,
+                                     "rope_theta": 1000000.0}),
+    # Llama 4: complex (interleaved) llama3 rotary; layers 1 and 3 skip it and get the query temperature, with
+    # floor_scale 3 so positions < 16 cross it; rotary layers are chunked (5 < 16) and L2 q/k-normed; q/k/v/o
+    # biases; a dense MLP and MoE layers (shared expert + router) interleaved
+    "llama4_text": dict(num_hidden_layers=4, no_rope_layers=[1, 0, 1, 0], attention_chunk_size=5, use_qk_norm=True,
+                        attn_temperature_tuning=True, floor_scale=3, attn_scale=2.0, attention_bias=True,
+                        intermediate_size=32, intermediate_size_mlp=80, num_local_experts=4, num_experts_per_tok=2,
+                        interleave_moe_layer_step=2,
+                        rope_parameters={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                         "high_freq_factor": 4.0, "original_max_position_embeddings": 64,
+                                         "rope_theta": 10000.0}),
 }
 
 
@@ -97,6 +164,11 @@ def make_config(arch: str, **overrides):
         text = make_config(_WRAPPED_TEXT[arch]).to_dict()
         vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                       image_size=28, patch_size=14)
+        if arch == "llama4":  # its projector defaults to 4096/7680 wide
+            vision.update(vision_output_dim=16, projector_input_dim=16, projector_output_dim=16)
+        if arch == "gemma4":  # media token ids default past the tiny vocabulary: use pad's, which they map to anyway
+            overrides = dict(image_token_id=0, video_token_id=0, audio_token_id=0, pad_token_id=0, eos_token_id=2,
+                             **overrides)
         return AutoConfig.for_model(arch, text_config=text, vision_config=vision, **overrides)
     if arch == "gpt2":
         kwargs = dict(vocab_size=97, bos_token_id=1, eos_token_id=2, pad_token_id=0)
@@ -122,8 +194,8 @@ def make_tiny_model(
     """
     config = make_config(arch, **overrides)
     torch.manual_seed(seed)
-    # Mistral 3 is an image-text model only; the others are causal LMs.
-    auto = AutoModelForImageTextToText if arch == "mistral3" else AutoModelForCausalLM
+    # Mistral 3 is an image-text model only, and Llama 4's wrapper is one; the others are causal LMs.
+    auto = AutoModelForImageTextToText if arch in ("mistral3", "llama4") else AutoModelForCausalLM
     try:
         model = auto.from_config(config, attn_implementation=attn_implementation)
     except ValueError:
@@ -140,6 +212,9 @@ def make_tiny_model(
         elif parameter.dim() >= 2:
             # Larger weights than the default init: sharper, non-uniform attention.
             parameter.mul_(3.0)
+    for name, buffer in model.named_buffers():
+        if name.endswith("layer_scalar"):  # Gemma 4: a scale on each layer's output, 1 at initialisation
+            buffer.copy_(torch.rand(buffer.shape, generator=generator) + 0.5)
     return model.to(dtype).eval()
 
 

@@ -8,16 +8,20 @@ backward pass. A position's score is the relevance of its input embedding, ``Σ_
 (signed). Conservation: ``Σ_j score_j + absorbed_by_biases + absorbed_by_softmax = f`` exactly (up to
 rounding); what the embeddings hold alone is ``f`` less the softmax and bias shares.
 
-Supported: the Llama family with pre-norm RMSNorm, rotary embeddings and a gated MLP — ``llama``
-(and SmolLM), ``mistral``, ``qwen2``, ``qwen3``. Others (Gemma's sandwich norms and soft-capping,
-Phi-3's fused projections, GPT-2's LayerNorm) raise ``UnsupportedArchitectureError``.
+Supported: decoders the Llama-style adapter reads whose every piece has a rule here — pre-norm RMSNorm,
+separate q/k/v/o projections, rotary embeddings (layers without rotary, SmolLM3, and a position-dependent
+query scale, Ministral 3, included), a dense gated MLP: ``llama`` (and SmolLM), ``mistral``, ``qwen2``,
+``qwen3``, ``smollm3``, ``seed_oss``, ``ministral3`` and ``mistral3``. The layers, their modules, the
+rotary tables and the rotation come from the model's adapter, not from fixed attribute paths. Anything
+else (sandwich or post-attention norms, soft-capping, sink logits, chunked attention, fused projections,
+mixtures of experts, residual or embedding multipliers, LayerNorm) raises ``UnsupportedArchitectureError``
+naming what has no rule.
 Memory: each layer and each chunk of queries is recomputed in the backward pass (checkpointing),
 so the attention probabilities alive at once are O(H · chunk · N).
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
@@ -25,18 +29,17 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import UnsupportedArchitectureError
+from ..model.llama import LlamaStyleAdapter
 from . import lrp_rules as rules
 from .base import AttributionMethod, SinkScores
 from .objective import Objective, input_embeddings, objective_for, scores_over_run
 from .registry import register_method
 
 if TYPE_CHECKING:
-    from torch import nn
-
     from ..api import Run
     from ..model.adapter import AttentionRule
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "seed_oss", "ministral3", "mistral3")
 
 
 @dataclass(frozen=True)
@@ -52,23 +55,29 @@ class Relevance:
 
 def check_supported(run: Run) -> None:
     """Raise UnsupportedArchitectureError unless AttnLRP has a rule for every piece of the run's model."""
-    model, name = run.model.hf_model, run.adapter.name
+    adapter, name = run.adapter, run.adapter.name
     problem = None
-    if name not in SUPPORTED_ARCHITECTURES:
+    if name not in SUPPORTED_ARCHITECTURES or not isinstance(adapter, LlamaStyleAdapter):
         problem = f"its architecture is {name!r}"
     else:
-        layer = model.model.layers[0]
         pieces = {
             "self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"),
             "mlp": ("gate_proj", "up_proj", "down_proj", "act_fn"),
         }
-        missing = [
-            f"{part}.{p}" for part, names in pieces.items() for p in names if not hasattr(getattr(layer, part), p)
-        ]
-        if missing:
-            problem = f"its layers lack {', '.join(missing)}"
-        elif any(run.adapter.attention_rule(i).softcap is not None for i in range(run.capture.num_layers)):
-            problem = "it soft-caps attention logits"
+        for index in range(adapter.num_layers()):
+            layer = adapter.layer(index)
+            missing = [
+                f"{part}.{p}" for part, names in pieces.items() for p in names if not hasattr(getattr(layer, part), p)
+            ]
+            rule = adapter.attention_rule(index)
+            if missing:
+                problem = f"layer {index} lacks {', '.join(missing)}"
+            elif rule.softcap is not None or rule.sink_logits is not None or rule.attention_chunk is not None:
+                problem = f"layer {index} soft-caps its logits, has sink logits or chunked attention"
+            elif adapter.sandwich_norm(index) is not None or hasattr(layer, "residual_multiplier"):
+                problem = f"layer {index} normalises or scales its attention output"
+            if problem is not None:
+                break
     if problem is not None:
         raise UnsupportedArchitectureError(
             f"attnlrp supports {', '.join(SUPPORTED_ARCHITECTURES)} (pre-norm RMSNorm, rotary, gated MLP), but "
@@ -81,22 +90,17 @@ class LlamaRelevanceModel:
 
     def __init__(self, run: Run, ledger: rules.RelevanceLedger | None, chunk_size: int) -> None:
         self.model = run.model.hf_model
-        self.base: nn.Module = self.model.model
-        self.adapter = run.adapter
+        self.adapter: LlamaStyleAdapter = run.adapter
         self.ledger = ledger
         self.chunk_size = chunk_size
-        attention = self.base.layers[0].self_attn
-        self.rotate = sys.modules[type(attention).__module__].apply_rotary_pos_emb
 
     def logits(self, embeddings: torch.Tensor, objective: Objective) -> torch.Tensor:
         """embeddings: [T, D] -> the target logits ``z [M']`` at ``objective.readout``."""
-        positions = torch.arange(embeddings.shape[0], device=embeddings.device)
-        cos, sin = self.base.rotary_emb(embeddings[None], positions[None])  # [1, T, d] each
         hidden = embeddings
-        for index in range(len(self.base.layers)):
-            hidden = checkpoint(self.layer, index, hidden, cos, sin, use_reentrant=False)
+        for index in range(self.adapter.num_layers()):
+            hidden = checkpoint(self.layer, index, hidden, use_reentrant=False)
         readout = objective.readout.to(hidden.device).clone()  # clones: never inference tensors in autograd
-        normed = rules.rms_norm(hidden[readout], self.base.norm)  # [M', D]
+        normed = rules.rms_norm(hidden[readout], self.adapter.base_model().norm)  # [M', D]
         head = self.model.get_output_embeddings()
         targets = objective.targets.to(hidden.device).clone()
         rows = head.weight[targets.to(head.weight.device)].to(normed.device, normed.dtype)  # [M', D]
@@ -105,9 +109,9 @@ class LlamaRelevanceModel:
             logits = rules.add_bias(logits, head.bias[targets.to(head.bias.device)], self.ledger)
         return logits
 
-    def layer(self, index: int, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def layer(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         """Decoder layer ``index``: hidden [T, D] -> [T, D]."""
-        block = self.base.layers[index]
+        block = self.adapter.layer(index)
         attention, mlp, ledger = block.self_attn, block.mlp, self.ledger
         rule = self.adapter.attention_rule(index)
         length = hidden.shape[0]
@@ -117,7 +121,15 @@ class LlamaRelevanceModel:
         values = rules.linear(attention.v_proj, normed, ledger).view(length, rule.num_kv_heads, rule.head_dim)
         if hasattr(attention, "q_norm"):  # Qwen3: per-head RMSNorm before rotary
             queries, keys = rules.rms_norm(queries, attention.q_norm), rules.rms_norm(keys, attention.k_norm)
-        queries, keys = self.rotate(queries.transpose(0, 1)[None], keys.transpose(0, 1)[None], cos, sin)
+        queries, keys = queries.transpose(0, 1)[None], keys.transpose(0, 1)[None]  # [1, H or G, T, d]
+        if self.adapter._uses_rotary(index):  # the adapter's rotary tables and the model's own rotation
+            # clones: the adapter caches its tables, maybe made in inference mode, which autograd cannot save
+            cos, sin = (table.clone() for table in self.adapter._rotary_tables(index, hidden.detach(), length))
+            queries, keys = self.adapter._rotate(queries, keys, cos, sin)
+        positions = torch.arange(length, device=hidden.device)
+        scale = self.adapter._query_scale(positions)  # Ministral 3: a constant factor per position
+        if scale is not None:
+            queries = queries * scale.to(queries.device, queries.dtype)[None, None, :, None]
         group = rule.num_heads // rule.num_kv_heads
         keys = keys[0].repeat_interleave(group, dim=0)  # [H, T, d]
         values = values.transpose(0, 1).repeat_interleave(group, dim=0)  # [H, T, d]

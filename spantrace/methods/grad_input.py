@@ -14,7 +14,13 @@ import torch
 
 from ..errors import SpanTraceError
 from .base import AttributionMethod, SinkScores
-from .objective import embedding_gradients, input_embeddings, objective_for, scores_over_run
+from .objective import (
+    embedding_gradients,
+    input_embeddings,
+    objective_for,
+    require_one_embedding_channel,
+    scores_over_run,
+)
 from .registry import register_method
 
 if TYPE_CHECKING:
@@ -36,6 +42,7 @@ class GradientInput(AttributionMethod):
         self.signed = aggregate == "sum"  # "l2" scores are never negative
 
     def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
+        require_one_embedding_channel(run, self.name)
         objective = objective_for(run, sinks, sink_weights)
         if objective is None:
             return SinkScores(scores=torch.zeros(run.num_tokens), notes=("no sink can be predicted; scores are 0",))

@@ -23,6 +23,7 @@ from .objective import (
     input_embeddings,
     neutral_token_id,
     objective_for,
+    require_one_embedding_channel,
     scores_over_run,
 )
 from .registry import register_method
@@ -58,6 +59,7 @@ def integrated_gradients(
     batch_size: int | None = None,
 ) -> IntegratedGradientsResult:
     """IG scores of every position with ``f(x)`` and ``f(x′)``, to check completeness against."""
+    require_one_embedding_channel(run, "integrated-gradients")
     objective = objective_for(run, sinks, sink_weights)
     if objective is None:
         return IntegratedGradientsResult(torch.zeros(run.num_tokens), 0.0, 0.0, ("no sink can be predicted",))

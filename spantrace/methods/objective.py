@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import SpanTraceError
+from ..errors import SpanTraceError, UnsupportedArchitectureError
 
 if TYPE_CHECKING:
     from ..api import Run
@@ -34,6 +34,20 @@ class Objective:
     weights: torch.Tensor  # [M'] float32
     length: int  # the forward needs tokens 0 … length − 1 (length = last sink)
     notes: tuple[str, ...] = ()
+
+
+def require_one_embedding_channel(run: Run, method: str) -> None:
+    """Refuse gradient methods on models that read each token through a second embedding table.
+
+    Gemma 4's small checkpoints add per-layer token embeddings (``hidden_size_per_layer_input``) that the
+    model looks up from the ids, not from the input embeddings: a gradient with respect to the input
+    embeddings would silently leave that channel out.
+    """
+    if getattr(run.model.hf_model.config.get_text_config(), "hidden_size_per_layer_input", None):
+        raise UnsupportedArchitectureError(
+            f"{method} differentiates the input embeddings, but this model also reads every token through per-layer "
+            "input embeddings (Gemma 4) that gradients would miss; use occlusion or flashtrace."
+        )
 
 
 def objective_for(run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor) -> Objective | None:
@@ -81,11 +95,14 @@ def weighted_log_prob(
 def neutral_token_id(run: Run) -> int:
     """The id put in place of removed tokens: the tokenizer's or model's pad token, else its EOS token."""
     tokenizer, config = run.model.tokenizer, run.model.hf_model.config
+    text_config = config.get_text_config()  # a multimodal wrapper keeps its token ids with the text stack
     candidates = [
         getattr(tokenizer, "pad_token_id", None),
         getattr(config, "pad_token_id", None),
+        getattr(text_config, "pad_token_id", None),
         getattr(tokenizer, "eos_token_id", None),
         getattr(config, "eos_token_id", None),
+        getattr(text_config, "eos_token_id", None),
     ]
     for candidate in candidates:
         if isinstance(candidate, (list, tuple)):

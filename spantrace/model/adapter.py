@@ -60,7 +60,12 @@ class SandwichNorm:
 
 
 class ArchitectureAdapter(Protocol):
-    """The per-architecture knowledge spantrace needs; one implementation per family."""
+    """The per-architecture knowledge spantrace needs; one implementation per family.
+
+    Optional: ``key_value_layer(index) -> int`` names an earlier layer whose keys and values layer ``index``
+    attends to (Gemma 4's KV sharing); ``keys_values`` is then called with that layer's index and ``x_in``.
+    Without it every layer attends to its own.
+    """
 
     name: str
 

@@ -4,11 +4,11 @@ They share one layout — ``model.model.layers[i].self_attn`` with q/k/v/o proje
 q/k/v), a rotary embedding on ``model.model.rotary_emb`` and the rotation function in the model's own
 modeling module. Multimodal wrappers (Gemma 3, Mistral 3) hold that stack at
 ``model.model.language_model`` with its sizes in ``config.text_config``. The differences are data:
-q/k norms (Qwen3, Gemma 3), a norm on the attention output (Gemma's sandwich, GLM-4's
-``post_self_attn_layernorm``), soft-capping (Gemma 2), per-layer sliding windows and rotary tables
-(Gemma 3, gpt-oss), per-head sink logits (gpt-oss), layers without rotary (SmolLM3's
-``no_rope_layers``), a residual multiplier on the attention branch (Granite) and a query scale that
-grows with position (Ministral 3's ``llama_4_scaling_beta``).
+q/k norms before rotary (Qwen3, Gemma 3) or after it (Hunyuan), q/k/v clamping (OLMo), a norm on the
+attention output (Gemma's sandwich, GLM-4's ``post_self_attn_layernorm``), soft-capping (Gemma 2),
+per-layer sliding windows and rotary tables (Gemma 3, gpt-oss), per-head sink logits (gpt-oss), layers
+without rotary (SmolLM3's ``no_rope_layers``), a residual multiplier on the attention branch (Granite)
+and a query scale that grows with position (Ministral 3's ``llama_4_scaling_beta``).
 """
 
 from __future__ import annotations
@@ -163,8 +163,10 @@ class LlamaStyleAdapter:
     def _projection(self, index: int, part: str, hidden: torch.Tensor) -> torch.Tensor:
         """``hidden [C, D]`` through the q, k or v projection (bias included) -> [C, heads·d]."""
         attention = self._attention(index)
+        clip = getattr(self.config, "clip_qkv", None)  # OLMo: q, k and v clamped to ±clip_qkv after projection
         if not hasattr(attention, "qkv_proj"):
-            return getattr(attention, f"{part}_proj")(hidden)
+            projected = getattr(attention, f"{part}_proj")(hidden)
+            return projected.clamp(-clip, clip) if clip is not None else projected
         rule = self.attention_rule(index)  # Phi-3: slice the fused weight, don't compute all three
         q_size, kv_size = rule.num_heads * rule.head_dim, rule.num_kv_heads * rule.head_dim
         start, size = {"q": (0, q_size), "k": (q_size, kv_size), "v": (q_size + kv_size, kv_size)}[part]
@@ -185,6 +187,8 @@ class LlamaStyleAdapter:
             cos, sin = self._rotary_tables(index, hidden, n)
             _, keys = self._rotate(keys[None], keys[None], cos, sin)
             keys = keys[0]
+        if hasattr(attention, "key_layernorm"):  # Hunyuan: per-head RMSNorm after rotary
+            keys = attention.key_layernorm(keys)
         return keys, values  # [G, N, d] each
 
     def queries(self, index: int, x_rows: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
@@ -200,6 +204,8 @@ class LlamaStyleAdapter:
             positions = positions.to(cos.device)
             queries, _ = self._rotate(queries[None], queries[None], cos[:, positions], sin[:, positions])
             queries = queries[0]
+        if hasattr(attention, "query_layernorm"):
+            queries = attention.query_layernorm(queries)
         scale = self._query_scale(positions)
         if scale is not None:
             queries = queries * scale.to(device=queries.device, dtype=queries.dtype)[None, :, None]

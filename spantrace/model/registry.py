@@ -7,8 +7,13 @@ from typing import TYPE_CHECKING
 
 from ..errors import SpanTraceError, UnsupportedArchitectureError
 from .adapter import ArchitectureAdapter
+from .catalog import refusal_reason
+from .deepseek import DeepseekV3Adapter
+from .gemma4 import Gemma4Adapter
 from .gpt2 import GPT2Adapter
 from .llama import LlamaStyleAdapter
+from .llama4 import Llama4Adapter
+from .olmo import PostNormAdapter
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -39,6 +44,28 @@ _ADAPTERS: dict[str, AdapterFactory] = {
     "glm4_moe": LlamaStyleAdapter,
     "seed_oss": LlamaStyleAdapter,
     "hy_v3": LlamaStyleAdapter,
+    "mixtral": LlamaStyleAdapter,
+    "qwen2_moe": LlamaStyleAdapter,
+    "phimoe": LlamaStyleAdapter,
+    "ernie4_5": LlamaStyleAdapter,
+    "ernie4_5_moe": LlamaStyleAdapter,
+    "exaone": LlamaStyleAdapter,
+    "starcoder2": LlamaStyleAdapter,
+    "nemotron": LlamaStyleAdapter,
+    "olmo": LlamaStyleAdapter,
+    "hunyuan_v1_dense": LlamaStyleAdapter,
+    "hunyuan_v1_moe": LlamaStyleAdapter,
+    # per-layer head shapes, v_norm, k_eq_v, KV sharing across layers (spantrace/model/gemma4.py)
+    "gemma4_text": Gemma4Adapter,
+    "gemma4": Gemma4Adapter,
+    # Multi-head Latent Attention: DeepSeek-V3/R1, Kimi K2 (spantrace/model/deepseek.py)
+    "deepseek_v3": DeepseekV3Adapter,
+    # no norm before attention, one on its output (spantrace/model/olmo.py)
+    "olmo2": PostNormAdapter,
+    "olmo3": PostNormAdapter,
+    "exaone4": PostNormAdapter,
+    # complex rotary, rotary-free layers with a query temperature, chunked attention (spantrace/model/llama4.py)
+    "llama4_text": Llama4Adapter,
 }
 
 
@@ -66,9 +93,26 @@ def supported_architectures() -> tuple[str, ...]:
     return tuple(sorted(_ADAPTERS))
 
 
+# Multimodal wrappers that hold a complete causal LM (with its LM head): spantrace traces that model.
+# transformers 5.24's Llama 4 wrapper cannot run a text-only forward pass, while its language model can.
+_CAUSAL_LM_INSIDE = {"llama4": "language_model"}
+
+
+def text_causal_lm(model: PreTrainedModel) -> PreTrainedModel:
+    """The causal LM to trace: ``model`` itself, or the complete text model a multimodal wrapper holds."""
+    attribute = _CAUSAL_LM_INSIDE.get(getattr(getattr(model, "config", None), "model_type", None))
+    inner = getattr(model, attribute, None) if attribute else None
+    if inner is not None and inner.get_output_embeddings() is not None:
+        return inner
+    return model
+
+
 def adapter_for(model: PreTrainedModel) -> ArchitectureAdapter:
     """The adapter that knows ``model``'s internals, or a clear error naming what is missing."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
+    reason = refusal_reason(model_type)
+    if model_type not in _ADAPTERS and reason is not None:
+        raise UnsupportedArchitectureError(f"model type {model_type!r} is not supported: {reason}.")
     if model_type not in _ADAPTERS:
         raise UnsupportedArchitectureError(
             f"model type {model_type!r} ({type(model).__name__}) is not supported; see `spantrace models` for the "

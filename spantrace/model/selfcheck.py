@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import UnsupportedArchitectureError
 from .adapter import ArchitectureAdapter
+
+if TYPE_CHECKING:
+    from ..capture import Capture
 
 SELF_CHECK_TOKENS = 16
 # Worst tolerated error, relative to the largest entry of the layer's attention update x_mid − x_in.
@@ -55,11 +59,17 @@ def check_tokens(vocab_size: int, length: int = SELF_CHECK_TOKENS) -> torch.Tens
 @torch.inference_mode()
 def layer_errors(adapter: ArchitectureAdapter, input_ids: torch.Tensor) -> list[float]:
     """Per layer: max |reconstructed x_mid − x_mid| / max |x_mid − x_in| over the tokens ``input_ids [N]``."""
-    from ..attention import layer_inputs
     from ..capture import capture_residuals
+
+    return capture_errors(adapter, capture_residuals(adapter, input_ids))
+
+
+@torch.inference_mode()
+def capture_errors(adapter: ArchitectureAdapter, capture: Capture) -> list[float]:
+    """``layer_errors`` on a capture already made."""
+    from ..attention import layer_inputs
     from ..kernels import head_value_vectors
 
-    capture = capture_residuals(adapter, input_ids)
     length = capture.num_tokens
     sinks = torch.arange(length)
     errors = []
@@ -79,9 +89,19 @@ def self_check(
     adapter: ArchitectureAdapter, vocab_size: int, dtype: torch.dtype, *, tokens: int = SELF_CHECK_TOKENS
 ) -> SelfCheck:
     """Check every layer of ``adapter``'s model; raise UnsupportedArchitectureError naming the worst layer."""
+    from ..capture import capture_residuals
+
     started = time.perf_counter()
     try:
-        errors = layer_errors(adapter, check_tokens(vocab_size, tokens))
+        capture = capture_residuals(adapter, check_tokens(vocab_size, tokens))
+    except Exception as error:
+        raise UnsupportedArchitectureError(
+            f"{adapter.name}: the model's own forward pass failed on the {tokens}-token load check "
+            f"({type(error).__name__}: {error}); check that it runs in this dtype and on this device "
+            "(e.g. mixture-of-experts kernels have no float64 path)."
+        ) from error
+    try:
+        errors = capture_errors(adapter, capture)
     except UnsupportedArchitectureError:
         raise
     except Exception as error:

@@ -52,7 +52,9 @@ def test_hops_run_over_attnlrp(arch):
     assert len(result.hop_scores) == 3 and all(torch.isfinite(torch.from_numpy(h)).all() for h in result.hop_scores)
 
 
-@pytest.mark.parametrize("arch", ["gemma2", "gemma3_text", "phi3", "gpt2"])
+@pytest.mark.parametrize(
+    "arch", ["gemma2", "gemma3_text", "phi3", "gpt2", "gpt_oss", "glm4", "granite", "qwen3_moe", "gemma3"]
+)
 def test_unsupported_architectures_say_so(arch):
     run = make_run(arch)
     with pytest.raises(spantrace.UnsupportedArchitectureError, match="attnlrp supports"):
