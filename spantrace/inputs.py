@@ -143,9 +143,11 @@ def _optional_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
-def _check_tool_results(messages: list[Message]) -> None:
-    """Every tool result answers a call made before it: by ``tool_call_id`` when given, else in order."""
+def _check_tool_results(messages: Sequence[Message]) -> dict[int, ToolCall]:
+    """Every tool result answers a call made before it: by ``tool_call_id`` when given, else in order.
+    Returns the call each tool message answers, by message index."""
     open_calls: list[ToolCall] = []
+    answered: dict[int, ToolCall] = {}
     for number, message in enumerate(messages):
         if message.role == "assistant" and message.tool_calls:
             open_calls = list(message.tool_calls)
@@ -158,8 +160,10 @@ def _check_tool_results(messages: list[Message]) -> None:
                     "put an assistant message with that tool call first"
                 )
             open_calls.remove(match)
+            answered[number] = match
         elif message.role == "user":
             open_calls = []
+    return answered
 
 
 def _matching_call(calls: list[ToolCall], call_id: str | None) -> ToolCall | None:
@@ -390,14 +394,15 @@ def render_conversation(
     text = render(contents)
     starts = _locate_contents(text, contents, render([_PLACEHOLDER.format(i) for i in range(len(contents))]))
     segments: list[Segment] = []
+    answered = _check_tool_results(messages)
     for number, (message, content, start) in enumerate(zip(messages, contents, starts, strict=True)):
         if start is None:
             continue
         given = number - shift
         if given >= 0:
+            name = f"{message.role} #{given}" + (f" ({answered[number].name})" if number in answered else "")
             segments.append(
-                Segment("message", f"{message.role} #{given}", (start, start + len(content)), role=message.role,
-                        index=given, message=given)
+                Segment("message", name, (start, start + len(content)), role=message.role, index=given, message=given)
             )
         for kind, name, index, (a, b) in inner[number]:
             segments.append(Segment(kind, name, (start + a, start + b), index=index, message=max(given, 0)))

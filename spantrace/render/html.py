@@ -156,19 +156,23 @@ def _context(result: TraceResult, top_k: int, grouping: str, include_template: b
 
 def _panels(result: TraceResult, greyed: np.ndarray, sources: SourceTable) -> list[PanelView]:
     prompt = slice(0, result.prompt_length)
-    rank_of = {}
-    source_heat = {}
-    best = max((row.score for row in sources.top(MAX_SOURCES_SHOWN)), default=0.0)
-    for row in sources.top(MAX_SOURCES_SHOWN):
-        for position in row.positions:
-            rank_of[position] = row.rank
-            source_heat[position] = max(row.score, 0.0) / best if best > 0 else 0.0
-    shared = {"greyed": greyed, "rank_of": rank_of, "source_heat": source_heat}
+    rows = sources.top(MAX_SOURCES_SHOWN)
+    rank_of = {position: row.rank for row in rows for position in row.positions}
+
+    def source_heat(panel: int | None) -> dict[int, float]:
+        """Each source's pooled score in this panel (None: combined, else the hop) over the panel's largest."""
+        values = [row.score if panel is None else row.hop_scores[panel] for row in rows]
+        best = max(values, default=0.0)
+        return {p: max(v, 0.0) / best if best > 0 else 0.0 for row, v in zip(rows, values, strict=True)
+                for p in row.positions}
+
+    shared = {"greyed": greyed, "rank_of": rank_of}
     panels = [
         _panel(
             result,
             result.scores,
             **shared,
+            source_heat=source_heat(None),
             scale_over=prompt,
             title="Combined score",
             note="What the span rests on, traced through the reasoning: hop 0 plus each later hop weighted "
@@ -186,6 +190,7 @@ def _panels(result: TraceResult, greyed: np.ndarray, sources: SourceTable) -> li
                 result,
                 hop_scores,
                 **shared,
+                source_heat=source_heat(hop),
                 scale_over=slice(None),
                 title=f"Hop {hop} · ρ{_subscript(hop)} = {rho:.3f}",
                 note=f"Raw scores of every position for {what}; ρ{_subscript(hop)} is the share of the mass "
