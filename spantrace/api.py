@@ -223,6 +223,18 @@ class Run:
             return " ".join(self.tokens[self.prompt_length :])
         return self.model.tokenizer.decode(self.token_ids[self.prompt_length :])
 
+    def assistant_positions(self) -> torch.Tensor:
+        """Positions of the earlier assistant turns in the context (their non-template tokens): the extra
+        recursive sinks of ``recursive="assistant"``."""
+        positions = [
+            p
+            for segment in self.layout.of_kind("message")
+            if segment.role == "assistant" and segment.tokens is not None
+            for p in range(*segment.tokens)
+            if p < self.prompt_length and not self.layout.template[p]
+        ]
+        return torch.tensor(positions, dtype=torch.long)
+
     def stop_token_mask(self) -> torch.Tensor:
         """[N] bool: tokens made only of punctuation and whitespace."""
         return torch.tensor([_is_stop_token(token) for token in self.tokens], dtype=torch.bool)
@@ -242,7 +254,9 @@ class Run:
         such as ``"answer"``, ``"sentence:-1"``, ``"regex:PATTERN"`` (all forms: ``spantrace.spans``).
 
         ``hops`` recursive hops trace the reasoning: ``recursive="generation"`` uses the generated
-        tokens up to the span end (T ∪ O) as the recursive sinks, ``"reasoning"`` those before it (T).
+        tokens up to the span end (T ∪ O) as the recursive sinks, ``"reasoning"`` those before it (T), and
+        ``"assistant"`` T ∪ O plus every earlier assistant turn of a conversation (their scores then flow on
+        to what those turns read, and they get no final score themselves).
         ``stop_tokens=True`` soft-deletes punctuation/whitespace tokens: zero sink weight, zero score.
         ``chunk_size`` sinks are scored at a time (memory O(chunk · N · H)); it never changes results.
         ``method_options`` go to the method (e.g. ``{"steps": 64}`` for integrated gradients).
@@ -272,6 +286,7 @@ class Run:
             recursive=recursive,
             stop_mask=self.stop_token_mask() if stop_tokens else None,
             chunk_size=chunk_size,
+            context_sinks=self.assistant_positions() if recursive == "assistant" else None,
         )
         trace_seconds = time.perf_counter() - started
         arrays = [traced.scores, *traced.hop_scores]

@@ -176,7 +176,10 @@ def trace(
     hops: Annotated[int, typer.Option(min=0, help="Recursive hops through the reasoning.")] = 1,
     recursive: Annotated[
         Recursive,
-        typer.Option(help="Sinks of hops ≥ 1: the generation up to the span end, or the reasoning before the span."),
+        typer.Option(
+            help="Sinks of hops ≥ 1: the generation up to the span end, the reasoning before the span, or the "
+            "generation plus every earlier assistant turn of a conversation."
+        ),
     ] = Recursive[RECURSIVE_SPANS[0]],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many top prompt tokens to list.")] = 10,
     html: Annotated[
@@ -239,6 +242,8 @@ def trace(
                 stop_tokens=stop_tokens,
                 chunk_size=chunk_size,
             )
+        if by is not None:
+            result.by(by)  # fails here, before anything is printed, when the result has no such boundaries
     except SpanTraceError as error:
         _fail(str(error))
     from .render.terminal import render_terminal
@@ -247,11 +252,9 @@ def trace(
     given_turn = bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant"
     if output_text is None and not given_turn:
         extra_timings["generate_s"] = generate_seconds
-    try:
-        render_terminal(result, top_k=top_k, console=Console(), extra_timings=extra_timings, by=by,
-                        include_template=include_template)
-    except SpanTraceError as error:
-        _fail(str(error))
+    render_terminal(
+        result, top_k=top_k, console=Console(), extra_timings=extra_timings, by=by, include_template=include_template
+    )
     try:
         if html is not None:
             result.to_html(html, top_k=top_k, by=by, include_template=include_template)

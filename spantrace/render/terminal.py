@@ -145,15 +145,14 @@ def _source_table(result: TraceResult, by: str, top_k: int, include_template: bo
     table = Table(title=f"top {len(shown)} of {len(sources)} sources by {sources.grouping}", title_justify="left",
                   header_style="bold")
     table.add_column("#", justify="right")
-    table.add_column("source")
-    table.add_column("kind")
+    table.add_column("source", min_width=24)
     table.add_column("tokens", justify="right")
     table.add_column("score", justify="right")
     table.add_column("share", justify="right")
     table.add_column("", no_wrap=True)
     for row in shown:
         bar = "█" * max(0, round(_BAR_WIDTH * row.score / best))
-        table.add_row(str(row.rank), row.name, row.kind, f"{row.tokens[0]}…{row.tokens[1] - 1}", f"{row.score:.4g}",
+        table.add_row(str(row.rank), row.name, f"{row.tokens[0]}…{row.tokens[1] - 1}", f"{row.score:.4g}",
                       f"{row.share:.1%}", Text(bar, style="rgb(227,26,28)"))
     return table
 
