@@ -142,6 +142,7 @@ def _context(result: TraceResult, top_k: int, grouping: str, include_template: b
         "grouping": sources.grouping,
         "sources": source_rows,
         "sources_left_out": len(sources) - len(shown),
+        "sources_outside": sources.outside_score / sources.total if sources.total > 0 else 0.0,
         "template_count": int(result.template_mask[: result.prompt_length].sum()),
         "template_share": result.template_share,
         "include_template": include_template,

@@ -154,6 +154,10 @@ def _source_table(result: TraceResult, by: str, top_k: int, include_template: bo
         bar = "█" * max(0, round(_BAR_WIDTH * row.score / best))
         table.add_row(str(row.rank), row.name, f"{row.tokens[0]}…{row.tokens[1] - 1}", f"{row.score:.4g}",
                       f"{row.share:.1%}", Text(bar, style="rgb(227,26,28)"))
+    if sources.total > 0 and sources.outside_score > 0:
+        outside = sources.outside_score / sources.total
+        table.caption = f"outside every {sources.grouping.replace('_', ' ')}: {outside:.1%} of the score"
+        table.caption_justify = "left"
     return table
 
 
