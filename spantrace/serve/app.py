@@ -34,7 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from .. import __version__
+from .. import __version__, inputs
 from ..api import Model, Run
 from ..errors import ResultFormatError, SpanTraceError
 from ..methods.hops import RECURSIVE_SPANS
@@ -142,7 +142,9 @@ def create_app(model: Model, *, limits: Limits | None = None) -> FastAPI:
                                      f"got {max_new_tokens}")
         timings: dict[str, float] = {}
         with queue.job("run", "reading the prompt") as job:
-            prompt_ids = model.encode_prompt(request.prompt, chat=request.chat)
+            tokenizer = model._require_tokenizer("a text prompt")
+            prepared = inputs.prepare(tokenizer, prompt=request.prompt, chat=request.chat)
+            prompt_ids = prepared.ids
             if request.output is None:
                 _check_length(len(prompt_ids), max_new_tokens, limits, generating=True)
                 job.stage = f"generating up to {max_new_tokens} tokens"
@@ -154,6 +156,7 @@ def create_app(model: Model, *, limits: Limits | None = None) -> FastAPI:
                 _check_length(len(prompt_ids), len(generated), limits, generating=False)
             job.stage = f"one forward pass over {len(prompt_ids) + len(generated)} tokens"
             run = model.run(input_ids=prompt_ids + generated, prompt_length=len(prompt_ids), progress=False)
+            run.layout = inputs.complete_layout(tokenizer, prepared, generated)  # messages, template tokens
             timings["capture_s"] = run.capture_seconds
             stored = StoredRun(run, run.generated_text, timings)
         return _run_payload(runs.add(stored), stored)
