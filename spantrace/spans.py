@@ -399,10 +399,19 @@ def structure_segment(run: Run, kind: str, argument: str, spec: str) -> Segment:
 
 def turn_start(run: Run, span: tuple[int, int]) -> int | None:
     """The first token of the assistant message that holds ``span``, when that message lies in the context."""
-    for segment in run.layout.of_kind("message"):
+    segments = run.layout.segments
+    for segment in segments:
         tokens = segment.tokens
-        if segment.role == "assistant" and tokens is not None and tokens[0] <= span[0] and span[1] <= tokens[1]:
-            return tokens[0] if tokens[0] < run.prompt_length else None
+        if tokens is None or not (tokens[0] <= span[0] and span[1] <= tokens[1]):
+            continue
+        if segment.kind == "message" and segment.role == "assistant":
+            start = tokens[0]
+        elif segment.kind == "tool_call":  # templates that render calls after the content
+            owner = _owning_message(segments, segment)
+            start = min(tokens[0], owner.tokens[0]) if owner is not None and owner.tokens is not None else tokens[0]
+        else:
+            continue
+        return start if start < run.prompt_length else None
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -124,3 +125,24 @@ def test_cli_bad_conversations_give_one_line(model, tmp_path: Path, content, ext
     outcome = CliRunner().invoke(app, ["trace", "--messages", str(path), "--hops", "0", *extra])
     assert outcome.exit_code == 2
     assert message in outcome.output and outcome.output.count("\n") == 1 and "Traceback" not in outcome.output
+
+
+def test_a_template_that_renders_tool_calls_itself(model: spantrace.Model) -> None:
+    from test_inputs import NATIVE_TEMPLATE
+
+    tokenizer = copy.copy(model.tokenizer)
+    tokenizer.chat_template = NATIVE_TEMPLATE
+    native = spantrace.Model(model.hf_model, tokenizer, model_id="native")
+    call = {"id": "1", "type": "function", "function": {"name": "lookup", "arguments": {"q": "Lisbon"}}}
+    messages = [
+        {"role": "user", "content": "Weather in Lisbon?"},
+        {"role": "assistant", "content": "", "tool_calls": [call]},
+        {"role": "tool", "content": "Rain."},
+        {"role": "assistant", "content": "It rains."},
+    ]
+    run = native.run(messages=messages, progress=False)
+    result = run.trace("tool_call:0", hops=0)
+    start, end = result.span
+    assert "".join(result.tokens[start:end]) == 'lookup {"q": "Lisbon"}'
+    assert result.prompt_length == start  # the call is all the turn has: it starts the generation
+    assert [row.name for row in run.trace("message:-1", hops=0).by("tool_result")] == ["tool #2 (lookup)"]
