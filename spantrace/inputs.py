@@ -622,14 +622,19 @@ def build_layout(
 ) -> Layout:
     """The ``Layout`` of tokens with ``offsets`` in ``text``: token ranges of the segments, and the template mask
     (special tokens, and tokens whose anchor lies in no message, document or tool definition)."""
+    import numpy as np
+
     segments = list(segments)
     given = assign(text, offsets, _merge([s.chars for s in segments if s.kind in ("message", "tools")]))
     scaffold = assign(text, offsets, _merge([s.chars for s in segments if s.kind == "scaffold"]))
     template = [bool(special[p]) or given[p] is None or scaffold[p] is not None for p in range(len(offsets))]
+    anchors = np.array([-1 if (a := anchor(text, chars)) is None else a for chars in offsets], dtype=np.int64)
     placed = []
     for segment in segments:
-        owned = assign(text, offsets, [segment.chars])
-        placed.append(replace(segment, tokens=token_range(owned, 0)))
+        start, end = segment.chars
+        inside = np.flatnonzero((anchors >= start) & (anchors < end))
+        tokens = (int(inside[0]), int(inside[-1]) + 1) if inside.size else None
+        placed.append(replace(segment, tokens=tokens))
     return Layout(text=text, offsets=[tuple(o) for o in offsets], segments=placed, template=template, source=source)
 
 
@@ -703,6 +708,8 @@ def prepare(
         return _with_output(tokenizer, prepared, output, [])
     if prompt is not None:
         raise InputError("give either `prompt` or `messages`, not both")
+    if not chat:
+        raise InputError("messages are rendered with the model's chat template; chat=False is for a plain prompt")
     if tools is not None and (not isinstance(tools, Sequence) or not all(isinstance(t, Mapping) for t in tools)):
         raise InputError("`tools` must be a list of tool definitions (dicts)")
     parsed = parse_messages(messages)

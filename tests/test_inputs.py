@@ -179,5 +179,7 @@ def test_prepare_rejects_mixed_inputs(tokenizer) -> None:
         prepare(tokenizer, messages=CHAT, output="y")
     with pytest.raises(InputError, match="goes with `messages=`"):
         prepare(tokenizer, prompt="x", tools=TOOLS)
+    with pytest.raises(InputError, match="chat=False is for a plain prompt"):
+        prepare(tokenizer, messages=CHAT, chat=False)
     with pytest.raises(InputError, match="nothing before the assistant"):
         prepare(tokenizer, messages=[{"role": "assistant", "content": "hi"}])
