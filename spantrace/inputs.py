@@ -607,11 +607,6 @@ def assign(text: str, offsets: Sequence[CharRange], ranges: Sequence[CharRange])
     return owners
 
 
-def token_range(owners: Sequence[int | None], index: int) -> tuple[int, int] | None:
-    positions = [p for p, owner in enumerate(owners) if owner == index]
-    return (positions[0], positions[-1] + 1) if positions else None
-
-
 def build_layout(
     text: str,
     offsets: Sequence[CharRange],
@@ -762,7 +757,7 @@ def _with_output(tokenizer: Any, prepared: Prepared, output: str | None, segment
         raise InputError("the output is empty; give the generated text, or leave it out to generate")
     ids, offsets = encode_rendered(tokenizer, Rendered(output), add_special_tokens=False)
     if not segments:
-        end = _content_end(output, prepared.special, tokenizer)
+        end = _content_end(output, tokenizer)
         segments = [_output_message(prepared.output_message, (0, end))]
     return replace(prepared, output_text=output, output_ids=ids, output_offsets=offsets, output_segments=segments)
 
@@ -771,7 +766,7 @@ def _output_message(number: int, chars: CharRange) -> Segment:
     return Segment("message", f"assistant #{number}", chars, role="assistant", index=number, message=number)
 
 
-def _content_end(text: str, special: set[int], tokenizer: Any) -> int:
+def _content_end(text: str, tokenizer: Any) -> int:
     from .spans import content_end
 
     names = sorted(set(getattr(tokenizer, "all_special_tokens", []) or []), key=len, reverse=True)
@@ -790,7 +785,7 @@ def complete_layout(tokenizer: Any, prepared: Prepared, generated: Sequence[int]
 
         chars = build_char_map(tokenizer, generated)
         out_text, out_offsets = chars.text, list(zip(chars.starts, chars.ends, strict=True))
-        out_segments = [_output_message(prepared.output_message, (0, _content_end(out_text, set(), tokenizer)))]
+        out_segments = [_output_message(prepared.output_message, (0, _content_end(out_text, tokenizer)))]
     cut = len(prepared.context.text)
     text = prepared.context.text + out_text
     offsets = list(prepared.offsets) + [(a + cut, b + cut) for a, b in out_offsets]
