@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 
 from .api import Model, Run, load
 from .errors import (
+    GroupingError,
     InputError,
     ModelLoadError,
     ResultFormatError,
@@ -18,6 +19,7 @@ from .errors import (
     SpanTraceError,
     UnsupportedArchitectureError,
 )
+from .groups import GROUPINGS, Source, SourceTable
 from .methods.registry import available_methods, list_methods, register_method
 from .model.builtin import DEFAULT_MODEL
 from .model.registry import register_adapter, supported_architectures
@@ -25,6 +27,10 @@ from .result import TopToken, TraceResult
 
 __all__ = [
     "DEFAULT_MODEL",
+    "GROUPINGS",
+    "GroupingError",
+    "Source",
+    "SourceTable",
     "InputError",
     "Model",
     "ModelLoadError",

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import platform
 import time
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from . import inputs
 from .attention import KeyValueCache
 from .capture import Capture, capture_residuals
 from .errors import InputError, SpanError, SpanTraceError
@@ -19,8 +21,9 @@ from .methods.registry import get_method
 from .model.adapter import ArchitectureAdapter
 from .model.registry import adapter_for, text_causal_lm
 from .model.selfcheck import SelfCheck, self_check
+from .render.heat import is_special
 from .result import TraceResult
-from .spans import resolve_span
+from .spans import resolve_span, turn_start
 
 DEFAULT_CHUNK_SIZE = 128
 
@@ -69,14 +72,7 @@ class Model:
     def encode_prompt(self, prompt: str, *, chat: bool = True) -> list[int]:
         """Token ids of ``prompt``, wrapped in the chat template when asked and available."""
         tokenizer = self._require_tokenizer("a text prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise InputError("the prompt is empty; give some text to trace")
-        if chat and getattr(tokenizer, "chat_template", None):
-            text = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
-            )
-            return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-        return list(tokenizer(prompt)["input_ids"])
+        return inputs.prepare(tokenizer, prompt=prompt, chat=chat).ids
 
     def encode_output(self, output: str) -> list[int]:
         tokenizer = self._require_tokenizer("a text output")
@@ -114,6 +110,9 @@ class Model:
         self,
         prompt: str | None = None,
         *,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        documents: Sequence[str | Mapping[str, Any]] | None = None,
         output: str | None = None,
         input_ids: torch.Tensor | Sequence[int] | None = None,
         prompt_length: int | None = None,
@@ -126,24 +125,33 @@ class Model:
         """One forward pass over prompt + generation, keeping the residual stream for any number of traces.
 
         Give either ``prompt`` (text; ``output`` text is appended, or generated greedily when None),
-        or ``input_ids`` (1-D) with ``prompt_length`` (positions ``prompt_length…`` are the generation).
+        or ``messages`` (a chat: ``{"role": ..., "content": ...}``, with ``tools`` for the chat template; a
+        last assistant message is traced as given, else the answer is generated), or ``input_ids`` (1-D)
+        with ``prompt_length`` (positions ``prompt_length…`` are the generation). ``documents`` (strings or
+        ``{"name": ..., "text": ...}``) go before the prompt or the last user message. Layouts and rules:
+        ``spantrace.inputs``; every message's and document's token range is kept in ``Run.layout``.
         ``store_dtype`` (e.g. ``torch.float16``) halves what is kept; ``offload`` keeps it on the CPU.
         """
+        layout = None
         if input_ids is not None:
-            if prompt is not None or output is not None:
-                raise InputError("give either text (`prompt`, `output`) or `input_ids`, not both")
+            if any(x is not None for x in (prompt, output, messages, documents, tools)):
+                raise InputError("give either text (`prompt`, `messages`, `output`) or `input_ids`, not both")
             ids = _as_id_list(input_ids)
             if prompt_length is None:
                 raise InputError("`prompt_length` is required with `input_ids` (where the generation starts)")
         else:
-            if prompt is None:
-                raise InputError("nothing to run: give `prompt` (text) or `input_ids` with `prompt_length`")
-            prompt_ids = self.encode_prompt(prompt, chat=chat)
-            if output is None:
-                generated = self.generate(prompt_ids, max_new_tokens=max_new_tokens, progress=progress)
+            if prompt is None and messages is None:
+                raise InputError("nothing to run: give `prompt` (text), `messages` (a chat) or `input_ids`")
+            tokenizer = self._require_tokenizer("a text prompt")
+            prepared = inputs.prepare(
+                tokenizer, prompt=prompt, messages=messages, tools=tools, documents=documents, output=output, chat=chat
+            )
+            if prepared.output_ids is None:
+                generated = self.generate(prepared.ids, max_new_tokens=max_new_tokens, progress=progress)
             else:
-                generated = self.encode_output(output)
-            ids, prompt_length = prompt_ids + generated, len(prompt_ids)
+                generated = prepared.output_ids
+            ids, prompt_length = prepared.ids + generated, len(prepared.ids)
+            layout = inputs.complete_layout(tokenizer, prepared, generated)
         prompt_length = int(prompt_length)
         if not ids:
             raise InputError("the token sequence is empty")
@@ -165,13 +173,21 @@ class Model:
             store_dtype=store_dtype,
             store_device="cpu" if offload else None,
         )
-        return Run(self, capture, prompt_length, capture_seconds=time.perf_counter() - started)
+        return Run(self, capture, prompt_length, capture_seconds=time.perf_counter() - started, layout=layout)
 
 
 class Run:
     """A captured forward pass over prompt + generation; answers any number of ``trace`` calls."""
 
-    def __init__(self, model: Model, capture: Capture, prompt_length: int, *, capture_seconds: float = 0.0):
+    def __init__(
+        self,
+        model: Model,
+        capture: Capture,
+        prompt_length: int,
+        *,
+        capture_seconds: float = 0.0,
+        layout: inputs.Layout | None = None,
+    ):
         self.model = model
         self.capture = capture
         self.prompt_length = prompt_length
@@ -180,6 +196,22 @@ class Run:
         self.key_value_cache: KeyValueCache = {}
         self.token_ids: list[int] = [int(i) for i in capture.input_ids]
         self.tokens: list[str] = model.token_strings(self.token_ids)
+        # Which characters and tokens came from which message or document, and which are template.
+        self.layout: inputs.Layout = layout if layout is not None else self._token_layout()
+
+    def _token_layout(self) -> inputs.Layout:
+        tokenizer = self.model.tokenizer
+        special = inputs.special_ids(tokenizer) if tokenizer is not None else set()
+        return inputs.layout_from_tokens(
+            self.tokens, [i in special or is_special(t) for i, t in zip(self.token_ids, self.tokens, strict=True)]
+        )
+
+    def _as_turn(self, start: int) -> Run:
+        """This run with the generation starting at ``start`` (an earlier assistant turn); the forward pass and
+        the key/value cache are shared, since neither depends on where the generation starts."""
+        view = copy.copy(self)
+        view.prompt_length = start
+        return view
 
     def __repr__(self) -> str:
         return (
@@ -201,6 +233,18 @@ class Run:
             return " ".join(self.tokens[self.prompt_length :])
         return self.model.tokenizer.decode(self.token_ids[self.prompt_length :])
 
+    def assistant_positions(self) -> torch.Tensor:
+        """Positions of the earlier assistant turns in the context (their non-template tokens): the extra
+        recursive sinks of ``recursive="assistant"``."""
+        positions = [
+            p
+            for segment in self.layout.of_kind("message")
+            if segment.role == "assistant" and segment.tokens is not None
+            for p in range(*segment.tokens)
+            if p < self.prompt_length and not self.layout.template[p]
+        ]
+        return torch.tensor(positions, dtype=torch.long)
+
     def stop_token_mask(self) -> torch.Tensor:
         """[N] bool: tokens made only of punctuation and whitespace."""
         return torch.tensor([_is_stop_token(token) for token in self.tokens], dtype=torch.bool)
@@ -220,13 +264,21 @@ class Run:
         such as ``"answer"``, ``"sentence:-1"``, ``"regex:PATTERN"`` (all forms: ``spantrace.spans``).
 
         ``hops`` recursive hops trace the reasoning: ``recursive="generation"`` uses the generated
-        tokens up to the span end (T ∪ O) as the recursive sinks, ``"reasoning"`` those before it (T).
+        tokens up to the span end (T ∪ O) as the recursive sinks, ``"reasoning"`` those before it (T), and
+        ``"assistant"`` T ∪ O plus every earlier assistant turn of a conversation (their scores then flow on
+        to what those turns read, and they get no final score themselves).
         ``stop_tokens=True`` soft-deletes punctuation/whitespace tokens: zero sink weight, zero score.
         ``chunk_size`` sinks are scored at a time (memory O(chunk · N · H)); it never changes results.
         ``method_options`` go to the method (e.g. ``{"steps": 64}`` for integrated gradients).
         """
         if not isinstance(span, (tuple, list)):
             span = resolve_span(self, span)
+            turn = turn_start(self, span) if span[0] < self.prompt_length else None
+            if turn is not None:  # a message:/turn:/tool_call: span in an earlier assistant turn
+                return self._as_turn(turn).trace(
+                    span, method=method, hops=hops, recursive=recursive, stop_tokens=stop_tokens,
+                    chunk_size=chunk_size, method_options=method_options,
+                )
         start, end = self._check_span(span)
         if not isinstance(hops, int) or isinstance(hops, bool) or hops < 0:
             raise SpanTraceError(f"hops must be a whole number ≥ 0; got {hops!r}")
@@ -244,6 +296,7 @@ class Run:
             recursive=recursive,
             stop_mask=self.stop_token_mask() if stop_tokens else None,
             chunk_size=chunk_size,
+            context_sinks=self.assistant_positions() if recursive == "assistant" else None,
         )
         trace_seconds = time.perf_counter() - started
         arrays = [traced.scores, *traced.hop_scores]
@@ -251,7 +304,7 @@ class Run:
             raise SpanTraceError("the trace produced non-finite scores; please report this with the model and input")
         timings = {"capture_s": self.capture_seconds, "trace_s": trace_seconds}
         timings.update({f"hop{k}_s": seconds for k, seconds in enumerate(traced.hop_seconds)})
-        return TraceResult(
+        result = TraceResult(
             tokens=list(self.tokens),
             token_ids=list(self.token_ids),
             prompt_length=self.prompt_length,
@@ -265,7 +318,15 @@ class Run:
             info=self._info(method, hops, recursive, stop_tokens, chunk_size, method_options, traced.notes),
             rows=traced.rows.numpy().astype(np.float32) if traced.rows is not None else None,
             row_positions=[int(p) for p in traced.row_positions] if traced.row_positions is not None else None,
+            layout=self.layout,
         )
+        template = result.template_mask[: self.prompt_length]
+        result.info["template"] = {
+            "tokens": int(template.sum()),
+            "score": result.template_score,
+            "share": result.template_share,
+        }
+        return result
 
     def _check_span(self, span: Any) -> tuple[int, int]:
         if not isinstance(span, (tuple, list)) or len(span) != 2:

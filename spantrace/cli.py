@@ -28,7 +28,8 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from .api import DEFAULT_CHUNK_SIZE, load
-from .errors import SpanTraceError
+from .errors import InputError, SpanTraceError
+from .groups import GROUPINGS
 from .methods.hops import RECURSIVE_SPANS
 from .methods.registry import available_methods, describe_methods, list_methods
 from .model import builtin
@@ -95,6 +96,8 @@ Examples:
       --span answer --html trace.html
   spantrace trace --prompt-file question.txt --output-file reasoning.txt \\
       --span boxed --hops 2 --json trace.json
+  spantrace trace --messages chat.json --by message --html trace.html
+  spantrace trace --prompt "Where is the Eiffel tower?" --documents docs.json --by document
 """
 
 
@@ -107,6 +110,27 @@ def trace(
     prompt_file: Annotated[
         Path | None,
         typer.Option(metavar="PATH", help="Read the prompt from this UTF-8 file instead.", exists=True, dir_okay=False),
+    ] = None,
+    messages_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--messages",
+            metavar="PATH",
+            help='A conversation to trace instead of a prompt: a JSON list of {"role": ..., "content": ...}, or '
+            '{"messages": [...], "tools": [...], "documents": [...]}. A last assistant message is traced as given.',
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    documents_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--documents",
+            metavar="PATH",
+            help='Documents to place before the prompt: a JSON list of strings or {"name": ..., "text": ...}.',
+            exists=True,
+            dir_okay=False,
+        ),
     ] = None,
     output: Annotated[
         str | None,
@@ -128,15 +152,36 @@ def trace(
         ),
     ] = None,
     span: Annotated[
-        str, typer.Option("--span", "-s", metavar="SPEC", help="What to trace: " + ", ".join(SPAN_FORMS[1:]) + ".")
-    ] = "answer",
+        str | None,
+        typer.Option(
+            "--span",
+            "-s",
+            metavar="SPEC",
+            help="What to trace: " + ", ".join(SPAN_FORMS[1:]) + ". [default: answer; message:-1 with --messages]",
+        ),
+    ] = None,
+    by: Annotated[
+        str | None,
+        typer.Option(
+            "--by",
+            metavar="GROUPING",
+            help="Also list the top sources by " + ", ".join(GROUPINGS) + " (the HTML report's source panel too).",
+        ),
+    ] = None,
+    include_template: Annotated[
+        bool,
+        typer.Option(help="Keep chat-template and special tokens in the colour scale, top tokens and sources."),
+    ] = False,
     method: Annotated[
         str, typer.Option(callback=_check_method, metavar="NAME", help="Attribution method (see `spantrace methods`).")
     ] = "flashtrace",
     hops: Annotated[int, typer.Option(min=0, help="Recursive hops through the reasoning.")] = 1,
     recursive: Annotated[
         Recursive,
-        typer.Option(help="Sinks of hops ≥ 1: the generation up to the span end, or the reasoning before the span."),
+        typer.Option(
+            help="Sinks of hops ≥ 1: the generation up to the span end, the reasoning before the span, or the "
+            "generation plus every earlier assistant turn of a conversation."
+        ),
     ] = Recursive[RECURSIVE_SPANS[0]],
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="How many top prompt tokens to list.")] = 10,
     html: Annotated[
@@ -158,8 +203,14 @@ def trace(
     Prints the prompt coloured by score, the top-k tokens, the ρ of each hop and timings; writes an
     HTML report with --html and the result (read it with spantrace.TraceResult.load) with --json.
     """
-    prompt_text = _text_option(prompt, prompt_file, "--prompt", required=True)
+    if messages_file is not None and (prompt is not None or prompt_file is not None):
+        raise typer.BadParameter("give a prompt or a conversation, not both", param_hint="'--messages'")
+    prompt_text = _text_option(prompt, prompt_file, "--prompt", required=messages_file is None)
     output_text = _text_option(output, output_file, "--output", required=False)
+    conversation = _json_option(messages_file, "--messages") if messages_file is not None else None
+    documents = _json_option(documents_file, "--documents") if documents_file is not None else None
+    if by is not None and by not in GROUPINGS:
+        raise typer.BadParameter(f"unknown grouping {by!r}; choose from {', '.join(GROUPINGS)}", param_hint="'--by'")
     progress = not quiet and sys.stderr.isatty()
     _quiet_transformers()
     try:
@@ -167,11 +218,23 @@ def trace(
             started = time.perf_counter()
             language_model = load(model, dtype=dtype, device=device)
             load_seconds = time.perf_counter() - started
+        messages, tools = None, None
+        if conversation is not None:
+            messages, tools, documents = _conversation_parts(conversation, documents)
         started = time.perf_counter()
         run = language_model.run(
-            prompt_text, output=output_text, chat=chat, max_new_tokens=max_new_tokens, progress=progress
+            prompt_text,
+            messages=messages,
+            tools=tools,
+            documents=documents,
+            output=output_text,
+            chat=chat,
+            max_new_tokens=max_new_tokens,
+            progress=progress,
         )
         generate_seconds = time.perf_counter() - started - run.capture_seconds
+        if span is None:
+            span = "message:-1" if messages is not None else "answer"
         with _working("tracing", progress):
             result = run.trace(
                 span,
@@ -181,17 +244,22 @@ def trace(
                 stop_tokens=stop_tokens,
                 chunk_size=chunk_size,
             )
+        if by is not None:
+            result.by(by)  # fails here, before anything is printed, when the result has no such boundaries
     except SpanTraceError as error:
         _fail(str(error))
     from .render.terminal import render_terminal
 
     extra_timings = {"load_s": load_seconds}
-    if output_text is None:
+    given_turn = bool(messages) and isinstance(messages[-1], dict) and messages[-1].get("role") == "assistant"
+    if output_text is None and not given_turn:
         extra_timings["generate_s"] = generate_seconds
-    render_terminal(result, top_k=top_k, console=Console(), extra_timings=extra_timings)
+    render_terminal(
+        result, top_k=top_k, console=Console(), extra_timings=extra_timings, by=by, include_template=include_template
+    )
     try:
         if html is not None:
-            result.to_html(html, top_k=top_k)
+            result.to_html(html, top_k=top_k, by=by, include_template=include_template)
             typer.echo(f"wrote {html}")
         if json_path is not None:
             result.save(json_path)
@@ -414,6 +482,30 @@ def _text_option(text: str | None, path: Path | None, name: str, *, required: bo
     if text is None and required:
         raise typer.BadParameter(f"give {name} TEXT or {name}-file PATH", param_hint=f"'{name}'")
     return text
+
+
+def _json_option(path: Path, name: str) -> Any:
+    """The JSON in ``path``; UsageError (one line) when it is not readable JSON."""
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        message = f"could not read {path} as JSON ({_one_line(str(error))})"
+        raise typer.BadParameter(message, param_hint=f"'{name}'") from error
+
+
+def _conversation_parts(data: Any, documents: Any) -> tuple[list[Any], Any, Any]:
+    """``--messages`` JSON: a list of messages, or an object with ``messages`` (and ``tools``, ``documents``)."""
+    if isinstance(data, dict):
+        if "messages" not in data:
+            raise InputError('a conversation object needs a "messages" list (and may have "tools", "documents")')
+        if documents is not None and data.get("documents") is not None:
+            raise InputError("documents are given twice: in --messages and with --documents; keep one")
+        return data["messages"], data.get("tools"), documents if documents is not None else data.get("documents")
+    if not isinstance(data, list):
+        raise InputError('--messages must hold a JSON list of messages or {"messages": [...], "tools": [...]}')
+    return data, None, documents
 
 
 @contextmanager

@@ -25,3 +25,7 @@ class SpanError(SpanTraceError, ValueError):
 
 class ResultFormatError(SpanTraceError, ValueError):
     """A saved result could not be read back."""
+
+
+class GroupingError(SpanTraceError, ValueError):
+    """A grouping is unknown, malformed, or one the result has no boundaries for."""

@@ -14,6 +14,14 @@ Span specs (``resolve_span(run, spec)``; ``Run.trace`` takes the same):
     "line:N"          the N-th non-blank line of the generation (0 is the first, -1 the last)
     "regex:PATTERN"   the first match of PATTERN in the generated text (its first group, when it has one)
     "chars:A-B"       characters A…B-1 of the generated text
+    "message:N"       the N-th message of a conversation (``Model.run(messages=...)``); -1 is the last, the
+                      traced or generated assistant turn
+    "turn:N"          the N-th assistant message (the model's turns; -1 the last)
+    "tool_call:N"     the N-th tool call of the conversation (counted over every assistant message)
+
+A message, turn or tool call before the last turn lies in the context; tracing it treats that assistant
+turn as the generation (what came before it is its context, what came after plays no part). Only the
+model's own text can be traced: a user, system or tool message is an error.
 
 Text spans are stripped of surrounding whitespace, and of special tokens (``<|im_end|>``, EOS) at the
 end of the text. Sentences: a sentence ends at a newline, or after a run of ``.``, ``!`` or ``?``
@@ -43,6 +51,7 @@ from .errors import SpanError
 
 if TYPE_CHECKING:
     from .api import Run
+    from .inputs import Segment
 
 SPAN_FORMS = (
     "(start, end)",
@@ -54,7 +63,11 @@ SPAN_FORMS = (
     "line:N",
     "regex:PATTERN",
     "chars:A-B",
+    "message:N",
+    "turn:N",
+    "tool_call:N",
 )
+STRUCTURE_SPANS = ("message", "turn", "tool_call")
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # Piece boundaries: an ``end`` match belongs to the piece before it, a ``cut`` match to no piece.
@@ -222,6 +235,10 @@ def resolve_span(run: Run, spec: str | tuple[int, int] | Sequence[int]) -> tuple
     kind = kind.strip().lower()
     if kind == "output" and not argument:
         return run.prompt_length, run.num_tokens
+    if kind in STRUCTURE_SPANS:
+        segment = structure_segment(run, kind, argument, spec)
+        assert segment.tokens is not None
+        return segment.tokens
     chars = char_map(run)
     chars_range = _char_range(kind, argument, spec, chars)
     tokens = chars.token_range(chars_range)
@@ -344,3 +361,61 @@ def _show(text: str) -> str:
         half = _SHOWN_CHARS // 2
         text = f"{text[:half]} […{len(text) - 2 * half} characters…] {text[-half:]}"
     return repr(text)
+
+
+# --- conversation structure ------------------------------------------------------------------------
+
+
+def structure_segment(run: Run, kind: str, argument: str, spec: str) -> Segment:
+    """The message, assistant turn or tool call that ``message:N``, ``turn:N`` or ``tool_call:N`` names."""
+    layout = run.layout
+    index = _index(argument, spec)
+    if kind == "tool_call":
+        pieces = layout.of_kind("tool_call")
+        what = "tool call"
+    else:
+        pieces = [s for s in layout.of_kind("message") if kind == "message" or s.role == "assistant"]
+        what = "message" if kind == "message" else "assistant turn"
+    if not pieces:
+        where = "it was run from token ids or a plain prompt" if kind != "tool_call" else "it has none"
+        raise SpanError(f"span {spec!r}: this run has no {what}s ({where}); run it with `messages=`")
+    if not -len(pieces) <= index < len(pieces):
+        raise SpanError(
+            f"span {spec!r} is out of range: the run has {len(pieces)} {what}(s), so N is in "
+            f"0…{len(pieces) - 1} or -{len(pieces)}…-1"
+        )
+    segment = pieces[index]
+    if segment.tokens is None:
+        raise SpanError(f"span {spec!r}: {segment.name} has no tokens (empty, or dropped by the chat template)")
+    owner = _owning_message(layout.segments, segment)
+    if owner is None or owner.role != "assistant":
+        role = owner.role if owner is not None else "template"
+        raise SpanError(
+            f"span {spec!r} is {segment.name}, a {role} message: only the model's own text (assistant turns, "
+            "tool calls) can be traced; its sources are what you pick with TraceResult.by('message')"
+        )
+    return segment
+
+
+def turn_start(run: Run, span: tuple[int, int]) -> int | None:
+    """The first token of the assistant message that holds ``span``, when that message lies in the context."""
+    segments = run.layout.segments
+    for segment in segments:
+        tokens = segment.tokens
+        if tokens is None or not (tokens[0] <= span[0] and span[1] <= tokens[1]):
+            continue
+        if segment.kind == "message" and segment.role == "assistant":
+            start = tokens[0]
+        elif segment.kind == "tool_call":  # templates that render calls after the content
+            owner = _owning_message(segments, segment)
+            start = min(tokens[0], owner.tokens[0]) if owner is not None and owner.tokens is not None else tokens[0]
+        else:
+            continue
+        return start if start < run.prompt_length else None
+    return None
+
+
+def _owning_message(segments: Sequence[Segment], segment: Segment) -> Segment | None:
+    if segment.kind == "message":
+        return segment
+    return next((s for s in segments if s.kind == "message" and s.index == segment.message), None)

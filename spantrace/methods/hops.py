@@ -19,7 +19,7 @@ from .base import AttributionMethod
 if TYPE_CHECKING:
     from ..api import Run
 
-RECURSIVE_SPANS = ("generation", "reasoning")
+RECURSIVE_SPANS = ("generation", "reasoning", "assistant")
 
 
 @dataclass(frozen=True)
@@ -35,18 +35,20 @@ class HopTrace:
 
 
 def recursive_span(span: tuple[int, int], prompt_length: int, mode: str) -> tuple[int, int]:
-    """G as ``(start, end)``: ``"generation"`` is T ∪ O, ``"reasoning"`` is T only."""
+    """G as ``(start, end)``: ``"generation"`` is T ∪ O, ``"reasoning"`` is T only. ``"assistant"`` is T ∪ O
+    too, plus the earlier assistant turns of a conversation (given to ``trace_hops`` as ``context_sinks``)."""
     start, end = span
-    return (prompt_length, end) if mode == "generation" else (prompt_length, start)
+    return (prompt_length, start) if mode == "reasoning" else (prompt_length, end)
 
 
-def _share(scores: torch.Tensor, region: tuple[int, int]) -> float:
-    """Σ_G s / Σ s in float64 over the positive part of s, within [0, 1]; 0 when there is no mass at all."""
+def _share(scores: torch.Tensor, region: torch.Tensor) -> float:
+    """Σ_G s / Σ s in float64 over the positive part of s, within [0, 1]; 0 when there is no mass at all.
+    region: the positions of G."""
     scores = scores.double().clamp_min(0.0)
     total = float(scores.sum())
     if total <= 0:
         return 0.0
-    return min(1.0, float(scores[region[0] : region[1]].sum()) / total)
+    return min(1.0, float(scores[region].sum()) / total)
 
 
 def trace_hops(
@@ -58,12 +60,21 @@ def trace_hops(
     recursive: str,
     stop_mask: torch.Tensor | None,
     chunk_size: int,
+    context_sinks: torch.Tensor | None = None,
 ) -> HopTrace:
-    """Run ``method`` on the span and ``hops`` recursive hops. stop_mask: [N] bool, soft-deleted tokens."""
+    """Run ``method`` on the span and ``hops`` recursive hops. stop_mask: [N] bool, soft-deleted tokens.
+
+    context_sinks: positions in the prompt that belong to G as well (earlier assistant turns, for
+    ``recursive="assistant"``): they are recursive sinks, and, like the generation, unobserved (m = 0)."""
     num_tokens, prompt_length = run.num_tokens, run.prompt_length
     region = recursive_span(span, prompt_length, recursive)
     observed = torch.zeros(num_tokens, dtype=torch.float32)
     observed[:prompt_length] = 1.0
+    region_positions = torch.arange(*region)
+    if context_sinks is not None and context_sinks.numel():
+        context_sinks = context_sinks[context_sinks < prompt_length]
+        observed[context_sinks] = 0.0
+        region_positions = torch.cat([context_sinks, region_positions]).unique(sorted=True)
     notes: list[str] = []
 
     def drop_stop_tokens(scores: torch.Tensor) -> torch.Tensor:
@@ -82,13 +93,12 @@ def trace_hops(
     notes.extend(f"hop 0: {note}" for note in first.notes)
     scores = drop_stop_tokens(first.scores)
     hop_seconds = [time.perf_counter() - started]
-    hop_scores, rho = [scores], [_share(scores, region)]
+    hop_scores, rho = [scores], [_share(scores, region_positions)]
     final = observed * scores
-    region_positions = torch.arange(*region)
     for hop in range(1, hops + 1):
         started = time.perf_counter()
         # Signed methods (gradients, occlusion, LRP) weigh the recursive sinks by their positive part.
-        previous = hop_scores[-1][region[0] : region[1]].clamp_min(0.0)
+        previous = hop_scores[-1][region_positions].clamp_min(0.0)
         mass = float(previous.double().sum())
         if region_positions.numel() == 0 or mass <= 0:
             notes.append(f"hop {hop}: no score mass on the recursive span {region}; hop scores are 0")
@@ -98,7 +108,7 @@ def trace_hops(
             notes.extend(f"hop {hop}: {note}" for note in result.notes)
             scores = drop_stop_tokens(result.scores)
         final = final + rho[-1] * observed * scores
-        rho.append(rho[-1] * _share(scores, region))
+        rho.append(rho[-1] * _share(scores, region_positions))
         hop_scores.append(scores)
         hop_seconds.append(time.perf_counter() - started)
     return HopTrace(

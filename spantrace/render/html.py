@@ -4,6 +4,13 @@ Jinja2 renders ``templates/report.html.j2`` with autoescaping on, so every token
 name is shown as text (a prompt holding ``<script>`` prints it). A Content-Security-Policy that allows
 nothing but inline styles backs that up. Panels: the combined score first, then one per hop; each
 shows the prompt and the generation with token backgrounds by score and the traced span outlined.
+
+Beside the panels, a source panel lists the context's sources (``TraceResult.by``). It works without
+script, so the report keeps its strict policy: each source is a link to an empty anchor placed before the
+panels, and a CSS rule per source (``#src-3:target ~ .layout .g3``) outlines that source's tokens when its
+link is the page's fragment. Two radio buttons, also before the panels, switch every token's background
+between its own score and its source's pooled score (``:checked ~``, the colours held in CSS variables).
+Template and special tokens are greyed and left out of the colour scale unless asked for.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from .heat import heat_rgb, intensities, is_dark, is_special, quoted, shown_in_t
 if TYPE_CHECKING:
     from jinja2 import Environment
 
+    from ..groups import SourceTable
     from ..result import TraceResult
 
 HOPS_OPEN_UP_TO = 600  # hop panels start unfolded when the sequence has at most this many tokens
@@ -34,6 +42,7 @@ class TokenView:
     score: float
     background: str  # CSS colour, "" for none
     classes: str
+    source_background: str = ""  # CSS colour of its source's pooled score, "" for none
 
 
 @dataclass(frozen=True)
@@ -50,9 +59,23 @@ class PanelView:
     after_span: list[TokenView]
 
 
-def render_html(result: TraceResult, *, top_k: int = 10) -> str:
-    """The report for ``result`` as one HTML document (a string)."""
-    return environment().get_template("report.html.j2").render(**_context(result, top_k))
+MAX_SOURCES_SHOWN = 200  # the source panel lists at most this many sources (the rest are summed up)
+
+
+def render_html(result: TraceResult, *, top_k: int = 10, by: str | None = None, include_template: bool = False) -> str:
+    """The report for ``result`` as one HTML document (a string); ``by`` is the source panel's grouping."""
+    grouping = by if by is not None else default_grouping(result)
+    context = _context(result, top_k, grouping, include_template)
+    return environment().get_template("report.html.j2").render(**context)
+
+
+def default_grouping(result: TraceResult) -> str:
+    """Documents when there are some, else messages when the context has several, else sentences."""
+    groupings = result.groupings()
+    if "document" in groupings:
+        return "document"
+    messages = [s for s in result.layout.of_kind("message") if s.tokens and s.tokens[0] < result.prompt_length]
+    return "message" if len(messages) > 1 else "sentence"
 
 
 @lru_cache(maxsize=1)
@@ -70,11 +93,27 @@ def environment() -> Environment:
     )
 
 
-def _context(result: TraceResult, top_k: int) -> dict[str, Any]:
+def _context(result: TraceResult, top_k: int, grouping: str, include_template: bool) -> dict[str, Any]:
     start, end = result.span
     info = result.info
     options = info.get("options", {})
-    prompt_total = float(np.clip(result.prompt_scores, 0, None).sum())
+    greyed = np.zeros(result.num_tokens, dtype=bool) if include_template else result.template_mask
+    prompt_total = float(np.clip(result.prompt_scores[~greyed[: result.prompt_length]], 0, None).sum())
+    sources = result.by(grouping, include_template=include_template)
+    shown = sources.top(MAX_SOURCES_SHOWN)
+    source_best = max((row.score for row in shown), default=0.0)
+    source_rows = [
+        {
+            "rank": row.rank,
+            "name": row.name,
+            "kind": row.kind,
+            "tokens": row.tokens,
+            "score": row.score,
+            "share": row.share,
+            "width": 100 * max(row.score, 0.0) / source_best if source_best > 0 else 0.0,
+        }
+        for row in shown
+    ]
     top = [
         {
             "rank": rank,
@@ -84,7 +123,7 @@ def _context(result: TraceResult, top_k: int) -> dict[str, Any]:
             "score": entry.score,
             "share": entry.score / prompt_total if prompt_total > 0 else 0.0,
         }
-        for rank, entry in enumerate(result.top(top_k), start=1)
+        for rank, entry in enumerate(result.top(top_k, include_template=include_template), start=1)
     ]
     best = top[0]["score"] if top and top[0]["score"] > 0 else 1.0
     return {
@@ -99,7 +138,14 @@ def _context(result: TraceResult, top_k: int) -> dict[str, Any]:
         "recursive": options.get("recursive", ""),
         "recursive_span": result.recursive_span,
         "rho": list(result.rho),
-        "panels": _panels(result),
+        "panels": _panels(result, greyed, sources),
+        "grouping": sources.grouping,
+        "sources": source_rows,
+        "sources_left_out": len(sources) - len(shown),
+        "sources_outside": sources.outside_score / sources.total if sources.total > 0 else 0.0,
+        "template_count": int(result.template_mask[: result.prompt_length].sum()),
+        "template_share": result.template_share,
+        "include_template": include_template,
         "top": top,
         "best": best,
         "timings": dict(result.timings),
@@ -109,12 +155,25 @@ def _context(result: TraceResult, top_k: int) -> dict[str, Any]:
     }
 
 
-def _panels(result: TraceResult) -> list[PanelView]:
+def _panels(result: TraceResult, greyed: np.ndarray, sources: SourceTable) -> list[PanelView]:
     prompt = slice(0, result.prompt_length)
+    rows = sources.top(MAX_SOURCES_SHOWN)
+    rank_of = {position: row.rank for row in rows for position in row.positions}
+
+    def source_heat(panel: int | None) -> dict[int, float]:
+        """Each source's pooled score in this panel (None: combined, else the hop) over the panel's largest."""
+        values = [row.score if panel is None else row.hop_scores[panel] for row in rows]
+        best = max(values, default=0.0)
+        return {p: max(v, 0.0) / best if best > 0 else 0.0 for row, v in zip(rows, values, strict=True)
+                for p in row.positions}
+
+    shared = {"greyed": greyed, "rank_of": rank_of}
     panels = [
         _panel(
             result,
             result.scores,
+            **shared,
+            source_heat=source_heat(None),
             scale_over=prompt,
             title="Combined score",
             note="What the span rests on, traced through the reasoning: hop 0 plus each later hop weighted "
@@ -131,6 +190,8 @@ def _panels(result: TraceResult) -> list[PanelView]:
             _panel(
                 result,
                 hop_scores,
+                **shared,
+                source_heat=source_heat(hop),
                 scale_over=slice(None),
                 title=f"Hop {hop} · ρ{_subscript(hop)} = {rho:.3f}",
                 note=f"Raw scores of every position for {what}; ρ{_subscript(hop)} is the share of the mass "
@@ -146,13 +207,16 @@ def _panel(
     result: TraceResult,
     scores: np.ndarray,
     *,
+    greyed: np.ndarray,
+    rank_of: dict[int, int],
+    source_heat: dict[int, float],
     scale_over: slice,
     title: str,
     note: str,
     is_open: bool,
     mark_sinks: bool,
 ) -> PanelView:
-    heat = intensities(scores, scale_over)
+    heat = intensities(np.where(greyed, 0.0, scores), scale_over)
     start, end = result.span
     g_start, g_end = result.recursive_span
     views = []
@@ -163,6 +227,14 @@ def _panel(
             classes.append("dark")
         if is_special(token):
             classes.append("special")
+        if greyed[position]:
+            classes.append("template")
+        source_rgb = None
+        if position in rank_of:
+            classes.append(f"g{rank_of[position]}")
+            source_rgb = heat_rgb(source_heat[position])
+            if source_rgb is not None and is_dark(source_heat[position]):
+                classes.append("sdark")
         if mark_sinks and g_start <= position < g_end:
             classes.append("sink")
         views.append(
@@ -173,6 +245,7 @@ def _panel(
                 score=float(scores[position]),
                 background=f"rgb{rgb}" if rgb is not None else "",
                 classes=" ".join(classes),
+                source_background=f"rgb{source_rgb}" if source_rgb is not None else "",
             )
         )
     prompt_length = result.prompt_length

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+import numpy as np
 from rich.color import Color
 from rich.console import Console
 from rich.panel import Panel
@@ -33,13 +34,22 @@ def render_terminal(
     top_k: int = 10,
     console: Console | None = None,
     extra_timings: Mapping[str, float] | None = None,
+    by: str | None = None,
+    include_template: bool = False,
 ) -> None:
-    """Print ``result`` to ``console`` (stdout by default); ``extra_timings`` (e.g. ``load_s``) go first."""
+    """Print ``result`` to ``console`` (stdout by default); ``extra_timings`` (e.g. ``load_s``) go first.
+
+    ``by`` adds the top-k sources of that grouping (``TraceResult.by``). Template and special tokens are
+    dimmed and left out of the colour scale and the tables unless ``include_template``."""
     console = console or Console()
     console.print(_header(result))
-    console.print(Panel(_prompt_heatmap(result, top_k), title="prompt · colour = score", title_align="left"))
+    title = "prompt · colour = score" + ("" if include_template else " · template dimmed")
+    console.print(Panel(_prompt_heatmap(result, top_k, include_template), title=title, title_align="left"))
     console.print(Panel(_generation(result), title="generation · ⟦traced span⟧", title_align="left"))
-    console.print(_top_table(result, top_k))
+    console.print(_top_table(result, top_k, include_template))
+    if by is not None:
+        console.print(_source_table(result, by, top_k, include_template))
+    console.print(_template_line(result, include_template))
     console.print(_rho_line(result))
     console.print(_timings_line({**(extra_timings or {}), **result.timings}))
 
@@ -61,15 +71,18 @@ def _header(result: TraceResult) -> Text:
     return header
 
 
-def _prompt_heatmap(result: TraceResult, top_k: int) -> Text:
+def _prompt_heatmap(result: TraceResult, top_k: int, include_template: bool) -> Text:
     prompt_length = result.prompt_length
-    heat = intensities(result.scores[:prompt_length])
-    ranks = {entry.position: rank for rank, entry in enumerate(result.top(top_k), start=1)}
+    greyed = np.zeros(prompt_length, dtype=bool) if include_template else result.template_mask[:prompt_length]
+    heat = intensities(np.where(greyed, 0.0, result.scores[:prompt_length]))
+    ranks = {entry.position: rank for rank, entry in enumerate(result.top(top_k, include_template=include_template), 1)}
     text = Text()
     for position in range(prompt_length):
         token = result.tokens[position]
         rgb = heat_rgb(float(heat[position]))
-        if rgb is not None:
+        if greyed[position]:
+            style = Style(dim=True, color="grey50")
+        elif rgb is not None:
             style = Style(bgcolor=Color.from_rgb(*rgb), color="white" if is_dark(float(heat[position])) else "black")
         else:
             style = Style(dim=is_special(token))
@@ -96,9 +109,11 @@ def _generation(result: TraceResult) -> Text:
     return text
 
 
-def _top_table(result: TraceResult, top_k: int) -> Table:
-    total = float(result.prompt_scores.clip(min=0).sum())
-    top = result.top(top_k)
+def _top_table(result: TraceResult, top_k: int, include_template: bool) -> Table:
+    considered = result.prompt_scores if include_template else result.prompt_scores[~result.template_mask[
+        : result.prompt_length]]
+    total = float(considered.clip(min=0).sum())
+    top = result.top(top_k, include_template=include_template)
     best = top[0].score if top and top[0].score > 0 else 1.0
     table = Table(title=f"top {len(top)} prompt tokens", title_justify="left", header_style="bold")
     table.add_column("#", justify="right")
@@ -121,6 +136,38 @@ def _top_table(result: TraceResult, top_k: int) -> Table:
             Text(bar, style="rgb(227,26,28)"),
         )
     return table
+
+
+def _source_table(result: TraceResult, by: str, top_k: int, include_template: bool) -> Table:
+    sources = result.by(by, include_template=include_template)
+    shown = sources.top(top_k)
+    best = shown[0].score if len(shown) and shown[0].score > 0 else 1.0
+    table = Table(title=f"top {len(shown)} of {len(sources)} sources by {sources.grouping}", title_justify="left",
+                  header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("source", min_width=24)
+    table.add_column("tokens", justify="right")
+    table.add_column("score", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("", no_wrap=True)
+    for row in shown:
+        bar = "█" * max(0, round(_BAR_WIDTH * row.score / best))
+        table.add_row(str(row.rank), row.name, f"{row.tokens[0]}…{row.tokens[1] - 1}", f"{row.score:.4g}",
+                      f"{row.share:.1%}", Text(bar, style="rgb(227,26,28)"))
+    if sources.total > 0 and sources.outside_score > 0:
+        outside = sources.outside_score / sources.total
+        table.caption = f"outside every {sources.grouping.replace('_', ' ')}: {outside:.1%} of the score"
+        table.caption_justify = "left"
+    return table
+
+
+def _template_line(result: TraceResult, include_template: bool) -> Text:
+    count = int(result.template_mask[: result.prompt_length].sum())
+    line = Text("template: ", style="bold")
+    line.append(f"{count} template/special prompt tokens hold {result.template_share:.1%} of the score")
+    if not include_template and count:
+        line.append(" (dimmed, left out of the tables; --include-template keeps them)", style="dim")
+    return line
 
 
 def _rho_line(result: TraceResult) -> Text:

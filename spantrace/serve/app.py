@@ -8,10 +8,13 @@ Routes (every error is JSON ``{"detail": "..."}`` with a 4xx status; reference: 
     GET    /api/info                          model, limits, colour ramp, span forms
     GET    /api/methods                       {"methods": [{"name", "description", "cost"}], "default"}
     GET    /api/status                        what the model is doing now, for the progress line
-    POST   /api/runs                          {"prompt", "output"?, "chat"?, "max_new_tokens"?} → a run
+    POST   /api/runs                          {"prompt" | "messages", "tools"?, "documents"?, "output"?, "chat"?,
+                                               "max_new_tokens"?} → a run
     GET    /api/runs/{run_id}                 the run again
     DELETE /api/runs/{run_id}                 drop it
-    POST   /api/runs/{run_id}/trace           {"span", "method"?, "hops"?, "recursive"?, ...} → a trace
+    POST   /api/runs/{run_id}/trace           {"span", "method"?, "hops"?, "recursive"?, "by"?, ...} → a trace
+                                              (with its template mask and its sources)
+    GET    /api/traces/{trace_id}/sources?by=G  the trace's sources by another grouping
     POST   /api/results                       a saved TraceResult's JSON (the file's content) → a trace
     GET    /api/traces/{trace_id}.json|.html  download a trace as JSON or as the CLI's HTML report
 
@@ -22,6 +25,7 @@ that arrive meanwhile wait in ``ModelQueue`` (``GET /api/status`` reports it).
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from importlib.resources import files
@@ -29,17 +33,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Body, FastAPI, HTTPException, Request
+from fastapi import Body, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from .. import __version__
+from .. import __version__, inputs
 from ..api import Model, Run
-from ..errors import ResultFormatError, SpanTraceError
+from ..errors import InputError, ResultFormatError, SpanTraceError
+from ..groups import GROUPINGS
 from ..methods.hops import RECURSIVE_SPANS
 from ..methods.registry import describe_methods
 from ..render.heat import DARK_FROM, SPECIAL_TOKEN, VISIBLE_FROM, heat_rgb
+from ..render.html import MAX_SOURCES_SHOWN, default_grouping
 from ..result import TraceResult
 from ..spans import SPAN_FORMS
 from .schemas import MAX_HOPS, MAX_SPEC_CHARS, Limits, RunRequest, TraceRequest
@@ -132,28 +138,37 @@ def create_app(model: Model, *, limits: Limits | None = None) -> FastAPI:
 
     @app.post("/api/runs")
     def create_run(request: RunRequest) -> dict[str, Any]:
-        for name, text in (("prompt", request.prompt), ("output", request.output)):
+        conversation = json.dumps([request.messages, request.tools, request.documents], ensure_ascii=False)
+        for name, text in (("prompt", request.prompt), ("output", request.output), ("conversation", conversation)):
             if text is not None and len(text) > limits.max_prompt_chars:
                 raise HTTPException(413, f"the {name} has {len(text)} characters; this server takes at most "
                                          f"{limits.max_prompt_chars}")
         max_new_tokens = request.max_new_tokens or min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens)
-        if request.output is None and max_new_tokens > limits.max_new_tokens:
+        ends_with_turn = bool(request.messages) and request.messages[-1].get("role") == "assistant"
+        if request.output is None and not ends_with_turn and max_new_tokens > limits.max_new_tokens:
             raise HTTPException(422, f"max_new_tokens is at most {limits.max_new_tokens} on this server; "
                                      f"got {max_new_tokens}")
         timings: dict[str, float] = {}
         with queue.job("run", "reading the prompt") as job:
-            prompt_ids = model.encode_prompt(request.prompt, chat=request.chat)
-            if request.output is None:
+            tokenizer = model._require_tokenizer("a text prompt")
+            if request.prompt is None and request.messages is None:
+                raise InputError("give a prompt, or a conversation as messages")
+            prepared = inputs.prepare(tokenizer, prompt=request.prompt, messages=request.messages,
+                                      tools=request.tools, documents=request.documents, output=request.output,
+                                      chat=request.chat)
+            prompt_ids = prepared.ids
+            if prepared.output_ids is None:
                 _check_length(len(prompt_ids), max_new_tokens, limits, generating=True)
                 job.stage = f"generating up to {max_new_tokens} tokens"
                 started = time.perf_counter()
                 generated = model.generate(prompt_ids, max_new_tokens=max_new_tokens, progress=False)
                 timings["generate_s"] = time.perf_counter() - started
             else:
-                generated = model.encode_output(request.output)
+                generated = prepared.output_ids
                 _check_length(len(prompt_ids), len(generated), limits, generating=False)
             job.stage = f"one forward pass over {len(prompt_ids) + len(generated)} tokens"
             run = model.run(input_ids=prompt_ids + generated, prompt_length=len(prompt_ids), progress=False)
+            run.layout = inputs.complete_layout(tokenizer, prepared, generated)  # messages, template tokens
             timings["capture_s"] = run.capture_seconds
             stored = StoredRun(run, run.generated_text, timings)
         return _run_payload(runs.add(stored), stored)
@@ -179,7 +194,12 @@ def create_app(model: Model, *, limits: Limits | None = None) -> FastAPI:
                 span, method=request.method, hops=request.hops, recursive=request.recursive,
                 stop_tokens=request.stop_tokens,
             )
-        return _trace_payload(result, traces.add(result), run_id, request.top_k)
+        return _trace_payload(result, traces.add(result), run_id, request.top_k, request.by)
+
+    @app.get("/api/traces/{trace_id}/sources")
+    def sources(trace_id: str, by: Annotated[str, Query(pattern="^(" + "|".join(GROUPINGS) + ")$")]) -> dict:
+        """A stored trace's sources by another grouping (no new trace: the scores are pooled again)."""
+        return _sources_payload(_find(traces, trace_id, "trace"), by)
 
     @app.post("/api/results")
     def load_result(data: Annotated[dict[str, Any], Body()], top_k: int = 10) -> dict[str, Any]:
@@ -281,7 +301,26 @@ def _run_payload(run_id: str, stored: StoredRun) -> dict[str, Any]:
     }
 
 
-def _trace_payload(result: TraceResult, trace_id: str, run_id: str | None, top_k: int) -> dict[str, Any]:
+def _sources_payload(result: TraceResult, by: str | None) -> dict[str, Any]:
+    """The context's sources (``TraceResult.by``), each with its token positions, for the source panel."""
+    grouping = by or default_grouping(result)
+    table = result.by(grouping).top(MAX_SOURCES_SHOWN)
+    return {
+        "grouping": table.grouping,
+        "groupings": result.groupings(),
+        "rows": [
+            {"rank": r.rank, "name": r.name, "kind": r.kind, "tokens": list(r.tokens), "positions": list(r.positions),
+             "score": r.score, "share": r.share}
+            for r in table
+        ],
+        "outside": table.outside_score / table.total if table.total > 0 else 0.0,
+        "template_share": result.template_share,
+    }
+
+
+def _trace_payload(
+    result: TraceResult, trace_id: str, run_id: str | None, top_k: int, by: str | None = None
+) -> dict[str, Any]:
     data = result.to_dict()
     keys = ("tokens", "prompt_length", "span", "method", "scores", "hop_scores", "rho", "recursive_span", "timings")
     return {
@@ -293,6 +332,8 @@ def _trace_payload(result: TraceResult, trace_id: str, run_id: str | None, top_k
         "model": result.info.get("model", ""),
         "options": result.info.get("options", {}),
         "notes": result.info.get("notes", []),
+        "template": [bool(t) for t in result.layout.template],  # greyed, and left out of the colour scale
+        "sources": _sources_payload(result, by),
     }
 
 

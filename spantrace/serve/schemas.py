@@ -8,10 +8,11 @@ the routes, which answer 413 when an input is too big.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from ..groups import GROUPINGS
 from ..methods.hops import RECURSIVE_SPANS
 
 MAX_HOPS = 16
@@ -20,6 +21,7 @@ MAX_TOP_K = 200
 
 SpanSpec = Annotated[str, StringConstraints(min_length=1, max_length=MAX_SPEC_CHARS)]
 Recursive = Annotated[str, Field(pattern="^(" + "|".join(RECURSIVE_SPANS) + ")$")]
+Grouping = Annotated[str, Field(pattern="^(" + "|".join(GROUPINGS) + ")$")]
 
 
 @dataclass(frozen=True)
@@ -35,11 +37,15 @@ class Limits:
 
 
 class RunRequest(BaseModel):
-    """``POST /api/runs``: a prompt, and the output to trace (generated greedily when left out)."""
+    """``POST /api/runs``: a prompt or a conversation (``messages``, with ``tools``), maybe ``documents``, and the
+    output to trace (generated greedily when left out; a conversation's last assistant message is the output)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str
+    prompt: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    tools: list[dict[str, Any]] | None = None
+    documents: list[str | dict[str, Any]] | None = None
     output: str | None = None
     chat: bool = True
     max_new_tokens: int | None = Field(default=None, ge=1)  # None: 256, or the server's cap if lower
@@ -56,3 +62,4 @@ class TraceRequest(BaseModel):
     recursive: Recursive = RECURSIVE_SPANS[0]
     stop_tokens: bool = False
     top_k: int = Field(default=10, ge=1, le=MAX_TOP_K)
+    by: Grouping | None = None  # the sources' grouping; None: documents, else messages, else sentences

@@ -30,7 +30,8 @@ def test_text_is_escaped_and_nothing_is_fetched(synthetic_result: TraceResult) -
     html = synthetic_result.to_html()
     assert not re.search(r"<\s*script", html, re.IGNORECASE)  # the template has none; the prompt's is escaped
     assert "&lt;/" in html and "tiny &lt;b&gt;model&lt;/b&gt;" in html
-    assert not re.search(r"(src|href)\s*=|https?://|@import|url\(", html)  # nothing to load
+    # nothing to load: the only links are to fragments of the page itself (the source panel)
+    assert not re.search(r"src\s*=|href\s*=\s*\"(?!#)|https?://|@import|url\(", html)
     assert "Content-Security-Policy" in html
 
 
@@ -111,4 +112,26 @@ def test_script_in_the_prompt_is_text_and_never_runs(browser, model: spantrace.M
     shown = page.locator("details.panel >> nth=0 >> .tokens.prompt").text_content()
     assert '<script>window.__pwned = 1</script> <img src=x onerror="window.__pwned = 2"> & bye' in shown
     assert [text.replace("↵", "") for text in prompt_tokens_shown(page)] == result.tokens[: result.prompt_length]
+    page.close()
+
+
+def test_source_panel_outlines_a_source_and_toggles_colours(browser, readme_result: TraceResult, tmp_path: Path):
+    page = open_report(browser, readme_result, tmp_path / "sources.html")
+    sources = readme_result.by("sentence")
+    assert page.locator("aside.sources a.src").count() == len(sources)
+    best = sources[0]
+    token = page.locator(f"details.panel >> nth=0 >> .t[data-pos='{best.positions[0]}']")
+    other = page.locator(f"details.panel >> nth=0 >> .t[data-pos='{sources[1].positions[0]}']")
+    assert token.evaluate("e => getComputedStyle(e).outlineStyle") == "none"
+    page.locator("aside.sources a.row-1").click()  # a link to #src-1: CSS :target outlines the source's tokens
+    assert page.evaluate("location.hash") == "#src-1"
+    assert token.evaluate("e => getComputedStyle(e).outlineStyle") == "solid"
+    assert other.evaluate("e => getComputedStyle(e).outlineStyle") == "none"
+    background = token.evaluate("e => getComputedStyle(e).backgroundColor")
+    page.locator("label[for=view-sources]").click()  # every token now takes its source's colour
+    pooled = [t.evaluate("e => getComputedStyle(e).backgroundColor") for t in page.locator(
+        f"details.panel >> nth=0 >> .g{best.rank}").all()]
+    assert len(set(pooled)) == 1 and pooled[0] != background
+    template = page.locator("details.panel >> nth=0 >> .t.template >> nth=0")
+    assert template.evaluate("e => getComputedStyle(e).backgroundColor") == "rgba(0, 0, 0, 0)"
     page.close()

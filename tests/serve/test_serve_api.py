@@ -165,7 +165,7 @@ def test_every_bad_trace_is_a_clear_4xx(client: TestClient) -> None:
     ("body", "status", "words"),
     [
         ({"prompt": "   "}, 422, "the prompt is empty"),
-        ({"output": "hi"}, 422, "prompt: Field required"),
+        ({"output": "hi"}, 422, "give a prompt, or a conversation as messages"),
         ({"prompt": "hi", "output": ""}, 422, "the output is empty"),
         ({"prompt": "x" * 2_001}, 413, "at most 2000"),
         ({"prompt": "hi", "output": "y" * 2_001}, 413, "at most 2000"),
@@ -319,3 +319,40 @@ def test_serve_command_binds_localhost_by_default(monkeypatch, tiny_model) -> No
     result = CliRunner().invoke(cli.app, ["serve", "--host", "0.0.0.0", "--port", "9001"])
     assert result.exit_code == 0 and "warning: listening on 0.0.0.0" in result.output
     assert calls[1]["host"] == "0.0.0.0" and calls[1]["port"] == 9001
+
+
+# --- conversations and sources -----------------------------------------------------------------------
+
+CHAT = [
+    {"role": "user", "content": "Weather in Lisbon?"},
+    {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "weather", "arguments": {}}}]},
+    {"role": "tool", "content": "Rain all day."},
+    {"role": "assistant", "content": "It will rain."},
+]
+
+
+def test_a_conversation_run_has_sources(client: TestClient, tiny_model: spantrace.Model) -> None:
+    response = client.post("/api/runs", json={"messages": CHAT})
+    assert response.status_code == 200, response.text
+    run_id = response.json()["run_id"]
+    payload = client.post(f"/api/runs/{run_id}/trace", json={"span": "message:-1", "hops": 0, "by": "message"})
+    assert payload.status_code == 200, payload.text
+    payload = payload.json()
+    expected = tiny_model.run(messages=CHAT, progress=False).trace("message:-1", hops=0)
+    assert_same_trace(payload, expected)
+    assert payload["template"] == expected.layout.template
+    rows = payload["sources"]["rows"]
+    assert [(r["name"], r["positions"]) for r in rows] == [(r.name, list(r.positions)) for r in expected.by("message")]
+    assert "tool_result" in payload["sources"]["groupings"] and payload["sources"]["grouping"] == "message"
+    regrouped = client.get(f"/api/traces/{payload['trace_id']}/sources", params={"by": "tool_result"}).json()
+    assert [r["name"] for r in regrouped["rows"]] == ["tool #2 (weather)"]
+    missing = client.get(f"/api/traces/{payload['trace_id']}/sources", params={"by": "document"})
+    assert missing.status_code == 422 and "no document boundaries" in missing.json()["detail"]
+    assert client.get(f"/api/traces/{payload['trace_id']}/sources", params={"by": "nope"}).status_code == 422
+
+
+def test_bad_conversations_are_one_line_errors(client: TestClient) -> None:
+    bad = client.post("/api/runs", json={"messages": [{"role": "robot", "content": "hi"}]})
+    assert bad.status_code == 422 and "unknown role 'robot'" in bad.json()["detail"]
+    nothing = client.post("/api/runs", json={"output": "x"})
+    assert nothing.status_code == 422 and "give a prompt" in nothing.json()["detail"]

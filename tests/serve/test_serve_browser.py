@@ -141,3 +141,27 @@ def test_markup_in_the_prompt_is_shown_as_text(page) -> None:
     assert page.locator("#prompt-tokens img, main img").count() == 0
     page.wait_for_timeout(200)
     assert page.dialogs == []
+
+
+def test_open_a_conversation_and_pick_a_source(page, tmp_path: Path) -> None:
+    chat = tmp_path / "chat.json"
+    chat.write_text(json.dumps({"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Weather in Lisbon?"},
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "weather", "arguments": {}}}]},
+        {"role": "tool", "content": "Rain all day."},
+        {"role": "assistant", "content": "It will rain."},
+    ]}), encoding="utf-8")
+    with page.expect_response(lambda r: r.url.endswith("/trace")):
+        page.set_input_files("#open-conversation", str(chat))
+    page.wait_for_selector("#sources li")
+    assert page.is_checked("#conversation")
+    traced = page.locator("#generation-tokens .t.in-span").all_text_contents()
+    assert "".join(traced) == "It will rain."  # the given last turn, traced as message:-1
+    names = page.locator("#sources .source-name").all_text_contents()
+    assert sorted(names) == ["assistant #2", "system #0", "tool #3 (weather)", "user #1"]
+    assert page.locator("#prompt-tokens .t.template").count() > 0  # role headers, <|im_start|>, … greyed
+    page.locator("#sources button").first.click()
+    assert page.locator(".tokens .t.in-source").count() > 0
+    page.select_option("#by", "tool_result")
+    expect(page.locator("#sources .source-name")).to_have_text(["tool #3 (weather)"])

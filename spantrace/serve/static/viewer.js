@@ -100,6 +100,8 @@ async function start() {
   }
   $("generation-tokens").addEventListener("mouseup", traceSelection);
   $("open-result").addEventListener("change", openResult);
+  $("open-conversation").addEventListener("change", openConversation);
+  $("by").addEventListener("change", regroup);
   $("views").addEventListener("keydown", moveBetweenTabs);
 }
 
@@ -124,9 +126,19 @@ async function createRun() {
     $("prompt").focus();
     return;
   }
-  const body = { prompt, chat: $("chat").checked, max_new_tokens: Number($("max-new-tokens").value) || 1 };
-  if ($("output").value.trim()) body.output = $("output").value;
-  const what = body.output === undefined ? "generating" : "running";
+  const body = { chat: $("chat").checked, max_new_tokens: Number($("max-new-tokens").value) || 1 };
+  let givenTurn = false;
+  if ($("conversation").checked) {
+    const conversation = parseConversation(prompt);
+    if (!conversation) return;
+    Object.assign(body, conversation);
+    const last = body.messages[body.messages.length - 1];
+    givenTurn = Boolean(last && last.role === "assistant");
+  } else {
+    body.prompt = prompt;
+  }
+  if ($("output").value.trim() && !givenTurn) body.output = $("output").value;
+  const what = body.output === undefined && !givenTurn ? "generating" : "running";
   const run = await busy(what, () => api("/api/runs", { method: "POST", body: JSON.stringify(body) }));
   if (!run) return;
   if (state.run && state.run.run_id) {
@@ -135,10 +147,41 @@ async function createRun() {
   state.run = run;
   state.trace = null;
   if (body.output === undefined) $("output").value = run.text;
+  if (givenTurn && $("span").value.trim() === "answer") $("span").value = "message:-1";
   showTokens(run.tokens, run.prompt_length);
   $("trace-section").hidden = false;
   setTraceEnabled(true);
   await traceSpan(parseSpan($("span").value));
+}
+
+// The prompt box as a conversation: a JSON list of messages, or {messages, tools?, documents?}.
+function parseConversation(text) {
+  let data;
+  try {
+    data = JSON.parse(text);
+  } catch (error) {
+    showError(`the conversation is not valid JSON (${error.message}); untick "conversation" for a plain prompt`);
+    return null;
+  }
+  if (Array.isArray(data)) return { messages: data };
+  if (data && typeof data === "object" && Array.isArray(data.messages)) {
+    const conversation = { messages: data.messages };
+    if (data.tools) conversation.tools = data.tools;
+    if (data.documents) conversation.documents = data.documents;
+    return conversation;
+  }
+  showError('a conversation is a JSON list of {"role", "content"} messages, or {"messages": [...], "tools": [...]}');
+  return null;
+}
+
+async function openConversation(event) {
+  const file = event.target.files[0];
+  event.target.value = "";
+  if (!file) return;
+  $("prompt").value = await file.text();
+  $("conversation").checked = true;
+  $("output").value = "";
+  await createRun();
 }
 
 // "40-52" → [40, 52] (token positions); anything else is a span spec for the server.
@@ -155,6 +198,7 @@ async function traceSpan(span) {
     hops: Number($("hops").value),
     recursive: $("recursive").value,
   };
+  if (state.trace && state.trace.sources && $("by").value) body.by = $("by").value;
   const runId = state.run.run_id;
   const trace = await busy("tracing", () =>
     api(`/api/runs/${runId}/trace`, { method: "POST", body: JSON.stringify(body) }),
@@ -223,6 +267,7 @@ function showTrace(trace) {
   drawTabs();
   drawView();
   drawTop();
+  drawSources();
   $("export-json").href = `/api/traces/${trace.trace_id}.json`;
   $("export-html").href = `/api/traces/${trace.trace_id}.html`;
   const seconds = Object.entries(trace.timings).map(([name, s]) => `${name.replace(/_s$/, "")} ${s.toFixed(3)} s`);
@@ -283,7 +328,10 @@ function drawView() {
   const combined = state.view === "combined";
   const scores = combined ? trace.scores : trace.hop_scores[state.view];
   // Colour = score / the largest score shown: the prompt's for the combined view, every position's per hop.
-  const scaled = combined ? scores.slice(0, trace.prompt_length) : scores;
+  // Template and special tokens (role headers, <|im_start|>, …) are greyed and left out of the scale.
+  const template = trace.template || [];
+  const shown = scores.map((score, index) => (template[index] ? 0 : score));
+  const scaled = combined ? shown.slice(0, trace.prompt_length) : shown;
   const top = Math.max(0, ...scaled);
   const [spanStart, spanEnd] = trace.span;
   const [sinkStart, sinkEnd] = trace.recursive_span;
@@ -291,7 +339,8 @@ function drawView() {
   for (const element of document.querySelectorAll(".tokens .t")) {
     const index = Number(element.dataset.index);
     const score = scores[index];
-    const intensity = top > 0 ? Math.min(1, Math.max(0, score) / top) : 0;
+    const intensity = top > 0 ? Math.min(1, Math.max(0, shown[index]) / top) : 0;
+    element.classList.toggle("template", Boolean(template[index]));
     const coloured = intensity >= visibleFrom;
     element.style.backgroundColor = coloured ? colour(intensity) : "";
     element.classList.toggle("coloured", coloured);
@@ -330,6 +379,68 @@ function drawTop() {
       return item;
     }),
   );
+}
+
+// The source panel: the trace's sources (pooled scores); a click marks the source's tokens.
+function drawSources() {
+  const sources = state.trace.sources;
+  if (!sources) {
+    $("sources").replaceChildren();
+    $("sources-note").textContent = "";
+    return;
+  }
+  fillSelect($("by"), sources.groupings.map((g) => [g, g.replace("_", " "), ""]), sources.grouping);
+  $("by").disabled = !state.trace.trace_id;
+  const best = Math.max(0, ...sources.rows.map((row) => row.score));
+  $("sources").replaceChildren(
+    ...sources.rows.map((row) => {
+      const item = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.title = `tokens ${row.tokens[0]}…${row.tokens[1] - 1} · score ${formatScore(row.score)}`;
+      const name = document.createElement("span");
+      name.className = "source-name";
+      name.textContent = row.name;
+      const share = document.createElement("span");
+      share.className = "score";
+      share.textContent = `${(100 * row.share).toFixed(1)}%`;
+      const bar = document.createElement("span");
+      bar.className = "source-bar";
+      bar.style.width = `${best > 0 ? (100 * Math.max(0, row.score)) / best : 0}%`;
+      button.append(name, share, bar);
+      button.addEventListener("click", () => pickSource(row, button));
+      item.append(button);
+      return item;
+    }),
+  );
+  const notes = [];
+  if (sources.outside > 0.0005) notes.push(`outside every ${sources.grouping.replace("_", " ")}: ${(100 * sources.outside).toFixed(1)}%`);
+  notes.push(`template tokens (greyed) hold ${(100 * sources.template_share).toFixed(1)}% of the score`);
+  $("sources-note").textContent = notes.join(" · ");
+}
+
+function pickSource(row, button) {
+  const already = button.classList.contains("picked");
+  document.querySelectorAll(".sources .picked").forEach((element) => element.classList.remove("picked"));
+  document.querySelectorAll(".tokens .t.in-source").forEach((element) => element.classList.remove("in-source"));
+  if (already) return;
+  button.classList.add("picked");
+  for (const position of row.positions) {
+    const element = document.querySelector(`.tokens .t[data-index="${position}"]`);
+    if (element) element.classList.add("in-source");
+  }
+  flash(row.positions[0]);
+}
+
+async function regroup() {
+  if (!state.trace || !state.trace.trace_id) return;
+  const by = $("by").value;
+  const sources = await busy("grouping", () =>
+    api(`/api/traces/${state.trace.trace_id}/sources?by=${encodeURIComponent(by)}`),
+  );
+  if (!sources) return;
+  state.trace.sources = sources;
+  drawSources();
 }
 
 function flash(position) {
