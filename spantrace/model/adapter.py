@@ -33,6 +33,9 @@ class AttentionRule:
     scaling: float  # multiplies q·k
     softcap: float | None  # logits -> softcap * tanh(logits / softcap)
     sliding_window: int | None  # sink i sees source j iff i - window < j <= i
+    # A learned per-head logit [H] that joins every softmax denominator without a value (gpt-oss): rows sum to < 1.
+    sink_logits: torch.Tensor | None = None
+    attention_chunk: int | None = None  # sink i sees source j only if i // chunk == j // chunk (Llama 4)
 
 
 @dataclass(frozen=True)
