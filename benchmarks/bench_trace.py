@@ -24,6 +24,14 @@ comparison of docs/performance.md:
 
     .venv/bin/python benchmarks/bench_trace.py --lengths 4608 --prompt-share 0.111 --span-tokens 4096 \
         --hops 0 --ifr-rows 64 --jobs forward flashtrace ifr --out benchmarks/results/trace_4k_target.json
+
+The job ``paired`` times the forward pass and FlashTrace in the same process, back to back, best of
+``--repeats``: trace alone (hop 0 + hops, on a captured run) and end to end (capture + trace), each over one
+forward pass, beside the ratio the arithmetic allows (multiply-adds of the trace over those of the forward
+pass). The long-reasoning case (the answer's last 32 tokens traced back through the whole generation):
+
+    .venv/bin/python benchmarks/bench_trace.py --lengths 1000 2000 4000 8000 --prompt-share 0.125 \
+        --jobs paired --out benchmarks/results/trace_long_reasoning.json
 """
 
 from __future__ import annotations
@@ -234,10 +242,11 @@ class Workload(NamedTuple):
     span_tokens: int = 32
     hops: int = 1
     ifr_rows: int | None = None  # time token-wise IFR on this many span rows and scale up (hops = 0)
+    repeats: int = 2  # the paired job: best of this many forward passes and traces
 
     def argv(self) -> list[str]:
         options = ["--prompt-share", str(self.prompt_share), "--span-tokens", str(self.span_tokens)]
-        options += ["--hops", str(self.hops)]
+        options += ["--hops", str(self.hops), "--repeats", str(self.repeats)]
         return options + (["--ifr-rows", str(self.ifr_rows)] if self.ifr_rows else [])
 
 
@@ -256,12 +265,113 @@ def token_ids(model: spantrace.Model, length: int) -> torch.Tensor:
     return torch.randint(10, min(40000, vocab), (length,), generator=torch.Generator().manual_seed(0))
 
 
+def arithmetic(config: Any, length: int, prompt_length: int, span: tuple[int, int], hops: int) -> dict[str, float]:
+    """Multiply-adds and exponentials of one forward pass (with logits) and of one FlashTrace call, from the shapes.
+
+    Trace: keys and values once; per hop, the sinks' queries, q·k for every (sink, visible source) pair, and the
+    value-vector work over the sources up to the last sink (``H·width·d·D``). Hop 0's sinks are the span, every
+    later hop's the generation up to the span's end (all sinks counted, none skipped). ``limit`` is the trace's
+    share of the forward pass's multiply-adds: the trace / forward time ratio if both ran at the same rate.
+    """
+    model_width, layers = config.hidden_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    groups = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or model_width // heads
+    pairs = length * (length + 1) // 2  # causal (sink, source) pairs of the whole sequence
+    projections = model_width * (heads + 2 * groups) * head_dim + heads * head_dim * model_width
+    mlp = 3 * model_width * config.intermediate_size
+    forward = layers * (length * (projections + mlp) + 2 * pairs * heads * head_dim) + length * model_width * (
+        config.vocab_size
+    )
+    sink_sets = [range(*span)] + [range(prompt_length, span[1])] * hops
+    trace = layers * length * 2 * model_width * groups * head_dim  # keys and values
+    exponentials = 0
+    for sinks in sink_sets:
+        visible = sum(sink + 1 for sink in sinks)
+        trace += layers * (len(sinks) * model_width * heads * head_dim + visible * heads * (head_dim + 1))
+        trace += layers * heads * (sinks[-1] + 1) * head_dim * model_width
+        exponentials += layers * heads * visible
+    return {
+        "forward_macs": float(forward),
+        "forward_exponentials": float(layers * heads * pairs),
+        "trace_macs": float(trace),
+        "trace_exponentials": float(exponentials),
+        "limit": trace / forward,
+    }
+
+
+def measure_paired(length: int, setup: Setup, workload: Workload) -> dict:
+    """One sdpa forward pass and one FlashTrace (capture, then hop 0 + hops) in this process, best of repeats.
+
+    Order: a short warm-up pass, then trace, forward, trace, forward…; the peak RSS is read after the first trace
+    (capture + trace), before any full forward pass with logits ran.
+    """
+    import torch
+
+    torch.manual_seed(0)
+    model = build_model(setup)
+    device = model.device
+    cuda = device.type == "cuda"
+
+    def synchronize() -> None:
+        if cuda:
+            torch.cuda.synchronize()
+
+    ids = token_ids(model, length)
+    prompt_length = int(length * workload.prompt_share)
+    span = (length - min(workload.span_tokens, length - prompt_length), length)
+    row: dict[str, Any] = {"job": "paired", "tokens": length, "prompt_tokens": prompt_length, "span": list(span)}
+    row.update(hops=workload.hops, repeats=workload.repeats, threads=torch.get_num_threads())
+    row.update(model=model.model_id, device=str(device), dtype=str(next(model.hf_model.parameters()).dtype))
+    with torch.inference_mode():
+        model.hf_model(ids[None, :64].to(device), use_cache=False)  # warm-up: thread pool, allocator
+    forwards, captures, traces, hop_seconds = [], [], [], []
+    for repeat in range(workload.repeats):
+        started = time.perf_counter()
+        run = model.run(input_ids=ids, prompt_length=prompt_length, progress=False)
+        synchronize()
+        captures.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        result = run.trace(span, method="flashtrace", hops=workload.hops)
+        synchronize()
+        traces.append(time.perf_counter() - started)
+        hop_seconds.append([result.timings.get(f"hop{k}_s", 0.0) for k in range(workload.hops + 1)])
+        if repeat == 0:
+            row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            if cuda:
+                row["peak_gpu_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        del run, result
+        with torch.inference_mode():
+            started = time.perf_counter()
+            model.hf_model(ids[None].to(device), use_cache=False)
+            synchronize()
+            forwards.append(time.perf_counter() - started)
+    ends = [capture + trace for capture, trace in zip(captures, traces, strict=True)]
+    best = min(range(len(traces)), key=traces.__getitem__)
+    row.update(
+        forward_seconds=min(forwards),
+        capture_seconds=min(captures),
+        trace_seconds=traces[best],
+        hop_seconds=hop_seconds[best],
+        end_to_end_seconds=min(ends),
+        seconds=min(ends),
+        all_seconds={"forward": forwards, "capture": captures, "trace": traces},
+    )
+    row["trace/forward"] = row["trace_seconds"] / row["forward_seconds"]
+    row["end_to_end/forward"] = row["end_to_end_seconds"] / row["forward_seconds"]
+    row["peak_rss_all_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    row.update(arithmetic(model.hf_model.config, length, prompt_length, span, workload.hops))
+    return row
+
+
 def measure(job: str, length: int, source: str | Setup | None, workload: Workload = DEFAULT_WORKLOAD) -> dict:
     """Run one job in this process and report seconds and peak memory (RSS; on CUDA also the GPU's)."""
     import numpy as np
     import torch
 
     setup = source if isinstance(source, Setup) else Setup(source=source)
+    if job == "paired":
+        return measure_paired(length, setup, workload)
     torch.manual_seed(0)
     model = build_model(setup)
     device = model.device
@@ -384,11 +494,68 @@ def plot(rows: list[dict], path: Path, title: str) -> bool:
     return True
 
 
+def plot_paired(rows: list[dict], path: Path, title: str) -> bool:
+    """The paired job: seconds (forward, trace alone, end to end, the arithmetic limit), time over one forward
+    pass, and peak memory, against tokens; False when matplotlib is missing."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
+    done = sorted((row for row in rows if row["job"] == "paired" and "error" not in row), key=lambda r: r["tokens"])
+    tokens = [row["tokens"] for row in done]
+    figure, (time_axis, ratio_axis, memory_axis) = plt.subplots(1, 3, figsize=(15, 4.2), constrained_layout=True)
+    for key, label in (
+        ("forward_seconds", "forward pass"),
+        ("trace_seconds", "trace alone (hop 0 + hop 1)"),
+        ("end_to_end_seconds", "end to end (capture + trace)"),
+    ):
+        time_axis.plot(tokens, [row[key] for row in done], marker="o", label=label)
+    time_axis.plot(tokens, [row["limit"] * row["forward_seconds"] for row in done], ls=":", color="gray",
+                   label="trace at the forward pass's rate (arithmetic)")
+    ratio_axis.plot(tokens, [row["trace/forward"] for row in done], marker="o", label="trace alone / forward")
+    ratio_axis.plot(tokens, [row["end_to_end/forward"] for row in done], marker="o", label="end to end / forward")
+    ratio_axis.plot(tokens, [row["limit"] for row in done], ls=":", color="gray", label="arithmetic limit")
+    for level in (1.0, 2.0):
+        ratio_axis.axhline(level, color="black", lw=0.6, alpha=0.5)
+    memory_axis.plot(tokens, [peak_gib(row) for row in done], marker="o", label="capture + trace")
+    for axis, label in ((time_axis, "seconds"), (ratio_axis, "× one forward pass"), (memory_axis, "peak RSS, GiB")):
+        axis.set_xscale("log")
+        if axis is time_axis:
+            axis.set_yscale("log")
+            axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        else:
+            axis.set_ylim(bottom=0)
+        axis.set_xticks(tokens, [str(n) for n in tokens])
+        axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.set_xlabel("tokens")
+        axis.set_ylabel(label)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    time_axis.set_title("time")
+    ratio_axis.set_title("over one forward pass (same process)")
+    memory_axis.set_title("peak memory")
+    figure.suptitle(title)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", type=int, nargs="+", default=[1000, 2000, 4000])
-    parser.add_argument("--jobs", nargs="+", default=["forward", "flashtrace"], choices=("forward", *method_names()),
-                        metavar="JOB", help="forward, or any method of `spantrace methods`")
+    parser.add_argument(
+        "--jobs",
+        nargs="+",
+        default=["forward", "flashtrace"],
+        choices=("forward", "paired", *method_names()),
+        metavar="JOB",
+        help="forward, paired (forward and flashtrace in one process), or any method of `spantrace methods`",
+    )
     parser.add_argument("--model", default=None, help="model source (default: the built-in model)")
     parser.add_argument(
         "--shape",
@@ -411,12 +578,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--hops", type=int, default=1, help="recursive hops")
     parser.add_argument("--ifr-rows", type=int, default=None, help="time IFR on this many span rows, scale up")
     parser.add_argument("--budget", type=float, default=None, help="seconds a job may take (default: no limit)")
+    parser.add_argument("--repeats", type=int, default=2, help="paired job: best of this many runs of each")
     args = parser.parse_args(argv)
     if args.ifr_rows is not None and args.hops != 0:
         parser.error("--ifr-rows scales hop 0 only: use it with --hops 0")
     if not 0 < args.prompt_share < 1 or args.span_tokens < 1 or args.hops < 0:
         parser.error("--prompt-share must lie in (0, 1), --span-tokens be ≥ 1 and --hops ≥ 0")
-    workload = Workload(args.prompt_share, args.span_tokens, args.hops, args.ifr_rows)
+    if args.repeats < 1:
+        parser.error("--repeats must be ≥ 1")
+    workload = Workload(args.prompt_share, args.span_tokens, args.hops, args.ifr_rows, args.repeats)
     if args.smoke:
         args.lengths, args.jobs = [64, 128], list(JOBS)
         if args.shape == "builtin":
@@ -439,7 +609,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"wrote {args.out}")
     plot_path = args.plot or args.out.with_suffix(".png")
     title = f"{meta.get('model', args.shape)} on {meta.get('gpu') or meta.get('device', '?')}"
-    if plot(rows, plot_path, title):
+    plotter = plot_paired if rows and all(row["job"] == "paired" for row in rows) else plot
+    if plotter(rows, plot_path, title):
         print(f"wrote {plot_path}")
     else:
         print("matplotlib is not installed: no plot (pip install matplotlib)")
@@ -492,6 +663,16 @@ def run_all(
                     rows.append(row)
                     continue
                 row = json.loads(done.stdout.strip().splitlines()[-1])
+                rows.append(row)
+                if job == "paired":
+                    console.print(
+                        f"{length:>7} {job:>11}   forward {row['forward_seconds']:.2f} s, "
+                        f"trace {row['trace_seconds']:.2f} s ({row['trace/forward']:.2f}×), "
+                        f"end to end {row['end_to_end_seconds']:.2f} s "
+                        f"({row['end_to_end/forward']:.2f}×), arithmetic limit {row['limit']:.2f}×, "
+                        f"peak RSS {row['peak_rss_gib']:.2f} GiB"
+                    )
+                    continue
                 seconds[job] = row["seconds"]
                 cells = [
                     f"{row['seconds'] / seconds[base]:.2f}" if base in seconds and job in jobs_over else "-"
@@ -504,7 +685,6 @@ def run_all(
                     + (f"  (hop 0 scaled from {row['timed_rows']} of {row['span_rows']} rows)" if "extrapolated" in row
                        else "")
                 )
-                rows.append(row)
     summary = ratios(rows)
     if summary:
         console.print(f"\n{'tokens':>7} {'ratio':>19} {'time':>7} {'hops':>7} {'memory':>7}")

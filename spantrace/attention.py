@@ -5,6 +5,10 @@ with its scaling): keys and values once per layer for the whole sequence (kept b
 traces), queries only for the sinks a trace asks about. The rows are then ``softmax(scale · q·k)``
 with soft-capping and the causal and sliding-window masks, in float32, for a chunk of sinks at a
 time, so memory stays O(C · N · H).
+
+FlashTrace only needs the rows summed over the sinks, ``ᾱ[h, j] = Σ_i w_i α[h, i, j]``:
+``weighted_row_sum`` computes that block by block (q·k, mask, softmax, weighted sum) without ever
+holding more than one cache-sized block of rows, each block only over the sources its sinks can see.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from functools import cached_property
 import torch
 
 from .capture import Capture
+from .kernels import Workspace
 from .model.adapter import ArchitectureAdapter, AttentionRule
 
 
@@ -50,15 +55,35 @@ class LayerInputs:
         """Attention probabilities of ``sinks [C]`` to sources ``0…width−1``: [H, C, width] float32."""
         return attention_rows(self.sink_queries(sinks), self.keys, sinks, self.rule, width, queries_selected=True)
 
-    def summed_rows(self, sinks: torch.Tensor, sink_weights: torch.Tensor, width: int, chunk_size: int) -> torch.Tensor:
-        """``ᾱ[h, j] = Σ_i w_i α[h, i, j]`` over the sinks, a chunk of rows at a time: [H, width] float32."""
-        heads = self.rule.num_heads
+    def summed_rows(
+        self,
+        sinks: torch.Tensor,
+        sink_weights: torch.Tensor,
+        width: int,
+        chunk_size: int,
+        workspace: Workspace | None = None,
+    ) -> torch.Tensor:
+        """``ᾱ[h, j] = Σ_i w_i α[h, i, j]`` over the sinks ``[M]`` with weights ``[M]``: [H, width] float32.
+
+        Sinks of weight 0 add nothing and are skipped (no query, no row); the rest are taken in position
+        order, at most ``chunk_size`` at a time (see ``weighted_row_sum``).
+        """
         positions = sinks.to(self.keys.device)
         weights = sink_weights.to(device=self.keys.device, dtype=torch.float32)  # [M]
-        total = torch.zeros(heads, width, dtype=torch.float32, device=self.keys.device)
-        for part, chunk in sink_chunks(positions, row_chunk_size(chunk_size, heads, width)):
-            total += torch.einsum("hcn,c->hn", self.rows(chunk, width), weights[part])  # rows: [H, C, width]
-        return total
+        kept = weights != 0
+        positions, weights = positions[kept], weights[kept]
+        order = positions.argsort(stable=True)
+        positions, weights = positions[order], weights[order]
+        return weighted_row_sum(
+            self.sink_queries(positions),
+            self.keys,
+            positions,
+            weights,
+            self.rule,
+            width,
+            max_sinks=chunk_size,
+            workspace=workspace,
+        )
 
     def residual(self, sinks: torch.Tensor) -> torch.Tensor:
         """Residual part of each sink's ``x_mid``: ``x_in`` plus the (normed) output bias. [C, D]."""
@@ -192,6 +217,117 @@ ROW_BLOCK_ELEMENTS = 1 << 21
 def row_chunk_size(chunk_size: int, heads: int, width: int) -> int:
     """The sink chunk to use: at most ``chunk_size``, and small enough that [H, C, width] stays ~8 MB."""
     return max(1, min(chunk_size, ROW_BLOCK_ELEMENTS // max(1, heads * width)))
+
+
+def first_visible(sinks: torch.Tensor, rule: AttentionRule) -> torch.Tensor:
+    """The first source each sink can see: [C] long (the last is the sink itself).
+
+    A sliding window starts it at ``i − window + 1``, a chunked attention at ``i − i mod chunk``.
+    For ascending sinks it is non-decreasing.
+    """
+    first = torch.zeros_like(sinks)
+    if rule.sliding_window is not None:
+        first = torch.maximum(first, sinks - rule.sliding_window + 1)
+    if rule.attention_chunk is not None:
+        first = torch.maximum(first, sinks - sinks % rule.attention_chunk)
+    return first
+
+
+def row_blocks(
+    sinks: list[int], first: list[int], heads: int, block_elements: int, max_sinks: int
+) -> Iterator[tuple[int, int, int, int]]:
+    """Consecutive blocks of ascending ``sinks`` as ``(a, b, lo, hi)``: sinks ``a…b−1`` and the sources
+    ``lo…hi−1`` any of them can see (``first`` is each sink's first visible source). A block's rows,
+    ``[H, b − a, hi − lo]``, hold at most ``block_elements`` (or one row, when a single row is wider).
+    Causal tiling: a block of early sinks is narrow, so the rows cost ≈ half of M × N for a whole generation.
+    """
+    count, start = len(sinks), 0
+    while start < count:
+        lo = first[start]
+        size = min(max_sinks, count - start, max(1, block_elements // (heads * (sinks[start] + 1 - lo))))
+        # the block's last sink sets its width; shrinking the block only narrows it, so one correction suffices
+        size = max(1, min(size, block_elements // (heads * (sinks[start + size - 1] + 1 - lo))))
+        yield start, start + size, lo, sinks[start + size - 1] + 1
+        start += size
+
+
+def mask_invisible_(
+    logits: torch.Tensor, sinks: torch.Tensor, first: torch.Tensor, lo: int, edges: tuple[int, int]
+) -> None:
+    """Set to −inf the logits ``[H, C, S]`` of sources ``lo…lo+S−1`` that sinks ``[C]`` cannot see.
+
+    ``edges = (first sink, first visible source of the last sink)``: only the columns after the first
+    sink (causal) and before the last sink's first visible source (window, chunk) can hold a hidden
+    source, so only those two slices are touched.
+    """
+    width = logits.shape[-1]
+    after = edges[0] + 1 - lo  # columns ≥ after lie past the block's first sink
+    if after < width:
+        sources = torch.arange(lo + after, lo + width, device=logits.device)
+        logits[:, :, after:].masked_fill_(sources[None, :] > sinks[:, None], float("-inf"))
+    before = edges[1] - lo  # columns < before lie before the last sink's first visible source
+    if before > 0:
+        sources = torch.arange(lo, lo + before, device=logits.device)
+        logits[:, :, :before].masked_fill_(sources[None, :] < first[:, None], float("-inf"))
+
+
+def weighted_row_sum(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    sinks: torch.Tensor,
+    weights: torch.Tensor,
+    rule: AttentionRule,
+    width: int,
+    *,
+    block_elements: int = ROW_BLOCK_ELEMENTS,
+    max_sinks: int | None = None,
+    workspace: Workspace | None = None,
+) -> torch.Tensor:
+    """``ᾱ[h, j] = Σ_i w_i α[h, i, j]``: attention rows summed over weighted sinks, [H, width] float32.
+
+    queries: [H, M, d] of the sinks; keys: [G, N, d] (N ≥ width); sinks: [M] positions in ascending
+    order; weights: [M]. The same probabilities as ``attention_rows`` (softmax of ``scale · q·k``,
+    soft-capped, with the causal, sliding-window and chunk masks, and a per-head sink logit joining
+    the denominator), computed a block of sinks at a time (see ``row_blocks``): q·k into one reused
+    buffer, the masks on the few columns that need them, a softmax into a second buffer, and its
+    weighted sum over the block's sinks as one matrix product. M × N rows never exist at once.
+    """
+    heads, groups = rule.num_heads, rule.num_kv_heads
+    per_group, head_dim = heads // groups, queries.shape[-1]
+    device = keys.device
+    workspace = workspace or Workspace()
+    total = torch.zeros(heads, width, dtype=torch.float32, device=device)
+    if sinks.numel() == 0:
+        return total
+    # scale (and the soft-cap's 1/cap) folded into the queries: [H, M, d] instead of a pass over every logit
+    factor = rule.scaling / rule.softcap if rule.softcap is not None else rule.scaling
+    queries = queries.float() * factor  # [H, M, d]
+    keys_by_column = keys[:, :width].float().contiguous().transpose(1, 2)  # [G, d, width]
+    sinks = sinks.to(device)
+    first = first_visible(sinks, rule)  # [M]
+    weights = weights.to(device=device, dtype=torch.float32)  # [M]
+    sink_logits = rule.sink_logits.to(device=device, dtype=torch.float32) if rule.sink_logits is not None else None
+    sink_list, first_list = sinks.tolist(), first.tolist()
+    for a, b, lo, hi in row_blocks(sink_list, first_list, heads, block_elements, max_sinks or len(sink_list)):
+        count, span = b - a, hi - lo
+        block_queries = queries[:, a:b].reshape(groups, per_group * count, head_dim)  # [G, H/G·C, d]
+        logits = workspace.get("row_logits", (groups, per_group * count, span), device)
+        torch.bmm(block_queries, keys_by_column[:, :, lo:hi], out=logits)
+        logits = logits.view(heads, count, span)  # [H, C, S]
+        if rule.softcap is not None:
+            logits.tanh_().mul_(rule.softcap)
+        mask_invisible_(logits, sinks[a:b], first[a:b], lo, (sink_list[a], first_list[b - 1]))
+        row_weights = weights[a:b].expand(heads, count)  # [H, C]
+        if sink_logits is not None:
+            row_max = logits.amax(-1)  # [H, C]
+        probabilities = workspace.get("row_probabilities", (heads, count, span), device)
+        torch.softmax(logits, dim=-1, out=probabilities)  # every row sees its own sink: no empty row
+        if sink_logits is not None:
+            # p = e^(l−m) / (Z + e^(s−m)) = softmax · 1 / (1 + e^(s−m) / Z), and the softmax's largest entry is 1 / Z
+            damping = 1.0 + torch.exp(sink_logits[:, None] - row_max) * probabilities.amax(-1)  # [H, C]
+            row_weights = row_weights / damping
+        total[:, lo:hi] += torch.bmm(row_weights[:, None, :], probabilities)[:, 0]  # Σ_i w_i α[h, i, j]
+    return total
 
 
 def sink_chunks(sinks: torch.Tensor, chunk_size: int) -> Iterator[tuple[slice, torch.Tensor]]:

@@ -40,7 +40,7 @@ class FlashTrace(AttributionMethod):
             residual = weights @ layer.residual(positions)  # R_S: [D]
             # A sandwich norm scales each sink's attention output by 1/rms(a_i): fold it into ᾱ.
             row_weights = weights * layer.sink_scale[positions] if layer.sink_scale is not None else weights
-            alpha_bar = layer.summed_rows(positions, row_weights, width, chunk_size)  # [H, width]
+            alpha_bar = layer.summed_rows(positions, row_weights, width, chunk_size, workspace)  # [H, width]
             edges, denominator = span_edges(
                 alpha_bar, layer.values[:, :width], layer.out_weight, target, residual, workspace=workspace
             )

@@ -78,3 +78,31 @@ def test_baselines_budget_and_sampled_ifr_rows(bench: ModuleType, tmp_path: Path
     assert over == [{"job": "flashtrace", "tokens": 64, "error": "over the 0.01 s budget", "over_budget": True}]
     with pytest.raises(SystemExit):
         bench.main(["--ifr-rows", "8", "--hops", "1", "--smoke", "--out", str(tmp_path / "c.json")])
+
+
+def test_paired_job_times_forward_and_trace_in_one_process(bench: ModuleType, tmp_path: Path) -> None:
+    """The long-reasoning case: the answer traced back through the whole generation, beside one forward pass."""
+    workload = bench.Workload(prompt_share=0.125, span_tokens=8, hops=1, repeats=1)
+    row = bench.measure("paired", 64, bench.Setup(source="tiny"), workload)
+    assert row["span"] == [56, 64] and row["prompt_tokens"] == 8
+    assert len(row["hop_seconds"]) == 2 and row["trace_seconds"] > 0 and row["forward_seconds"] > 0
+    assert row["end_to_end_seconds"] == row["capture_seconds"] + row["trace_seconds"]
+    assert row["trace/forward"] == row["trace_seconds"] / row["forward_seconds"]
+    assert 0 < row["limit"] < 1 and row["trace_exponentials"] > 0
+    rows = bench.main(["--model", "tiny", "--lengths", "64", "--jobs", "paired", "--repeats", "1",
+                       "--prompt-share", "0.125", "--out", str(tmp_path / "p.json")])
+    assert [row["job"] for row in rows] == ["paired"]
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_arithmetic_counts_the_causal_pairs(bench: ModuleType) -> None:
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
+                             head_dim=4, intermediate_size=16, vocab_size=10)
+    counts = bench.arithmetic(config, length=4, prompt_length=1, span=(3, 4), hops=1)
+    # forward: 4 tokens × (q 64 + k, v 64 + o 64 + MLP 384) + 2 · 10 pairs · 2 heads · 4 + LM head 4 · 8 · 10
+    assert counts["forward_macs"] == 4 * (64 + 64 + 64 + 384) + 2 * 10 * 2 * 4 + 320
+    assert counts["forward_exponentials"] == 2 * 10
+    # hop 0: sink 3 sees 4 sources; hop 1: sinks 1, 2, 3 see 2 + 3 + 4
+    assert counts["trace_exponentials"] == 2 * (4 + 9)
