@@ -40,17 +40,7 @@ class LlamaStyleAdapter:
     """Adapter for decoders laid out like ``LlamaForCausalLM``."""
 
     def __init__(self, model: PreTrainedModel) -> None:
-        self.model = model
-        self.name = getattr(model.config, "model_type", type(model).__name__)
-        # The text stack and its config: a multimodal wrapper holds them one level down.
-        self.config = model.config.get_text_config()
-        self.text_type = getattr(self.config, "model_type", self.name)
-        self._base = _require(model, "model", self.name, type(model).__name__)
-        where = "model.model"
-        if hasattr(self._base, "language_model"):
-            self._base, where = self._base.language_model, "model.model.language_model"
-        self._layers = _require(self._base, "layers", self.name, where)
-        self._rotary = _require(self._base, "rotary_emb", self.name, where)
+        where = self._locate_stack(model)
         first = self._layers[0]
         attention = _require(first, "self_attn", self.name, f"{where}.layers[0]")
         if not (hasattr(attention, "qkv_proj") or all(hasattr(attention, p) for p in ("q_proj", "k_proj"))):
@@ -62,8 +52,23 @@ class LlamaStyleAdapter:
         self._rotate: Callable = _require(
             sys.modules[type(attention).__module__], "apply_rotary_pos_emb", self.name, "modeling module"
         )
+
+    def _locate_stack(self, model: PreTrainedModel) -> str:
+        """Find the decoder stack, its layers, rotary module and text config; returns where the stack is."""
+        self.model = model
+        self.name = getattr(model.config, "model_type", type(model).__name__)
+        # The text stack and its config: a multimodal wrapper holds them one level down.
+        self.config = model.config.get_text_config()
+        self.text_type = getattr(self.config, "model_type", self.name)
+        self._base = _require(model, "model", self.name, type(model).__name__)
+        where = "model.model"
+        if hasattr(self._base, "language_model"):
+            self._base, where = self._base.language_model, "model.model.language_model"
+        self._layers = _require(self._base, "layers", self.name, where)
+        self._rotary = _require(self._base, "rotary_emb", self.name, where)
         self._sandwich_norms: dict[int, SandwichNorm | None] = {}
         self._cos_sin: dict[tuple[str | None, int, torch.device, torch.dtype], tuple] = {}
+        return where
 
     # hook points ---------------------------------------------------------------------------------
     def base_model(self) -> nn.Module:

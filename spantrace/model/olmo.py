@@ -54,15 +54,9 @@ class PostNormAdapter(LlamaStyleAdapter):
 
     def __init__(self, model: PreTrainedModel) -> None:
         # Not LlamaStyleAdapter.__init__: that one requires the `input_layernorm` these layers lack by design.
-        self.model = model
-        self.name = getattr(model.config, "model_type", type(model).__name__)
-        self.config = model.config.get_text_config()
-        self.text_type = getattr(self.config, "model_type", self.name)
-        self._base = _require(model, "model", self.name, type(model).__name__)
-        self._layers = _require(self._base, "layers", self.name, "model.model")
-        self._rotary = _require(self._base, "rotary_emb", self.name, "model.model")
+        stack = self._locate_stack(model)
         for index, layer in enumerate(self._layers):
-            where = f"model.model.layers[{index}]"
+            where = f"{stack}.layers[{index}]"
             if hasattr(layer, "input_layernorm"):
                 raise UnsupportedArchitectureError(
                     f"{self.name}: layer {index} has a norm before attention (input_layernorm), so it is not laid "
@@ -85,8 +79,6 @@ class PostNormAdapter(LlamaStyleAdapter):
         self._rotate = _require(
             _modeling_module(self._layers[0].self_attn), "apply_rotary_pos_emb", self.name, "modeling module"
         )
-        self._sandwich_norms: dict[int, SandwichNorm | None] = {}
-        self._cos_sin: dict[tuple[str | None, int, torch.device, torch.dtype], tuple] = {}
 
     # hook points ---------------------------------------------------------------------------------
     def mid_hook_module(self, index: int) -> nn.Module:
