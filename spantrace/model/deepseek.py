@@ -40,8 +40,8 @@ import torch
 from torch import nn
 
 from ..errors import UnsupportedArchitectureError
-from .adapter import AttentionRule, SandwichNorm
-from .llama import _require
+from .adapter import AttentionRule
+from .llama import LlamaStyleAdapter, _require
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -49,19 +49,19 @@ if TYPE_CHECKING:
 _ATTENTION_PARTS = ("kv_a_proj_with_mqa", "kv_a_layernorm", "kv_b_proj", "o_proj")
 
 
-class DeepseekV3Adapter:
-    """Adapter for Multi-head Latent Attention decoders (``DeepseekV3ForCausalLM``)."""
+class DeepseekV3Adapter(LlamaStyleAdapter):
+    """Adapter for Multi-head Latent Attention decoders (``DeepseekV3ForCausalLM``).
+
+    The stack and its hook points are the Llama-style ones; queries, keys, values, the rule and the output
+    projection are MLA's own.
+    """
 
     def __init__(self, model: PreTrainedModel) -> None:
-        self.model = model
-        self.name = getattr(model.config, "model_type", type(model).__name__)
-        self.config = model.config
-        self._base = _require(model, "model", self.name, type(model).__name__)
-        self._layers = _require(self._base, "layers", self.name, "model.model")
-        self._rotary = _require(self._base, "rotary_emb", self.name, "model.model")
+        # Not LlamaStyleAdapter.__init__: that one requires the q_proj/k_proj that MLA replaces.
+        stack = self._locate_stack(model)
         modeling = None
         for index, layer in enumerate(self._layers):
-            where = f"model.model.layers[{index}]"
+            where = f"{stack}.layers[{index}]"
             _require(layer, "input_layernorm", self.name, where)
             _require(layer, "post_attention_layernorm", self.name, where)
             attention = _require(layer, "self_attn", self.name, where)
@@ -73,7 +73,6 @@ class DeepseekV3Adapter:
             modeling, "apply_rotary_pos_emb_interleave" if self.config.rope_interleave else "apply_rotary_pos_emb",
             self.name, "modeling module",
         )
-        self._cos_sin: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _check_attention(self, attention: nn.Module, index: int) -> None:
         """Refuse what the recomputation cannot reproduce exactly, with the reason."""
@@ -91,26 +90,7 @@ class DeepseekV3Adapter:
                 "load the checkpoint dequantised (e.g. quantization_config=FineGrainedFP8Config(dequantize=True))."
             )
 
-    # hook points ---------------------------------------------------------------------------------
-    def base_model(self) -> nn.Module:
-        return self._base
-
-    def num_layers(self) -> int:
-        return len(self._layers)
-
-    def layer(self, index: int) -> nn.Module:
-        return self._layers[index]
-
-    def mid_hook_module(self, index: int) -> nn.Module:
-        return self._layers[index].post_attention_layernorm
-
-    def sandwich_norm(self, index: int) -> SandwichNorm | None:
-        return None  # the attention output joins the residual unnormed
-
     # attention -----------------------------------------------------------------------------------
-    def _attention(self, index: int) -> nn.Module:
-        return self._layers[index].self_attn
-
     def attention_rule(self, index: int) -> AttentionRule:
         attention = self._attention(index)
         heads = attention.num_heads
@@ -123,7 +103,7 @@ class DeepseekV3Adapter:
             sliding_window=None,
         )
 
-    def _rotary_tables(self, like: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _shared_rotary_tables(self, like: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin [1, length, qk_rope] for positions 0…length−1, in ``like``'s dtype and device."""
         key = (length, like.device, like.dtype)
         if key not in self._cos_sin:
@@ -149,7 +129,7 @@ class DeepseekV3Adapter:
         expanded = attention.kv_b_proj(attention.kv_a_layernorm(latent))  # [N, H·(nope + d_v)]
         expanded = expanded.view(n, heads, nope + width_v).transpose(0, 1)  # [H, N, nope + d_v]
         k_nope, values = torch.split(expanded, [nope, width_v], dim=-1)  # [H, N, nope], [H, N, d_v]
-        cos, sin = self._rotary_tables(hidden, n)
+        cos, sin = self._shared_rotary_tables(hidden, n)
         k_pe = self._rotated(k_pe[None], cos, sin)  # one shared slice: [1, N, rope]
         keys = torch.cat((k_nope, k_pe.expand(heads, -1, -1)), dim=-1)  # [H, N, nope + rope]
         return keys, values.contiguous()
@@ -164,7 +144,7 @@ class DeepseekV3Adapter:
             queries = attention.q_b_proj(attention.q_a_layernorm(attention.q_a_proj(hidden)))
         queries = queries.view(c, attention.num_heads, attention.qk_head_dim).transpose(0, 1)  # [H, C, d]
         q_nope, q_pe = torch.split(queries, [attention.qk_nope_head_dim, attention.qk_rope_head_dim], dim=-1)
-        cos, sin = self._rotary_tables(hidden, length)
+        cos, sin = self._shared_rotary_tables(hidden, length)
         positions = positions.to(cos.device)
         q_pe = self._rotated(q_pe, cos[:, positions], sin[:, positions])  # [H, C, rope]
         return torch.cat((q_nope, q_pe), dim=-1)  # [H, C, nope + rope]

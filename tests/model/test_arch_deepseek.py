@@ -158,8 +158,8 @@ class NoYarnMscale(DeepseekV3Adapter):
 class NoRopeAttentionFactor(DeepseekV3Adapter):
     """Builds its cos/sin without YaRN's attention factor ``mscale(0.5) / mscale(2)`` (≈ 0.84 here)."""
 
-    def _rotary_tables(self, like, length):
-        cos, sin = super()._rotary_tables(like, length)
+    def _shared_rotary_tables(self, like, length):
+        cos, sin = super()._shared_rotary_tables(like, length)
         factor = self._rotary.attention_scaling
         return cos / factor, sin / factor
 
