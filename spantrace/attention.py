@@ -20,8 +20,8 @@ from functools import cached_property
 import torch
 
 from .capture import Capture
-from .kernels import Workspace
-from .model.adapter import ArchitectureAdapter, AttentionRule
+from .kernels import Workspace, head_value_vectors
+from .model.adapter import ArchitectureAdapter, AttentionRule, MixingLayer, SpanPart
 
 
 @dataclass(frozen=True, eq=False)
@@ -39,6 +39,11 @@ class LayerInputs:
     x_mid: torch.Tensor  # [N, D] float32
     adapter: ArchitectureAdapter
     model_x_in: torch.Tensor  # [N, D] in the model's dtype and device, for recomputing queries
+    kind = "attention"
+
+    @property
+    def num_heads(self) -> int:
+        return self.rule.num_heads
 
     @torch.inference_mode()
     def sink_queries(self, sinks: torch.Tensor) -> torch.Tensor:
@@ -85,6 +90,36 @@ class LayerInputs:
             workspace=workspace,
         )
 
+    def span_parts(
+        self, sinks: torch.Tensor, weights: torch.Tensor, width: int, chunk_size: int, workspace: Workspace
+    ) -> list[SpanPart]:
+        """The sink set's update as one SpanPart: ``ᾱ`` summed over the sinks (a sandwich norm's per-sink
+        scale folded into the weights) and the values of sources ``0…width−1``."""
+        positions = sinks.to(self.keys.device)
+        weights = weights.to(device=self.keys.device, dtype=torch.float32)
+        if self.sink_scale is not None:
+            weights = weights * self.sink_scale[positions]
+        alpha_bar = self.summed_rows(positions, weights, width, chunk_size, workspace)  # [H, width]
+        return [SpanPart(alpha_bar, self.values[:, :width], self.out_weight)]
+
+    def token_parts(self, sinks: torch.Tensor, width: int, workspace: Workspace | None = None) -> torch.Tensor:
+        """``α[h, i, j] · s_i · v[h, j]`` for each sink: [H, C, width, D] float32 (in ``workspace`` if given)."""
+        sinks = sinks.to(self.keys.device)
+        alpha = self.rows(sinks, width)  # [H, C, width]
+        if self.sink_scale is not None:
+            alpha = alpha * self.sink_scale[sinks][None, :, None]
+        vectors = self._head_vectors.get(width)
+        if vectors is None:  # once per layer and width: every chunk of sinks reads the same vectors
+            self._head_vectors.clear()
+            vectors = self._head_vectors[width] = head_value_vectors(self.values[:, :width], self.out_weight)
+        shape = (alpha.shape[0], alpha.shape[1], width, vectors.shape[-1])
+        out = (workspace or Workspace()).get("token_parts", shape, alpha.device)
+        return torch.mul(alpha[..., None], vectors[:, None], out=out)
+
+    @cached_property
+    def _head_vectors(self) -> dict[int, torch.Tensor]:
+        return {}
+
     def residual(self, sinks: torch.Tensor) -> torch.Tensor:
         """Residual part of each sink's ``x_mid``: ``x_in`` plus the (normed) output bias. [C, D]."""
         residual = self.x_in[sinks]
@@ -94,7 +129,9 @@ class LayerInputs:
         return residual
 
 
-KeyValueCache = dict[int, tuple[torch.Tensor, torch.Tensor]]
+# Per layer index, what a Run keeps between traces: a softmax-attention layer's keys and values, or the
+# whole decomposition of a hybrid's gated-attention, DeltaNet or Mamba-2 layer.
+KeyValueCache = dict[int, "tuple[torch.Tensor, torch.Tensor] | MixingLayer"]
 
 
 @torch.inference_mode()
@@ -153,12 +190,33 @@ def key_value_layer(adapter: ArchitectureAdapter, index: int) -> int:
     return source
 
 
+def mixing_layer(
+    adapter: ArchitectureAdapter, capture: Capture, index: int, cache: KeyValueCache | None = None
+) -> MixingLayer:
+    """Layer ``index`` split over its sources: softmax attention (``LayerInputs``), or whatever the adapter's
+    optional ``mixing_layer(index, x_in, x_mid)`` returns for its other layer kinds (kept in ``cache``)."""
+    if layer_kind(adapter, index) == "attention":
+        return layer_inputs(adapter, capture, index, cache)
+    if cache is not None and index in cache:
+        return cache[index]  # type: ignore[return-value]
+    layer = adapter.mixing_layer(index, capture.x_in[index], capture.x_mid[index])  # type: ignore[attr-defined]
+    if cache is not None:
+        cache[index] = layer
+    return layer
+
+
+def layer_kind(adapter: ArchitectureAdapter, index: int) -> str:
+    """What mixes tokens in layer ``index``: "attention" (softmax), or the adapter's own ``layer_kind``."""
+    kind = getattr(adapter, "layer_kind", None)
+    return "attention" if kind is None else str(kind(index))
+
+
 def iter_layers(
     adapter: ArchitectureAdapter, capture: Capture, cache: KeyValueCache | None = None
-) -> Iterator[LayerInputs]:
-    """Every layer's inputs in order; ``cache`` keeps keys/values between calls (a Run's traces)."""
+) -> Iterator[MixingLayer]:
+    """Every layer, split over its sources, in order; ``cache`` keeps what can be reused between traces."""
     for index in range(capture.num_layers):
-        yield layer_inputs(adapter, capture, index, cache)
+        yield mixing_layer(adapter, capture, index, cache)
 
 
 def attention_rows(

@@ -75,29 +75,57 @@ def span_edges(
     alpha_bar: [H, N] summed (weighted) attention of the sinks to each source; values: [G, N, d];
     out_weight: [H, d, D]; target ``Y_S`` and residual ``R_S``: [D].
     Returns ``e [N]`` with ``e_j = Σ_h p[h, j] / (Σ_{j', h} p + r)`` and the denominator (0 → e = 0).
+    """
+    per_source = span_proximities(
+        alpha_bar, values, out_weight, target, block_elements=block_elements, workspace=workspace
+    )
+    return normalised_edges(per_source, target, residual)
+
+
+def span_proximities(
+    alpha_bar: torch.Tensor | None,
+    values: torch.Tensor,
+    out_weight: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    block_elements: int | None = None,
+    workspace: Workspace | None = None,
+) -> torch.Tensor:
+    """``p_j = Σ_h prox(ᾱ[h, j] · v[h, j], Y)`` for every source: [N] float32.
+
+    alpha_bar: [H, N], or None for all ones (a per-channel weight already folded into the values);
+    values: [G, N, d]; out_weight: [H, d, D]; target ``Y``: [D].
 
     With ``u = s ⊙ ᾱ[h,j]·v[h,j]`` (s = sign of Y) each proximity is ``Σ_d u − Σ_d relu(2u − 2|Y|)``
     (see ``proximity``). The sign and ᾱ fold into the small factors of ``v = value · W_O``, so the only
     [H, c, D] work is one batched matmul writing ``2u − 2|Y|`` and a relu-sum, a block of sources at
     a time (small blocks stay in cache).
     """
-    heads, width = alpha_bar.shape
-    groups, model_width = values.shape[0], out_weight.shape[-1]
+    heads, _, model_width = out_weight.shape
+    groups, width = values.shape[0], values.shape[1]
     target = target.float()
     signed_weight = out_weight.float() * torch.where(target >= 0, 1.0, -1.0)  # [H, d, D]
     weight_sums = signed_weight.sum(-1)  # [H, d]: Σ_d u = (ᾱ·value) · Σ_d W_O'
     minus_twice_abs = (-2 * target.abs()).expand(heads, 1, model_width)  # [H, 1, D]
     chunk = max(1, (block_elements or SPAN_BLOCK_ELEMENTS) // (heads * model_width))
-    per_source = torch.empty(width, dtype=torch.float32, device=alpha_bar.device)  # [N]
+    per_source = torch.empty(width, dtype=torch.float32, device=values.device)  # [N]
     for start in range(0, width, chunk):
         stop = min(start + chunk, width)
         block = values[:, start:stop].float().repeat_interleave(heads // groups, dim=0)  # [H, c, d]
-        block = block * alpha_bar[:, start:stop, None].float()  # ᾱ·value: [H, c, d]
+        if alpha_bar is not None:
+            block = block * alpha_bar[:, start:stop, None].float()  # ᾱ·value: [H, c, d]
         linear_part = torch.einsum("hcd,hd->hc", block, weight_sums)  # Σ_d u: [H, c]
         overshoot = (workspace or Workspace()).get("span_overshoot", (heads, stop - start, model_width), block.device)
         torch.baddbmm(minus_twice_abs, block, signed_weight, alpha=2.0, out=overshoot)  # 2u − 2|Y|: [H, c, D]
         proximities = (linear_part - overshoot.relu_().sum(-1)).clamp_min_(0.0)  # [H, c]
         per_source[start:stop] = proximities.sum(0)
+    return per_source
+
+
+def normalised_edges(
+    per_source: torch.Tensor, target: torch.Tensor, residual: torch.Tensor
+) -> tuple[torch.Tensor, float]:
+    """``e_j = p_j / (Σ_j' p_j' + prox(R, Y))`` and that denominator; all zeros when it is 0."""
     denominator = float(per_source.sum() + proximity(residual, target))
     if denominator <= 0.0:
         return torch.zeros_like(per_source), 0.0
@@ -116,17 +144,27 @@ def token_edges(
 
     alpha: [H, C, N] attention rows (already scaled per sink where a sandwich norm needs it);
     head_vectors: [H, N, D]; targets ``x_mid`` and residuals: [C, D]. Returns [C, N].
-    Proximity as in ``proximity`` (``min(u, 2|y| − u)`` with ``u = sign(y)·z``), in two reused buffers.
     """
     workspace = workspace or Workspace()
     heads, sinks, width = alpha.shape
-    model_width = head_vectors.shape[-1]
+    parts = workspace.get("token_signed", (heads, sinks, width, head_vectors.shape[-1]), alpha.device)
+    torch.mul(alpha.float()[..., None], head_vectors[:, None], out=parts)  # z: [H, C, N, D]
+    return part_edges(parts, targets, residuals, workspace=workspace)
+
+
+def part_edges(
+    parts: torch.Tensor, targets: torch.Tensor, residuals: torch.Tensor, *, workspace: Workspace | None = None
+) -> torch.Tensor:
+    """Edge weights from per-head, per-source parts of each sink's update: ``parts [H, C, N, D]`` float32
+    (overwritten), targets ``x_mid`` and residuals ``[C, D]`` -> ``[C, N]``.
+
+    Proximity as in ``proximity`` (``min(u, 2|y| − u)`` with ``u = sign(y)·z``), in two reused buffers.
+    """
+    workspace = workspace or Workspace()
     targets = targets.float()
-    shape = (heads, sinks, width, model_width)
-    signed = workspace.get("token_signed", shape, alpha.device)
-    torch.mul(alpha.float()[..., None], head_vectors[:, None], out=signed)  # z: [H, C, N, D]
+    signed = parts
     signed.mul_(torch.where(targets >= 0, 1.0, -1.0)[None, :, None, :])  # u = sign(y)·z
-    other = workspace.get("token_other", shape, alpha.device)
+    other = workspace.get("token_other", tuple(parts.shape), parts.device)
     torch.sub((2 * targets.abs())[None, :, None, :], signed, out=other)  # 2|y| − u
     torch.minimum(signed, other, out=other)
     per_head = other.sum(-1).clamp_min_(0.0)  # [H, C, N]

@@ -5,7 +5,9 @@
 ``attention-mean``: the same per layer, then the mean over layers.
 
 The rows are recomputed from the captured residual (never ``output_attentions``), a chunk of sinks at
-a time, so memory stays O(chunk · N · H).
+a time, so memory stays O(chunk · N · H). In a hybrid model only the softmax-attention layers have rows:
+``attention-last`` reads the last of them and ``attention-mean`` averages over them, and the result's
+notes say which layers were left out (a Gated DeltaNet or Mamba-2 layer has no attention probabilities).
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from ..attention import layer_inputs
+from ..attention import layer_kind, mixing_layer
+from ..errors import UnsupportedArchitectureError
 from .base import AttributionMethod, SinkScores
 from .registry import register_method
 
@@ -26,11 +29,32 @@ def sink_attention(
     run: Run, index: int, sinks: torch.Tensor, sink_weights: torch.Tensor, chunk_size: int
 ) -> torch.Tensor:
     """``Σ_i w_i · mean_h α[index, h, i, :]``: layer ``index``'s head-averaged attention of the sinks. [N] float32."""
-    layer = layer_inputs(run.adapter, run.capture, index, run.key_value_cache)
+    layer = mixing_layer(run.adapter, run.capture, index, run.key_value_cache)
     width = int(sinks.max()) + 1  # later sources get nothing
     scores = torch.zeros(run.num_tokens, dtype=torch.float32)
     scores[:width] = layer.summed_rows(sinks, sink_weights, width, chunk_size).mean(0).cpu()  # mean over heads
     return scores
+
+
+# Layer kinds whose token mixing is a softmax over sources (a gate after it does not change the rows).
+ROW_KINDS = frozenset({"attention", "gated attention"})
+
+
+def attention_layers(run: Run) -> tuple[list[int], list[str]]:
+    """The layers with softmax attention rows, and a note for each layer without (a hybrid's recurrent ones)."""
+    kept, notes = [], []
+    for index in range(run.capture.num_layers):
+        kind = layer_kind(run.adapter, index)
+        if kind in ROW_KINDS:
+            kept.append(index)
+        else:
+            notes.append(f"layer {index} ({kind}) has no attention probabilities; left out")
+    if not kept:
+        raise UnsupportedArchitectureError(
+            "this model has no softmax-attention layer, so attention-reading methods have nothing to read; "
+            "use 'flashtrace', 'ifr' or a gradient method"
+        )
+    return kept, notes
 
 
 @register_method
@@ -41,8 +65,10 @@ class AttentionLast(AttributionMethod):
 
     @torch.inference_mode()
     def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
-        last = run.capture.num_layers - 1
-        return SinkScores(scores=sink_attention(run, last, sinks, sink_weights, chunk_size))
+        layers, _ = attention_layers(run)
+        last = layers[-1]
+        notes = () if last == run.capture.num_layers - 1 else (f"the last attention layer is layer {last}",)
+        return SinkScores(scores=sink_attention(run, last, sinks, sink_weights, chunk_size), notes=notes)
 
 
 @register_method
@@ -53,6 +79,6 @@ class AttentionMean(AttributionMethod):
 
     @torch.inference_mode()
     def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
-        num_layers = run.capture.num_layers
-        total = sum(sink_attention(run, index, sinks, sink_weights, chunk_size) for index in range(num_layers))
-        return SinkScores(scores=total / num_layers)
+        layers, notes = attention_layers(run)
+        total = sum(sink_attention(run, index, sinks, sink_weights, chunk_size) for index in layers)
+        return SinkScores(scores=total / len(layers), notes=tuple(notes))

@@ -3,6 +3,8 @@
 For sinks S with weights w: ``Y_S = Σ w_i x_mid_i``, ``R_S = Σ w_i x_in_i``,
 ``ᾱ[h, j] = Σ_i w_i α[h, i, j]``; since ``v[h, j]`` does not depend on i, ``ᾱ[h, j] · v[h, j]`` is the
 exact aggregated contribution. Cost per layer: O(M·N·H) for the rows plus O(N·H·D) vector work.
+Layers that are not softmax attention (a hybrid's gated attention, Gated DeltaNet, Mamba-2) give their
+aggregate per channel instead (``MixingLayer.span_parts``, docs/hybrids.md); the kernel is the same.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..attention import iter_layers
-from ..kernels import Workspace, span_edges
+from ..kernels import Workspace, normalised_edges, span_proximities
 from .base import AttributionMethod, SinkScores
 from .registry import register_method
 
@@ -38,12 +40,12 @@ class FlashTrace(AttributionMethod):
             positions = sinks.to(device)
             target = weights @ layer.x_mid[positions]  # Y_S: [D]
             residual = weights @ layer.residual(positions)  # R_S: [D]
-            # A sandwich norm scales each sink's attention output by 1/rms(a_i): fold it into ᾱ.
-            row_weights = weights * layer.sink_scale[positions] if layer.sink_scale is not None else weights
-            alpha_bar = layer.summed_rows(positions, row_weights, width, chunk_size, workspace)  # [H, width]
-            edges, denominator = span_edges(
-                alpha_bar, layer.values[:, :width], layer.out_weight, target, residual, workspace=workspace
+            parts = layer.span_parts(positions, weights, width, chunk_size, workspace)
+            per_source = sum(
+                span_proximities(part.alpha_bar, part.values, part.out_weight, target, workspace=workspace)
+                for part in parts
             )
+            edges, denominator = normalised_edges(per_source, target, residual)
             if denominator == 0.0:
                 notes.append(f"layer {layer.index}: zero proximity mass, edges set to 0")
             scores[:width] += edges.cpu()

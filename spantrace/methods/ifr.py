@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..attention import iter_layers, sink_chunks
-from ..kernels import DEFAULT_BLOCK_ELEMENTS, Workspace, head_value_vectors, token_edges
+from ..kernels import DEFAULT_BLOCK_ELEMENTS, Workspace, part_edges
 from .base import AttributionMethod, SinkScores
 from .registry import register_method
 
@@ -36,15 +36,11 @@ class TokenwiseIFR(AttributionMethod):
         for layer in iter_layers(run.adapter, run.capture, run.key_value_cache):
             device = layer.x_mid.device
             positions = sinks.to(device)
-            head_vectors = head_value_vectors(layer.values[:, :width], layer.out_weight)  # [H, width, D]
-            heads, _, model_width = head_vectors.shape
-            # Bound the [H, C, width, D] temporary as well as the user's chunk size.
-            memory_chunk = max(1, DEFAULT_BLOCK_ELEMENTS // (heads * width * model_width))
+            # Bound the [H, C, width, D] parts as well as the user's chunk size.
+            memory_chunk = max(1, DEFAULT_BLOCK_ELEMENTS // (layer.num_heads * width * layer.x_mid.shape[-1]))
             for part, chunk in sink_chunks(positions, min(chunk_size, memory_chunk)):
-                alpha = layer.rows(chunk, width)  # [H, C, width]
-                if layer.sink_scale is not None:
-                    alpha = alpha * layer.sink_scale[chunk][None, :, None]
-                edges = token_edges(alpha, head_vectors, layer.x_mid[chunk], layer.residual(chunk), workspace=workspace)
+                parts = layer.token_parts(chunk, width, workspace)  # [H, C, width, D]
+                edges = part_edges(parts, layer.x_mid[chunk], layer.residual(chunk), workspace=workspace)
                 rows[part, :width] += edges.cpu()
         scores = (sink_weights[:, None] * rows).sum(0) / sink_weights.sum()
         return SinkScores(scores=scores, rows=rows, row_positions=sinks)

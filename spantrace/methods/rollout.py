@@ -7,7 +7,8 @@ Per layer l, ``Ã_l = normalise_rows(0.5 · mean_h α_l + 0.5 · I)``; the rollo
 We never form the N × N product: the sink vector is carried backwards from the last layer to the
 first, ``v ← vᵀ Ã_l``, with the rows of ``Ã_l`` computed only for the positions that hold mass, a
 chunk at a time, so memory stays O(chunk · N · H). Every ``Ã_l`` is row-stochastic, so the scores sum
-to ``Σ_i w_i``.
+to ``Σ_i w_i``. In a hybrid model the layers without attention probabilities (Gated DeltaNet, Mamba-2)
+are left out of the product, i.e. taken as the identity, and the notes name them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from ..attention import layer_inputs, sink_chunks
+from ..attention import mixing_layer, sink_chunks
+from .attention_weights import attention_layers
 from .base import AttributionMethod, SinkScores
 from .registry import register_method
 
@@ -45,9 +47,10 @@ class Rollout(AttributionMethod):
         width = int(sinks.max()) + 1  # no mass ever reaches later positions
         mass = torch.zeros(width, dtype=torch.float32)  # v: [width]
         mass.index_add_(0, sinks, sink_weights.float())
-        for index in reversed(range(run.capture.num_layers)):
-            layer = layer_inputs(run.adapter, run.capture, index, run.key_value_cache)
-            device = layer.keys.device
+        layers, notes = attention_layers(run)
+        for index in reversed(layers):
+            layer = mixing_layer(run.adapter, run.capture, index, run.key_value_cache)
+            device = layer.x_in.device
             current = mass.to(device)
             holding = torch.nonzero(current).flatten()  # only rows with mass matter
             carried = torch.zeros(width, dtype=torch.float32, device=device)
@@ -57,4 +60,4 @@ class Rollout(AttributionMethod):
             mass = carried.cpu()
         scores = torch.zeros(run.num_tokens, dtype=torch.float32)
         scores[:width] = mass
-        return SinkScores(scores=scores)
+        return SinkScores(scores=scores, notes=tuple(notes))

@@ -94,3 +94,47 @@ class ArchitectureAdapter(Protocol):
 
     def output_projection(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Per-head output weights ``[H, d, D]`` and the output bias ``[D]`` (or None)."""
+
+
+@dataclass(frozen=True)
+class SpanPart:
+    """One group of heads' share of a weighted sink set's update, in the form FlashTrace's kernel takes.
+
+    ``Σ_i w_i part[h, i, j] = alpha_bar[h, j] · values[kv(h), j] @ out_weight[h]`` for every source j < W:
+    softmax attention gives the summed rows ``alpha_bar [H, W]`` and its values ``[G, W, d]``; a layer
+    whose mixing weight is per channel (a gate, a recurrence) folds it into ``values [H, W, d]`` and
+    leaves ``alpha_bar`` None (all ones).
+    """
+
+    alpha_bar: torch.Tensor | None  # [H, W] float32, or None
+    values: torch.Tensor  # [G, W, d]
+    out_weight: torch.Tensor  # [H, d, D]
+
+
+class MixingLayer(Protocol):
+    """One layer's token mixing, split exactly over source positions (what FlashTrace and IFR read).
+
+    For every sink i: ``x_mid_i = Σ_{h, j} part[h, i, j] + residual(i)``. Softmax attention
+    (``spantrace.attention.LayerInputs``) is one implementation; the hybrids' gated attention, Gated
+    DeltaNet and Mamba-2 layers are others (``spantrace.model.hybrid``). An adapter that has such layers
+    implements ``mixing_layer(index, x_in, x_mid) -> MixingLayer | None`` (None: softmax attention, read
+    through ``keys_values``/``queries``), and ``layer_kind(index) -> str``.
+    """
+
+    index: int
+    kind: str  # "attention", "gated attention", "gated deltanet", "mamba2", "attention + mamba2"
+    num_heads: int  # heads of token_parts' first axis
+    x_in: torch.Tensor  # [N, D] float32
+    x_mid: torch.Tensor  # [N, D] float32
+
+    def residual(self, sinks: torch.Tensor) -> torch.Tensor:
+        """What each sink keeps that comes from no source: ``x_in`` and biases. [C, D] float32."""
+
+    def span_parts(
+        self, sinks: torch.Tensor, weights: torch.Tensor, width: int, chunk_size: int, workspace: object
+    ) -> list[SpanPart]:
+        """The weighted sink set's per-source update over sources ``0…width−1``, as SpanParts."""
+
+    def token_parts(self, sinks: torch.Tensor, width: int, workspace: object = None) -> torch.Tensor:
+        """Each sink's own per-head, per-source parts: ``[H, C, width, D]`` float32 (callers may overwrite it;
+        an implementation may build it in ``workspace``, a ``spantrace.kernels.Workspace``)."""

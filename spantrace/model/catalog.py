@@ -78,15 +78,31 @@ NOTES: dict[str, ArchitectureNote] = {
     "exaone4": ArchitectureNote(
         "EXAONE-4.0 (1.2B, 32B)", "no pre-attention norm, per-head q/k norm, sliding layers, no rotary on global layers"
     ),
+    # hybrids (spantrace/model/hybrid.py; the maths in docs/hybrids.md)
+    **{
+        qwen: ArchitectureNote(
+            checkpoints,
+            "3 Gated DeltaNet layers per gated full-attention layer: delta-rule mixing split exactly per source "
+            "(keys, β, decays frozen), values through the short conv to their tokens, gated RMSNorm scale frozen; "
+            "sigmoid output gate per sink and channel, zero-centred q/k norms, partial rotary",
+        )
+        for qwen, checkpoints in (
+            ("qwen3_5", "Qwen3.5 / Qwen3.6 dense (image-text wrapper; text prompts)"),
+            ("qwen3_5_text", "Qwen3.5 / Qwen3.6 dense 0.8B–27B, text-only loads"),
+            ("qwen3_5_moe", "Qwen3.5-35B-A3B, Qwen3.6 MoE (image-text wrapper; text prompts)"),
+            ("qwen3_5_moe_text", "Qwen3.5 / Qwen3.6 MoE, text-only loads"),
+            ("qwen3_next", "Qwen3-Next-80B-A3B (Instruct, Thinking)"),
+        )
+    },
 }
 
 # Types spantrace knows of and refuses, with the reason (a model of such a type gets this in its error).
 REFUSED: dict[str, str] = {
     **{
         hybrid: "a hybrid of attention and linear-recurrent (Gated DeltaNet / Mamba-2 / convolution) layers; "
-        "exact attribution through those layers is planned (issue 17), not there yet"
+        "exact attribution through these layers is not there yet (the Qwen3.5 / Qwen3-Next hybrids are supported)"
         for hybrid in (
-            "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_next", "nemotron_h", "granitemoehybrid", "falcon_h1",
+            "nemotron_h", "granitemoehybrid", "falcon_h1",
             "bamba", "jamba", "lfm2", "minimax", "zamba", "zamba2",
         )
     },

@@ -180,6 +180,15 @@ class GatedAttentionLayer:
         values = self.values.repeat_interleave(h // self.num_kv_heads, dim=0)  # [H, N, d]
         return coefficients * values, self.out_weight
 
+    @torch.inference_mode()
+    def token_values(self, sinks: torch.Tensor) -> torch.Tensor:
+        """Each sink's own effective values ``σ(gate_ih) ⊙ α_hij v_j``: ``[H, C, N, d]`` (``@ out_weight`` gives
+        its parts)."""
+        queries, gates = self.queries_gates(sinks)  # [H, C, d] each
+        rows = attention_rows(queries, self.keys, sinks, self.rule, self.length, queries_selected=True)  # [H, C, N]
+        values = self.values.repeat_interleave(self.num_heads // self.num_kv_heads, dim=0)  # [H, N, d]
+        return rows.to(self.dtype)[..., None] * gates[:, :, None, :] * values[:, None]
+
     def token_parts(self, sink: int) -> torch.Tensor:
         """Per-head, per-source parts of one sink's attention update: ``[H, N, D]``."""
         sinks = torch.tensor([int(sink)], device=self.x_in.device)

@@ -11,6 +11,7 @@ from .catalog import refusal_reason
 from .deepseek import DeepseekV3Adapter
 from .gemma4 import Gemma4Adapter
 from .gpt2 import GPT2Adapter
+from .hybrid import QwenHybridAdapter
 from .llama import LlamaStyleAdapter
 from .llama4 import Llama4Adapter
 from .olmo import PostNormAdapter
@@ -66,6 +67,12 @@ _ADAPTERS: dict[str, AdapterFactory] = {
     "exaone4": PostNormAdapter,
     # complex rotary, rotary-free layers with a query temperature, chunked attention (spantrace/model/llama4.py)
     "llama4_text": Llama4Adapter,
+    # hybrids: Gated DeltaNet and gated full attention, split exactly (spantrace/model/hybrid.py, docs/hybrids.md)
+    "qwen3_5": QwenHybridAdapter,
+    "qwen3_5_text": QwenHybridAdapter,
+    "qwen3_5_moe": QwenHybridAdapter,
+    "qwen3_5_moe_text": QwenHybridAdapter,
+    "qwen3_next": QwenHybridAdapter,
 }
 
 

@@ -3,8 +3,10 @@
 Attribution rests on one identity per layer and sink i:
 ``x_mid_i − x_in_i = Σ_{h, j} α[h, i, j] · s_i · v[h, j] + (output bias)``, with the attention rows α, the
 per-source value vectors v and the post-attention norm scale s_i all recomputed by the adapter from the
-captured ``x_in``. If an adapter misses a detail of the architecture (a sink logit, a skipped rotary, a
-norm on the attention output, a residual multiplier), the identity fails. So every model is checked once
+captured ``x_in`` (for a hybrid's other layer kinds, gated attention, Gated DeltaNet or Mamba-2, the same
+identity with their own per-source parts, ``MixingLayer.token_parts``). If an adapter misses a detail of
+the architecture (a sink logit, a skipped rotary, a norm on the attention output, a residual multiplier),
+the identity fails. So every model is checked once
 when it is loaded: a short slice of tokens through every layer, and the worst relative error of the
 reconstruction against the layer's own output. A miss beyond the tolerance of the model's dtype refuses
 the model with the layer named, rather than returning scores that are not the model's.
@@ -67,19 +69,15 @@ def layer_errors(adapter: ArchitectureAdapter, input_ids: torch.Tensor) -> list[
 @torch.inference_mode()
 def capture_errors(adapter: ArchitectureAdapter, capture: Capture) -> list[float]:
     """``layer_errors`` on a capture already made."""
-    from ..attention import layer_inputs
-    from ..kernels import head_value_vectors
+    from ..attention import mixing_layer
 
     length = capture.num_tokens
     sinks = torch.arange(length)
     errors = []
     for index in range(capture.num_layers):
-        layer = layer_inputs(adapter, capture, index)
-        rows = layer.rows(sinks, length)  # [H, N, N]
-        if layer.sink_scale is not None:
-            rows = rows * layer.sink_scale[None, :, None]
-        vectors = head_value_vectors(layer.values, layer.out_weight)  # [H, N, D]
-        rebuilt = torch.einsum("hij,hjd->id", rows, vectors) + layer.residual(sinks.to(layer.x_in.device))
+        layer = mixing_layer(adapter, capture, index)
+        positions = sinks.to(layer.x_in.device)
+        rebuilt = layer.token_parts(positions, length).sum((0, 2)) + layer.residual(positions)  # [N, D]
         update = (layer.x_mid - layer.x_in).abs().max().clamp_min(1e-30)
         errors.append(float((rebuilt - layer.x_mid).abs().max() / update))
     return errors
