@@ -340,8 +340,12 @@ def weighted_row_sum(
     block_elements: int = ROW_BLOCK_ELEMENTS,
     max_sinks: int | None = None,
     workspace: Workspace | None = None,
+    channel_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``ᾱ[h, j] = Σ_i w_i α[h, i, j]``: attention rows summed over weighted sinks, [H, width] float32.
+
+    With ``channel_weights [H, M, c]`` (a per-sink, per-channel factor such as an output gate) the sum keeps
+    the channels: ``Σ_i w_i α[h, i, j] · channel_weights[h, i]``, [H, width, c].
 
     queries: [H, M, d] of the sinks; keys: [G, N, d] (N ≥ width); sinks: [M] positions in ascending
     order; weights: [M]. The same probabilities as ``attention_rows`` (softmax of ``scale · q·k``,
@@ -354,7 +358,10 @@ def weighted_row_sum(
     per_group, head_dim = heads // groups, queries.shape[-1]
     device = keys.device
     workspace = workspace or Workspace()
-    total = torch.zeros(heads, width, dtype=torch.float32, device=device)
+    channels = () if channel_weights is None else (channel_weights.shape[-1],)
+    total = torch.zeros(heads, width, *channels, dtype=torch.float32, device=device)
+    if channel_weights is not None:
+        channel_weights = channel_weights.to(device=device, dtype=torch.float32)
     if sinks.numel() == 0:
         return total
     # scale (and the soft-cap's 1/cap) folded into the queries: [H, M, d] instead of a pass over every logit
@@ -384,7 +391,11 @@ def weighted_row_sum(
             # p = e^(l−m) / (Z + e^(s−m)) = softmax · 1 / (1 + e^(s−m) / Z), and the softmax's largest entry is 1 / Z
             damping = 1.0 + torch.exp(sink_logits[:, None] - row_max) * probabilities.amax(-1)  # [H, C]
             row_weights = row_weights / damping
-        total[:, lo:hi] += torch.bmm(row_weights[:, None, :], probabilities)[:, 0]  # Σ_i w_i α[h, i, j]
+        if channel_weights is None:
+            total[:, lo:hi] += torch.bmm(row_weights[:, None, :], probabilities)[:, 0]  # Σ_i w_i α[h, i, j]
+        else:  # Σ_i α[h, i, j] · (w_i channel_weights[h, i]): [H, S, c]
+            weighted = row_weights[..., None] * channel_weights[:, a:b]  # [H, C, c]
+            total[:, lo:hi] += torch.bmm(probabilities.transpose(1, 2), weighted)
     return total
 
 

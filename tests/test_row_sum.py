@@ -121,3 +121,15 @@ def test_summed_rows_skip_zero_weights_and_ignore_order() -> None:
             torch.testing.assert_close(
                 layer.summed_rows(sinks, weights, 23, chunk_size), expected, rtol=1e-5, atol=1e-7
             )
+
+
+@pytest.mark.parametrize("name", sorted(RULES))
+def test_channel_weights_keep_the_channels(name: str) -> None:
+    """A per-sink, per-channel factor (a hybrid's output gate): Σ_i w_i α[h, i, j] g[h, i, :] in small blocks."""
+    rule = RULES[name]
+    queries, keys, sinks, weights = random_case(11, rule, length=40, count=17)
+    gates = torch.rand(rule.num_heads, sinks.shape[0], 5, generator=torch.Generator().manual_seed(2))
+    want = torch.einsum("hij,i,hic->hjc", slow_rows(queries, keys, sinks, rule), weights.double(), gates.double())
+    got = weighted_row_sum(queries, keys, sinks, weights, rule, 40, block_elements=64, channel_weights=gates)
+    assert got.shape == (rule.num_heads, 40, 5)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)

@@ -64,11 +64,11 @@ over a chunk of sinks (``rows``); ``token_values`` builds each sink's parts from
 
 **Two ways to run the recurrences** (``recurrence=``). ``"loop"``: the recurrences above, one token per
 step, in the compute dtype (float64 for a float64 model): the exact, obviously-correct path, but N small
-steps per layer. ``"chunked"`` (default): ``v ↦ o = A v`` is linear, so ``Aᵀ y`` is its vector-Jacobian
-product with cotangent y; autograd through the model's own chunked kernel (``torch_chunk_gated_delta_rule``,
-64-token blocks of matmuls, or the hub kernel that replaces it on GPU) computes ``E`` (cotangent ``w_i s_i``
-at the sinks) and the rows (one one-hot cotangent column per sink) in N/64 steps. Same maths, float32
-rounding (the kernel upcasts to float32 whatever the model dtype); the tests check the two agree.
+steps per layer. ``"chunked"`` (default): ``v ↦ o = A v`` is linear, and ``delta_rule.DeltaRule`` writes
+it in the model's own 64-token blocks with everything that does not depend on v (the blocks' triangular
+inverses, decayed queries and keys) computed once per layer; ``Aᵀ y`` runs the same steps backwards. ``E``
+(y = ``w_i s_i`` at the sinks) and the rows (one one-hot column of y per sink) then cost a few matmuls per
+block, for every trace and hop of a Run. Same maths, in the compute dtype; the tests check the two agree.
 
 Everything is recomputed from the captured ``x_in`` with the model's own modules (norm, projections,
 ``fix_query_key_value_ordering``, ``l2norm``) and accumulated in float32 (float64 for a float64 model).
@@ -78,6 +78,7 @@ value heads that are not a multiple of key heads, and projection layouts other t
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Literal
 
@@ -86,6 +87,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnsupportedArchitectureError
+from .delta_rule import DeltaRule
 from .gated_attention import GatedAttentionLayer, compute_dtype, relative_error, rotary_tables
 
 ConvAttribution = Literal["token", "position"]
@@ -250,36 +252,18 @@ class GatedDeltaNetLayer:
         return out
 
     def _chunked(self, values: torch.Tensor) -> torch.Tensor:
-        """``o = A v`` per head by the model's own chunked kernel (``torch_chunk_gated_delta_rule``, or the
-        hub kernel that replaces it), which computes in float32: ``values [H_v, N, W]`` -> ``[H_v, N, W]``."""
-        kernel = getattr(sys.modules[type(self.mixer).__module__], "torch_chunk_gated_delta_rule", None)
-        if kernel is None:
-            raise UnsupportedArchitectureError("gated DeltaNet: no torch_chunk_gated_delta_rule in the modeling module")
-
-        def batch(x: torch.Tensor) -> torch.Tensor:  # [H, N, ...] -> [1, N, H, ...]
-            return x.transpose(0, 1)[None].float()
-
-        out, _ = kernel(
-            batch(self.unit_queries).clone(),
-            batch(self.keys).clone(),
-            batch(values),
-            g=batch(self.log_decay).clone(),
-            beta=batch(self.beta).clone(),
-            initial_state=None,
-            output_final_state=False,
-            use_qk_l2norm_in_kernel=False,
-        )
-        return out[0].transpose(0, 1).to(values.dtype)  # [H_v, N, W]
+        """``o = A v`` per head in chunked form (``delta_rule.DeltaRule``): ``[H_v, N, W]`` -> ``[H_v, N, W]``."""
+        return self._operator.forward(values.to(self.dtype))
 
     def _chunked_transpose(self, cotangent: torch.Tensor) -> torch.Tensor:
-        """``Aᵀ y`` per head, ``[H_v, N, W]`` -> ``[H_v, N, W]``: ``v ↦ A v`` is linear, so its vector-Jacobian
-        product with cotangent y is ``Aᵀ y``; autograd through the chunked kernel gives the backward recurrence
-        in chunked (matmul) form. E = β ⊙ (U k) of ``_adjoint`` is exactly this, column by column."""
-        with torch.inference_mode(False), torch.enable_grad():
-            values = torch.zeros(cotangent.shape, dtype=torch.float32, device=cotangent.device, requires_grad=True)
-            out = self._chunked(values)
-            (gradient,) = torch.autograd.grad(out, values, grad_outputs=cotangent.clone().to(out.dtype))
-        return gradient.to(cotangent.dtype)
+        """``Aᵀ y`` per head, ``[H_v, N, W]`` -> ``[H_v, N, W]``: the chunked forward's steps run backwards.
+        E = β ⊙ (U k) of ``_adjoint`` is exactly this, column by column."""
+        return self._operator.transpose(cotangent.to(self.dtype))
+
+    @functools.cached_property
+    def _operator(self) -> DeltaRule:
+        """The value-independent chunk factors of this layer's mixing, computed once."""
+        return DeltaRule(self.queries, self.keys, self.beta, self.log_decay)
 
     @torch.inference_mode()
     def rows(self, sinks: torch.Tensor) -> torch.Tensor:

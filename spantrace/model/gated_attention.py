@@ -23,7 +23,8 @@ sum over sinks, but it does factor per source:
 
     Σ_i w_i part[h, i, j] = ((Σ_i w_i α_hij σ(gate_ih)) ⊙ v_j) W_O^h = effective_values[h, j] W_O^h,
 
-one ``[N, C] × [C, d]`` matmul per head and chunk of C sinks: O(M·N·H·d) for M sinks, memory
+one ``[S, C] × [C, d]`` matmul per head and block of C sinks over the S sources they see (the causal
+tiling of ``spantrace.attention.weighted_row_sum``): O(M·N·H·d) for M sinks, memory
 O(C·N·H). ``effective_values`` with ``alpha_bar = ones`` is exactly what
 ``spantrace.kernels.span_edges`` takes.
 """
@@ -36,7 +37,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..attention import attention_rows, row_chunk_size, sink_chunks
+from ..attention import attention_rows, weighted_row_sum
 from ..errors import UnsupportedArchitectureError
 from .adapter import AttentionRule
 
@@ -167,17 +168,19 @@ class GatedAttentionLayer:
     @torch.inference_mode()
     def span_values(self, sinks: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``effective_values [H, N, d]`` and ``out_weight [H, d, D]`` with
-        ``effective_values[h, j] @ out_weight[h] = Σ_i w_i part[h, i, j]``; a chunk of sinks at a time."""
+        ``effective_values[h, j] @ out_weight[h] = Σ_i w_i part[h, i, j]``: the rows summed with the gates as
+        per-channel weights, a block of sinks at a time over the sources they see (``weighted_row_sum``)."""
         sinks = sinks.to(self.x_in.device)
-        weights = weights.to(device=self.x_in.device, dtype=self.dtype)  # [M]
-        h, n, d = self.num_heads, self.length, self.head_dim
-        coefficients = torch.zeros(h, n, d, dtype=self.dtype, device=self.x_in.device)  # Σ_i w_i α_hij σ(gate_ih)
-        for part, chunk in sink_chunks(sinks, row_chunk_size(self.chunk_size, h, n)):
-            queries, gates = self.queries_gates(chunk)  # [H, C, d] each
-            rows = attention_rows(queries, self.keys, chunk, self.rule, n, queries_selected=True)  # [H, C, N]
-            weighted = rows.to(self.dtype) * weights[part][None, :, None]  # [H, C, N]
-            coefficients += torch.bmm(weighted.transpose(1, 2), gates)  # [H, N, d]
-        values = self.values.repeat_interleave(h // self.num_kv_heads, dim=0)  # [H, N, d]
+        weights = weights.to(device=self.x_in.device, dtype=torch.float32)  # [M]
+        kept = weights != 0
+        sinks, weights = sinks[kept], weights[kept]
+        order = sinks.argsort(stable=True)
+        sinks, weights = sinks[order], weights[order]
+        queries, gates = self.queries_gates(sinks)  # [H, M, d] each
+        coefficients = weighted_row_sum(
+            queries, self.keys, sinks, weights, self.rule, self.length, max_sinks=self.chunk_size, channel_weights=gates
+        ).to(self.dtype)  # Σ_i w_i α_hij σ(gate_ih): [H, N, d]
+        values = self.values.repeat_interleave(self.num_heads // self.num_kv_heads, dim=0)  # [H, N, d]
         return coefficients * values, self.out_weight
 
     @torch.inference_mode()
