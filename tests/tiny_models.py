@@ -23,7 +23,10 @@ ARCHITECTURES = (
 )
 # Hybrids (attention with Gated DeltaNet / Mamba-2 layers) have their own tiny models and float64 references:
 # tests/model/test_deltanet.py and test_hybrid_qwen.py (Qwen), test_mamba2.py and test_hybrid_mamba.py (Mamba-2).
-HYBRID_ARCHITECTURES = ("qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_next")
+HYBRID_ARCHITECTURES = (
+    "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_next",
+    "nemotron_h", "granitemoehybrid", "bamba", "falcon_h1",
+)
 # Multimodal wrappers: the text stack's config sits in ``text_config``; the vision tower is kept tiny.
 _WRAPPED_TEXT = {"gemma3": "gemma3_text", "gemma4": "gemma4_text", "mistral3": "ministral3", "llama4": "llama4_text"}
 

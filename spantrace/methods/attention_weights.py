@@ -36,8 +36,9 @@ def sink_attention(
     return scores
 
 
-# Layer kinds whose token mixing is a softmax over sources (a gate after it does not change the rows).
-ROW_KINDS = frozenset({"attention", "gated attention"})
+# Layer kinds whose token mixing is (or holds) a softmax over sources: a gate after it does not change the
+# rows, and Falcon-H1's parallel layer offers the rows of its attention half.
+ROW_KINDS = frozenset({"attention", "gated attention", "attention + mamba2"})
 
 
 def attention_layers(run: Run) -> tuple[list[int], list[str]]:

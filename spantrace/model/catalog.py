@@ -94,6 +94,27 @@ NOTES: dict[str, ArchitectureNote] = {
             ("qwen3_next", "Qwen3-Next-80B-A3B (Instruct, Thinking)"),
         )
     },
+    # Mamba-2 hybrids (spantrace/model/mamba_hybrid.py, spantrace/model/mamba2.py)
+    "nemotron_h": ArchitectureNote(
+        "Nemotron-H (8B/47B/56B), NVIDIA Nemotron Nano 9B/12B v2, Nemotron 3 Nano 30B-A3B",
+        "one mixer per block: Mamba-2 blocks split exactly per source (B, C, Δ, decays, conv SiLU ratio and gated "
+        "RMSNorm scale frozen; values through the short conv to their tokens, conv bias with the residual) and "
+        "rotary-free GQA attention blocks are the layers; MLP / MoE blocks mix no tokens and are not layers",
+    ),
+    "granitemoehybrid": ArchitectureNote(
+        "Granite 4.0-H (Micro, Tiny, Small)",
+        "Mamba-2 or attention per layer, residual_multiplier on both branches folded into W_out / W_O, "
+        "attention_multiplier scale, NoPE or rotary (position_embedding_type); MoE + shared MLP",
+    ),
+    "bamba": ArchitectureNote(
+        "Bamba-9B (v1, v2)", "Mamba-2 or attention per layer (partial rotary, GQA); Mamba-2 split as nemotron_h"
+    ),
+    "falcon_h1": ArchitectureNote(
+        "Falcon-H1 (0.5B–34B, Base and Instruct)",
+        "attention and Mamba-2 in parallel in every layer, split as the union of both sets of heads (x_in once); "
+        "attention_in / key / attention_out multipliers, ssm_in / ssm_out multipliers and μP vector, gated "
+        "norm before or after the gate or none",
+    ),
 }
 
 # Types spantrace knows of and refuses, with the reason (a model of such a type gets this in its error).
@@ -102,8 +123,7 @@ REFUSED: dict[str, str] = {
         hybrid: "a hybrid of attention and linear-recurrent (Gated DeltaNet / Mamba-2 / convolution) layers; "
         "exact attribution through these layers is not there yet (the Qwen3.5 / Qwen3-Next hybrids are supported)"
         for hybrid in (
-            "nemotron_h", "granitemoehybrid", "falcon_h1",
-            "bamba", "jamba", "lfm2", "minimax", "zamba", "zamba2",
+            "jamba", "lfm2", "minimax", "zamba", "zamba2",
         )
     },
     "cohere": "attention and MLP run in parallel on the same input, so there is no residual after attention (x_mid)",

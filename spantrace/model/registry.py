@@ -14,6 +14,7 @@ from .gpt2 import GPT2Adapter
 from .hybrid import QwenHybridAdapter
 from .llama import LlamaStyleAdapter
 from .llama4 import Llama4Adapter
+from .mamba_hybrid import Mamba2HybridAdapter
 from .olmo import PostNormAdapter
 
 if TYPE_CHECKING:
@@ -73,6 +74,12 @@ _ADAPTERS: dict[str, AdapterFactory] = {
     "qwen3_5_moe": QwenHybridAdapter,
     "qwen3_5_moe_text": QwenHybridAdapter,
     "qwen3_next": QwenHybridAdapter,
+    # hybrids: Mamba-2 mixers and softmax attention (Falcon-H1: both in parallel), split exactly
+    # (spantrace/model/mamba_hybrid.py, docs/hybrids.md)
+    "nemotron_h": Mamba2HybridAdapter,
+    "granitemoehybrid": Mamba2HybridAdapter,
+    "bamba": Mamba2HybridAdapter,
+    "falcon_h1": Mamba2HybridAdapter,
 }
 
 
