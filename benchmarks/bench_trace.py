@@ -85,7 +85,45 @@ SHAPES: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 131072,
         "tie_word_embeddings": False,
     },
+    # Hybrids the size of the built-in model (576 wide, 12 layers): Qwen3.5's 3 Gated DeltaNet layers per gated
+    # attention layer, and Nemotron-H's Mamba-2 / attention blocks each followed by an MLP block.
+    "qwen3.5-small": {
+        "model_type": "qwen3_5_text",
+        "hidden_size": 576,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "head_dim": 64,
+        "linear_num_key_heads": 8,
+        "linear_num_value_heads": 8,
+        "linear_key_head_dim": 64,
+        "linear_value_head_dim": 64,
+        "linear_conv_kernel_dim": 4,
+        "intermediate_size": 1536,
+        "vocab_size": 49152,
+        "max_position_embeddings": 32768,
+        "tie_word_embeddings": True,
+    },
+    "nemotron-h-small": {
+        "model_type": "nemotron_h",
+        "hidden_size": 576,
+        "layers_block_type": ["linear_attention", "mlp", "linear_attention", "mlp", "full_attention", "mlp"] * 2,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 2,
+        "head_dim": 72,
+        "mamba_num_heads": 16,
+        "mamba_head_dim": 72,
+        "ssm_state_size": 64,
+        "n_groups": 4,
+        "conv_kernel": 4,
+        "chunk_size": 128,
+        "intermediate_size": 1536,
+        "vocab_size": 49152,
+        "max_position_embeddings": 32768,
+        "tie_word_embeddings": True,
+    },
 }
+HYBRID_TYPES = frozenset({"qwen3_5_text", "nemotron_h"})  # no arithmetic limit is computed for these
 
 
 class Setup(NamedTuple):  # not a dataclass: the tests load this file without registering it as a module
@@ -144,7 +182,9 @@ def shape_config(shape: str, *, layers: int | None = None, hidden: int | None = 
 
     values = dict(SHAPES[shape])
     model_type = values.pop("model_type")
-    if layers is not None:
+    if layers is not None and "layers_block_type" in values:
+        values["layers_block_type"] = values["layers_block_type"][:layers]
+    elif layers is not None:
         values["num_hidden_layers"] = layers
     if hidden is not None:  # keep head_dim, GQA ratio and MLP ratio; fewer heads
         scale = hidden / values["hidden_size"]
@@ -273,6 +313,9 @@ def arithmetic(config: Any, length: int, prompt_length: int, span: tuple[int, in
     later hop's the generation up to the span's end (all sinks counted, none skipped). ``limit`` is the trace's
     share of the forward pass's multiply-adds: the trace / forward time ratio if both ran at the same rate.
     """
+    if config.model_type in HYBRID_TYPES:  # recurrent layers: the softmax-attention count below does not apply
+        return {"forward_macs": None, "forward_exponentials": None, "trace_macs": None, "trace_exponentials": None,
+                "limit": None}
     model_width, layers = config.hidden_size, config.num_hidden_layers
     heads = config.num_attention_heads
     groups = getattr(config, "num_key_value_heads", None) or heads
@@ -514,11 +557,14 @@ def plot_paired(rows: list[dict], path: Path, title: str) -> bool:
         ("end_to_end_seconds", "end to end (capture + trace)"),
     ):
         time_axis.plot(tokens, [row[key] for row in done], marker="o", label=label)
-    time_axis.plot(tokens, [row["limit"] * row["forward_seconds"] for row in done], ls=":", color="gray",
-                   label="trace at the forward pass's rate (arithmetic)")
+    limits = all(row.get("limit") is not None for row in done)
+    if limits:
+        time_axis.plot(tokens, [row["limit"] * row["forward_seconds"] for row in done], ls=":", color="gray",
+                       label="trace at the forward pass's rate (arithmetic)")
     ratio_axis.plot(tokens, [row["trace/forward"] for row in done], marker="o", label="trace alone / forward")
     ratio_axis.plot(tokens, [row["end_to_end/forward"] for row in done], marker="o", label="end to end / forward")
-    ratio_axis.plot(tokens, [row["limit"] for row in done], ls=":", color="gray", label="arithmetic limit")
+    if limits:
+        ratio_axis.plot(tokens, [row["limit"] for row in done], ls=":", color="gray", label="arithmetic limit")
     for level in (1.0, 2.0):
         ratio_axis.axhline(level, color="black", lw=0.6, alpha=0.5)
     memory_axis.plot(tokens, [peak_gib(row) for row in done], marker="o", label="capture + trace")
@@ -669,7 +715,8 @@ def run_all(
                         f"{length:>7} {job:>11}   forward {row['forward_seconds']:.2f} s, "
                         f"trace {row['trace_seconds']:.2f} s ({row['trace/forward']:.2f}×), "
                         f"end to end {row['end_to_end_seconds']:.2f} s "
-                        f"({row['end_to_end/forward']:.2f}×), arithmetic limit {row['limit']:.2f}×, "
+                        f"({row['end_to_end/forward']:.2f}×), arithmetic limit "
+                        f"{'n/a' if row['limit'] is None else format(row['limit'], '.2f') + '×'}, "
                         f"peak RSS {row['peak_rss_gib']:.2f} GiB"
                     )
                     continue
