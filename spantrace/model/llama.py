@@ -222,12 +222,16 @@ class LlamaStyleAdapter:
         weight = o_proj.weight.detach()  # [D, H*d]
         per_head = weight.T.reshape(rule.num_heads, rule.head_dim, weight.shape[0])  # [H, d, D]
         bias = o_proj.bias.detach() if o_proj.bias is not None else None
-        # Granite scales the whole attention branch before the residual add: fold it into W_O and b_O.
-        multiplier = getattr(self._layers[index], "residual_multiplier", None)
-        if multiplier is not None:
+        multiplier = self._attention_output_scale(index)
+        if multiplier != 1.0:
             per_head = per_head * multiplier
             bias = bias * multiplier if bias is not None else None
         return per_head, bias
+
+    def _attention_output_scale(self, index: int) -> float:
+        """A factor on the whole attention branch before the residual add, folded into W_O and b_O (Granite's
+        ``residual_multiplier``); 1 elsewhere."""
+        return float(getattr(self._layers[index], "residual_multiplier", 1.0))
 
 
 _SOFTCAPPED = frozenset({"gemma2"})

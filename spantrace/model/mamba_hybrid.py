@@ -271,18 +271,6 @@ class Mamba2HybridAdapter(LlamaStyleAdapter):
             queries = queries[0]
         return queries  # [H, C, d]
 
-    def output_projection(self, index: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        rule = self.attention_rule(index)
-        o_proj = self._attention(index).o_proj
-        weight = o_proj.weight.detach()  # [D, H*d]
-        per_head = weight.T.reshape(rule.num_heads, rule.head_dim, weight.shape[0])  # [H, d, D]
-        bias = o_proj.bias.detach() if o_proj.bias is not None else None
-        scale = self._attention_output_scale(index)
-        if scale != 1.0:
-            per_head = per_head * scale
-            bias = bias * scale if bias is not None else None
-        return per_head, bias
-
     def _attention_output_scale(self, index: int) -> float:
         """Granite's ``residual_multiplier``, Falcon-H1's ``attention_out_multiplier``, else 1."""
         layer = self._layers[index]
