@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from spantrace.kernels import head_value_vectors, proximity, span_edges, token_edges
+from spantrace.kernels import head_value_vectors, proximity, span_edges, span_proximities, token_edges
 
 finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
 
@@ -121,3 +121,29 @@ def test_edges_finite_nonnegative_and_scale_free(seed: int, scale: float, zero_t
         assert torch.isfinite(edges).all() and (edges >= 0).all()
         assert float(edges.sum(-1).max()) <= 1.0 + 1e-5
     torch.testing.assert_close(scaled, base, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("d", [1, 8])
+@pytest.mark.parametrize("seed", range(4))
+def test_span_proximities_skip_only_channels_that_cannot_overshoot(seed: int, d: int) -> None:
+    """Mostly small contributions, a few large ones (attention sinks), a target with exact zeros and a channel
+    no head writes: the bounded kernel equals the dense definition Σ_h Σ_d min(u, 2|Y| − u), clamped per head.
+    With d = 1 the Cauchy–Schwarz bound is attained (u_d = ‖a‖·|W_d|), so a bound any tighter would miss."""
+    generator = torch.Generator().manual_seed(seed)
+    heads, groups, n, width = 6, 3, 40, 24
+    values = torch.randn(groups, n, d, generator=generator, dtype=torch.float64)
+    out_weight = torch.randn(heads, d, width, generator=generator, dtype=torch.float64)
+    out_weight[:, :, 5] = 0.0  # a channel nobody writes
+    alpha_bar = torch.rand(heads, n, generator=generator, dtype=torch.float64) * (1e-3 if d > 1 else 0.3)
+    alpha_bar[:, [0, 7, 31]] = torch.rand(heads, 3, generator=generator, dtype=torch.float64) * 3  # large sources
+    target = torch.randn(width, generator=generator, dtype=torch.float64) * 4
+    target[[2, 11]] = 0.0
+    u = torch.einsum("hn,hnd,hdD->hnD", alpha_bar, values.repeat_interleave(heads // groups, 0), out_weight)
+    u = u * torch.where(target >= 0, 1.0, -1.0)
+    want = torch.minimum(u, 2 * target.abs() - u).sum(-1).clamp_min(0).sum(0)  # [N]
+    for block in (None, 7, 1):
+        got = span_proximities(alpha_bar.float(), values.float(), out_weight.float(), target.float(),
+                               block_elements=block)
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    small = span_proximities(None, values.float() * 1e-4, out_weight[:groups].float(), target.float())
+    assert torch.isfinite(small).all()
