@@ -313,7 +313,7 @@ def arithmetic(config: Any, length: int, prompt_length: int, span: tuple[int, in
     later hop's the generation up to the span's end (all sinks counted, none skipped). ``limit`` is the trace's
     share of the forward pass's multiply-adds: the trace / forward time ratio if both ran at the same rate.
     """
-    if config.model_type in HYBRID_TYPES:  # recurrent layers: the softmax-attention count below does not apply
+    if getattr(config, "model_type", None) in HYBRID_TYPES:  # recurrent layers: the count below does not apply
         return {"forward_macs": None, "forward_exponentials": None, "trace_macs": None, "trace_exponentials": None,
                 "limit": None}
     model_width, layers = config.hidden_size, config.num_hidden_layers
