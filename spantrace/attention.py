@@ -201,8 +201,26 @@ def mixing_layer(
         return cache[index]  # type: ignore[return-value]
     layer = adapter.mixing_layer(index, capture.x_in[index], capture.x_mid[index])  # type: ignore[attr-defined]
     if cache is not None:
-        cache[index] = layer
+        kept = sum(tensor_bytes(entry) for entry in cache.values() if not isinstance(entry, tuple))
+        if kept + tensor_bytes(layer) <= HYBRID_CACHE_BYTES:
+            cache[index] = layer
     return layer
+
+
+# A hybrid layer's decomposition holds ~10 tensors of [N, D] size (a softmax layer's keys and values far fewer):
+# a Run keeps them between hops and traces while they fit in this many bytes, and rebuilds the rest each time.
+HYBRID_CACHE_BYTES = 2 << 30
+
+
+def tensor_bytes(obj: object, depth: int = 2) -> int:
+    """Bytes of the tensors an object holds in its attributes (and, ``depth`` levels down, its parts')."""
+    total = 0
+    for value in getattr(obj, "__dict__", {}).values():
+        if isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+        elif depth > 0 and hasattr(value, "__dict__") and not isinstance(value, torch.nn.Module):
+            total += tensor_bytes(value, depth - 1)
+    return total
 
 
 def layer_kind(adapter: ArchitectureAdapter, index: int) -> str:
