@@ -258,18 +258,17 @@ def forward_scan(
     """
     heads, length, width = values.shape
     out = torch.empty_like(values)
-    state = values.new_zeros(heads, width, b.shape[-1])
+    state = values.new_zeros(heads, width, b.shape[-1])  # [H, P, n]
     for start in range(0, length, chunk):
         part = slice(start, min(start + chunk, length))
         lam, step = log_decay[:, part], dt[:, part]  # [H, Q]
         segments = _segment_sums(lam)  # [H, Q, Q]
-        mixing = torch.einsum("hin,hjn->hij", c[:, part], b[:, part]) * segments.exp() * step[:, None, :]
-        within = torch.einsum("hij,hjp->hip", mixing, values[:, part])
+        mixing = torch.matmul(c[:, part], b[:, part].transpose(1, 2)) * segments.exp() * step[:, None, :]  # [H, i, j]
         into = lam.cumsum(-1)  # [H, Q]: Σ_{t=c0..i} λ_t
-        carried = torch.einsum("hpn,hin->hip", state, c[:, part]) * into.exp()[..., None]
-        out[:, part] = within + carried
+        carried = torch.matmul(c[:, part], state.transpose(1, 2)) * into.exp()[..., None]  # [H, Q, P]
+        out[:, part] = torch.matmul(mixing, values[:, part]) + carried
         to_end = segments[:, -1, :]  # [H, Q]: Σ_{t=j+1..c1−1} λ_t
-        fresh = torch.einsum("hj,hjp,hjn->hpn", to_end.exp() * step, values[:, part], b[:, part])
+        fresh = torch.matmul((values[:, part] * (to_end.exp() * step)[..., None]).transpose(1, 2), b[:, part])
         state = into[:, -1, None, None].exp() * state + fresh
     return out + skip[:, None, None] * values
 
@@ -290,19 +289,19 @@ def transposed_scan(
     """
     heads, length, width = sink_weights.shape
     out = torch.empty_like(sink_weights)
-    state = sink_weights.new_zeros(heads, width, c.shape[-1])
+    state = sink_weights.new_zeros(heads, width, c.shape[-1])  # [H, P, n]
     starts = list(range(0, length, chunk))
     for start in reversed(starts):
         part = slice(start, min(start + chunk, length))
         lam, step = log_decay[:, part], dt[:, part]  # [H, Q]
         segments = _segment_sums(lam)  # [H, Q, Q]
-        mixing = torch.einsum("hin,hjn->hij", c[:, part], b[:, part]) * segments.exp()  # [H, i, j]
-        within = torch.einsum("hij,hip->hjp", mixing, sink_weights[:, part])
+        mixing = torch.matmul(c[:, part], b[:, part].transpose(1, 2)) * segments.exp()  # [H, i, j]
+        within = torch.matmul(mixing.transpose(1, 2), sink_weights[:, part])  # [H, j, P]
         to_end = segments[:, -1, :]  # [H, Q]: Σ_{t=j+1..c1−1} λ_t
-        carried = torch.einsum("hpn,hjn->hjp", state, b[:, part]) * to_end.exp()[..., None]
+        carried = torch.matmul(b[:, part], state.transpose(1, 2)) * to_end.exp()[..., None]  # [H, Q, P]
         out[:, part] = (within + carried) * step[..., None]
         into = lam.cumsum(-1)  # [H, Q]: Σ_{t=c0..i} λ_t
-        fresh = torch.einsum("hi,hip,hin->hpn", into.exp(), sink_weights[:, part], c[:, part])
+        fresh = torch.matmul((sink_weights[:, part] * into.exp()[..., None]).transpose(1, 2), c[:, part])  # [H, P, n]
         state = into[:, -1, None, None].exp() * state + fresh
     return out + skip[:, None, None] * sink_weights
 
