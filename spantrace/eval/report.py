@@ -84,6 +84,8 @@ def devices(rows: list[dict[str, Any]]) -> str:
     """``"cuda"``, or ``"cuda (280 rows), cpu (20 rows)"`` when the rows ran on more than one device."""
     counts: dict[str, int] = defaultdict(int)
     for row in rows:
+        if row.get("method") == "random" and row_device(row) == "unknown":
+            continue  # a baseline row written without its device (it has no trace time to compare)
         counts[row_device(row)] += 1
     if len(counts) == 1:
         return next(iter(counts))

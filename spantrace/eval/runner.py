@@ -177,7 +177,7 @@ def evaluate_sample(
         if method == sources.RANDOM_METHOD:
             if source_fields is None:
                 raise SpanTraceError(f"{sample.task} has no sources to order at random")
-            yield {**base, "method": method, **source_fields(None)}
+            yield {**base, "method": method, "device": model.device.type, **source_fields(None)}
             continue
         if model.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(model.device)

@@ -10,14 +10,18 @@ sources in place of a method's ranking); the formulas and degenerate cases are i
   Measures: sentence recovery at k = the number of gold sentences and at k = 5, and the ablation curve.
 - The ablation curve drops the top-k sentences (``ABLATION_KS``) from the sample's text, builds and
   tokenises the prompt again (``prompts.build_prompt``) and teacher-forces the *original* generated ids
-  after it: ``a(k) = Σ log p(answer | prompt without the top k)``. Ablated prompts are scored in
-  batches of similar length; each distinct set of dropped sentences is scored once per sample.
+  after it: ``a(k) = Σ log p(answer | prompt without the top k)``. Each distinct set of dropped sentences
+  is scored once per sample; the prompt up to the first dropped sentence is not run again
+  (``PrefixScorer`` reuses the unablated prompt's keys and values), else prompts of similar length run
+  in batches (``answer_log_probs``).
 - docs_needle sources are the documents of the run's layout (``result.by("document")``); the measure is
   whether the top document is the one holding the needle.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 import random
 from collections.abc import Sequence
 from dataclasses import replace
@@ -170,6 +174,62 @@ def _batch_log_probs(
     return np.asarray(values)
 
 
+class PrefixScorer:
+    """``Σ log p(answer | prompt)`` for prompts that begin like a reference prompt: the reference (with the
+    answer) runs once with its keys and values kept; each prompt then runs only from its first token that
+    differs from the reference, on a copy of the kept keys and values cut to the shared beginning.
+
+    ``scorer.reference_value`` is the reference prompt's own value. Models whose key/value cache cannot be
+    cut raise at construction (``answer_log_probs`` then does the same work without the cache).
+    """
+
+    def __init__(self, model: Model, reference: Sequence[int], answer: Sequence[int]) -> None:
+        self.model = model
+        self.reference = [int(i) for i in reference]
+        self.answer = [int(i) for i in answer]
+        if not self.reference or not self.answer:
+            raise SpanTraceError("a prefix scorer needs a non-empty prompt and answer")
+        forward = inspect.signature(model.hf_model.forward).parameters
+        self.cache_argument = "cache" if "cache" in forward else "past_key_values"  # renamed in transformers 5
+        values, self.cache = self._forward(self.reference + self.answer[:-1], len(self.reference), 0, None)
+        layers = getattr(self.cache, "layers", None)
+        # Only plain per-layer key/value lists are cut here (no sliding windows, no recurrent states).
+        if not layers or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+            raise SpanTraceError("this model's key/value cache cannot be cut")
+        self.length = len(self.reference) + len(self.answer) - 1
+        self.reference_value = values
+
+    def _forward(self, ids: list[int], prompt_length: int, start: int, cache: Any) -> tuple[float, Any]:
+        readout = torch.arange(len(self.answer)) + (prompt_length - 1 - start)
+        device = self.model.device
+        with torch.inference_mode():
+            output = self.model.hf_model(input_ids=torch.tensor([ids], device=device), use_cache=True,
+                                         logits_to_keep=readout.to(device), return_dict=True,
+                                         **{self.cache_argument: cache})
+        logits = output.logits[0].float()
+        targets = torch.tensor(self.answer, device=logits.device)[:, None]
+        chosen = logits.gather(-1, targets)[:, 0] - torch.logsumexp(logits, dim=-1)
+        kept = getattr(output, "cache", None) or getattr(output, "past_key_values", None)
+        return float(chosen.double().sum()), kept
+
+    def __call__(self, prompt: Sequence[int]) -> float:
+        prompt = [int(i) for i in prompt]
+        if prompt == self.reference:
+            return self.reference_value
+        shared = 0
+        for mine, theirs in zip(prompt, self.reference, strict=False):
+            if mine != theirs:
+                break
+            shared += 1
+        shared = min(shared, len(prompt) - 1)  # at least one prompt token runs again
+        if shared < 1:
+            return float(answer_log_probs(self.model, [prompt], self.answer)[0])
+        cache = copy.deepcopy(self.cache)
+        cache.crop(shared - self.length)  # a negative count: remove that many tokens from the end
+        value, _ = self._forward(prompt[shared:] + self.answer[:-1], len(prompt), shared, cache)
+        return value
+
+
 class SentenceAblation:
     """The ablation curves of one sample: ``curve(scores)`` drops the top k sentences by ``scores`` for each
     k of ``ABLATION_KS`` and returns ``a(k)``; sets of dropped sentences already scored are not run again."""
@@ -180,6 +240,12 @@ class SentenceAblation:
         if self.count == 0:
             raise SpanTraceError(f"{sample.sample_id} has no context sentence to ablate")
         self.cache: dict[frozenset[int], float] = {}
+        self.scorer: PrefixScorer | None = None
+        reference = build_prompt(model.tokenizer, sample, chat=chat).ids
+        try:
+            self.scorer = PrefixScorer(model, reference, self.generated)
+        except (SpanTraceError, AttributeError, NotImplementedError, TypeError, ValueError):
+            self.scorer = None  # no cache to reuse: every ablated prompt runs whole, in batches
 
     def dropped(self, scores: Any) -> list[frozenset[int]]:
         """The sets of sentences dropped at each k (``min(k, S)`` best-ranked ones)."""
@@ -194,7 +260,11 @@ class SentenceAblation:
                 build_prompt(self.model.tokenizer, ablated_sample(self.sample, sorted(s)), chat=self.chat).ids
                 for s in missing
             ]
-            for dropped, value in zip(missing, answer_log_probs(self.model, prompts, self.generated), strict=True):
+            if self.scorer is not None:
+                values = [self.scorer(prompt) for prompt in prompts]
+            else:
+                values = list(answer_log_probs(self.model, prompts, self.generated))
+            for dropped, value in zip(missing, values, strict=True):
                 self.cache[dropped] = float(value)
         return [self.cache[s] for s in sets]
 

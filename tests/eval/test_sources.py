@@ -230,3 +230,16 @@ def test_runner_writes_source_rows_with_a_random_baseline(tmp_path, tokenizer):
     assert len(run_eval(model, needle, out).rows) == 4  # resumed: nothing left to do
     report = markdown_report(rows)
     assert "Top document ↑" in report and "| random |" in report and "RISE" not in report
+    assert "Measured on: cpu." in report  # the baseline rows say where their forwards ran
+
+
+def test_prefix_scorer_equals_whole_forwards(tokenizer):
+    model = tiny_model(tokenizer)
+    reference = list(range(5, 25))
+    answer = [30, 31, 32]
+    scorer = sources.PrefixScorer(model, reference, answer)
+    variants = [reference, reference[:8] + reference[12:], reference[:1] + reference[3:], [4] + reference[1:],
+                reference[:-1], reference[:10]]
+    whole = sources.answer_log_probs(model, variants, answer)
+    np.testing.assert_allclose([scorer(v) for v in variants], whole, rtol=1e-5, atol=1e-5)
+    assert scorer.reference_value == pytest.approx(whole[0], rel=1e-5)
