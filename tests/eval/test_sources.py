@@ -238,8 +238,60 @@ def test_prefix_scorer_equals_whole_forwards(tokenizer):
     reference = list(range(5, 25))
     answer = [30, 31, 32]
     scorer = sources.PrefixScorer(model, reference, answer)
-    variants = [reference, reference[:8] + reference[12:], reference[:1] + reference[3:], [4] + reference[1:],
-                reference[:-1], reference[:10]]
+    variants = [
+        reference,
+        reference[:8] + reference[12:],
+        reference[:1] + reference[3:],
+        [4] + reference[1:],
+        reference[:-1],
+        reference[:10],
+    ]
     whole = sources.answer_log_probs(model, variants, answer)
     np.testing.assert_allclose([scorer(v) for v in variants], whole, rtol=1e-5, atol=1e-5)
     assert scorer.reference_value == pytest.approx(whole[0], rel=1e-5)
+
+
+def test_eval_command_takes_measures_and_rejects_bad_ones(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    import spantrace.cli
+    import spantrace.eval.runner
+    from spantrace.cli import app
+
+    seen = {}
+    monkeypatch.setattr(spantrace.cli, "load", lambda model, device=None: "a model")
+    monkeypatch.setattr(spantrace.eval.runner, "run_eval", lambda model, config, *_, **__: seen.update(config=config))
+    out = str(tmp_path / "r.jsonl")
+    result = CliRunner().invoke(app, ["eval", "--task", "docs_needle", "--out", out, "--measures", "source", "-q"])
+    assert result.exit_code == 0, result.output
+    assert seen["config"].measures == "source" and seen["config"].row_methods == ("flashtrace", "ifr", "random")
+    result = CliRunner().invoke(app, ["eval", "--task", "gsm8k", "--out", out, "--measures", "source", "-q"])
+    assert result.exit_code == 2 and "no source-level measures" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+def test_report_command_on_source_rows_only(tmp_path):
+    from typer.testing import CliRunner
+
+    from spantrace.cli import app
+
+    rows = [
+        {
+            "task": "docs_needle",
+            "sample_id": f"s{i}",
+            "method": method,
+            "model": "m",
+            "device": "cpu",
+            "top_document_correct": float(method == "flashtrace" or i == 0),
+        }
+        for i in range(3)
+        for method in ("flashtrace", "random")
+    ]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    figures = tmp_path / "figures"
+    result = CliRunner().invoke(app, ["report", str(data), "--plots", str(figures)])
+    assert result.exit_code == 0, result.output
+    assert "| flashtrace | 3 | **1.000 ± 0.000** |" in result.output
+    assert "| random | 3 | 0.333 ± 0.333 |" in result.output
+    assert [p.name for p in figures.iterdir()] == ["metrics.png"]  # no RISE, so no RISE-vs-length figure
