@@ -6,6 +6,7 @@
 #   DEVICE=cuda PARALLEL=1 bash scripts/eval_report.sh   # on a GPU, every task as its own process at once
 # SPANTRACE (the command, default .venv/bin/spantrace), OUT (default docs/results) and N (default 30)
 # can be set too. A task's options below decide its rows: resuming with other options is refused.
+# (hotpotqa: --measures token keeps the committed rows' settings; source-level rows: docs/evaluation.md)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export OMP_NUM_THREADS="${THREADS:-1}" MKL_NUM_THREADS="${THREADS:-1}"
@@ -23,7 +24,7 @@ declare -A OPTIONS=(
   [vt]="--length 384 --max-new-tokens 32"
   [gsm8k]="--max-new-tokens 64"
   [morehopqa]="--max-new-tokens 32"
-  [hotpotqa]="--max-new-tokens 32"
+  [hotpotqa]="--max-new-tokens 32 --measures token"
 )
 ORDER=(niah_single gsm8k vt niah_mq_q2 niah_mv_v2 morehopqa hotpotqa)
 TASKS=("$@")

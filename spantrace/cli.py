@@ -319,7 +319,7 @@ Examples:
 @app.command(name="eval", epilog=EVAL_EXAMPLES)
 def eval_(
     task: Annotated[str, typer.Option(metavar="NAME", help="niah_single, niah_mq_q2/4, niah_mv_v2/4, vt_h<H>_c<C>, "
-                                      "gsm8k, morehopqa, hotpotqa.")],
+                                      "gsm8k, morehopqa, hotpotqa, docs_needle (docs_needle_d<N>: N documents).")],
     out: Annotated[Path, typer.Option(dir_okay=False, metavar="PATH", help="JSONL results file (resumed if present).")],
     methods: Annotated[
         str, typer.Option(metavar="A,B", help="Comma-separated methods, or 'all' for every registered one.")
@@ -333,6 +333,10 @@ def eval_(
     hops: Annotated[int, typer.Option(min=0, help="Recursive hops.")] = 1,
     scope: Annotated[str, typer.Option(help="Ranked tokens: 'user' (the user's text) or 'prompt' (all).")] = "user",
     stop_tokens: Annotated[str, typer.Option(help="'keep' or 'drop' punctuation-only tokens from ranking.")] = "keep",
+    measures: Annotated[
+        str, typer.Option(help="'all', 'token' (deletion/insertion curves, Recovery) or 'source' (per sentence or "
+                          "document: hotpotqa, docs_needle; these tasks add a 'random' baseline row).")
+    ] = "all",
     haystack: Annotated[str | None, typer.Option(help="RULER haystack: essay or noise.")] = None,
     data_path: Annotated[
         Path | None, typer.Option(metavar="PATH", help="A task data file instead of the bundled one.")
@@ -364,12 +368,13 @@ def eval_(
         names = tuple(list_methods())
     for name in names:
         _check_method(name)
-    config = EvalConfig(task=task, methods=names, n=samples, length=length, seed=seed, steps=steps,
-                        max_new_tokens=max_new_tokens, span=span, hops=hops, scope=scope, stop_tokens=stop_tokens,
-                        haystack=haystack, data_path=str(data_path) if data_path else None)
     _quiet_transformers()
     progress = not quiet and sys.stderr.isatty()
     try:
+        config = EvalConfig(task=task, methods=names, n=samples, length=length, seed=seed, steps=steps,
+                            max_new_tokens=max_new_tokens, span=span, hops=hops, scope=scope, stop_tokens=stop_tokens,
+                            haystack=haystack, data_path=str(data_path) if data_path else None, measures=measures)
+        names = config.row_methods
         done = len(ResultsFile(out).done()) if out.exists() else 0
         distributed = ray or ray_address is not None
         if not distributed:
@@ -430,7 +435,10 @@ def _report_figures(rows: list[dict[str, Any]]) -> dict[str, bytes]:
     from .eval.report import complete_samples
 
     rows, _ = complete_samples(rows)  # the figures show the samples the tables show
-    return {"metrics": metric_bars(rows), "rise_vs_length": metric_vs_length(rows)}
+    figures = {"metrics": metric_bars(rows)}
+    if any(row.get("rise") is not None for row in rows):  # source-only runs have no RISE
+        figures["rise_vs_length"] = metric_vs_length(rows)
+    return figures
 
 
 @app.command(epilog="\b\nExamples:\n  spantrace serve\n  spantrace serve --model Qwen/Qwen3-0.6B --port 8080")

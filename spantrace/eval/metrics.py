@@ -26,6 +26,25 @@ Degenerate cases (decided here, the same for every method):
   zero total mass, the density falls with the share of *tokens* removed instead.
 - ``minmax`` of a constant vector is all zeros.
 - Recovery with no gold token raises ``ValueError`` (the task has no gold positions).
+
+Source-level measures (``spantrace.eval.sources`` measures them; a *source* is a context sentence or a
+document, its score the sum of its tokens' scores as ``TraceResult.by`` pools them):
+
+    Source recovery@k = |top k sources ∩ gold sources| / |gold sources|             higher is better
+    top source hit    = 1 if the best-ranked source is the target source, else 0     higher is better
+    ablation curve    a(k_j) = Σ log p(answer | context without the top k_j sources), k_0 = 0 < k_1 < …
+    drop(k)           = a(0) − a(k)   (nats; > 0: the answer became less likely)     higher is better
+    ablation AUC      = (1 / k_max) · Σ_j (k_j − k_{j−1}) · (drop(k_{j−1}) + drop(k_j)) / 2
+                        the mean drop over 0 … k_max, trapezoid rule on the real k axis (not unit steps)
+
+Their degenerate cases, the same for every method (and for the random-order baseline):
+
+- Sources are ranked like tokens: descending score, ties broken by position (earlier first). A source
+  that holds no scored token gets score −∞ (last). NaN scores are rejected.
+- k larger than the number of sources takes them all: recovery@k is then 1, and an ablation step
+  ``k_j`` drops ``min(k_j, S)`` sources (the curve goes flat once every source is gone).
+- Recovery with no gold source raises ``ValueError`` (the runner writes None); k < 1 raises too.
+- An ablation grid must start at 0 and rise strictly; with one point (only k = 0) there is no AUC.
 """
 
 from __future__ import annotations
@@ -165,6 +184,62 @@ def recovery(scores: Any, gold_mask: Any, frac: float = 0.1) -> float:
         raise ValueError("recovery needs at least one gold position")
     top = rank_positions(s)[: top_count(s.shape[0], frac)]
     return float(gold[top].sum() / gold.sum())
+
+
+def _as_scores(scores: Any) -> np.ndarray:
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1 or s.shape[0] == 0:
+        raise ValueError(f"source scores must be a non-empty 1-D array; got shape {s.shape}")
+    return s
+
+
+def source_recovery(scores: Any, gold_mask: Any, k: int) -> float:
+    """Source recovery@k: the share of gold sources among the ``k`` best-ranked sources (``k`` capped at S)."""
+    s = _as_scores(scores)
+    gold = np.asarray(gold_mask, dtype=bool)
+    if gold.shape != s.shape:
+        raise ValueError(f"gold_mask has shape {gold.shape} but the source scores have {s.shape}")
+    if not gold.any():
+        raise ValueError("source recovery needs at least one gold source")
+    if k < 1:
+        raise ValueError(f"k must be ≥ 1; got {k}")
+    top = rank_positions(s)[: min(k, s.shape[0])]
+    return float(gold[top].sum() / gold.sum())
+
+
+def top_source_hit(scores: Any, target: int) -> bool:
+    """True when the best-ranked source (ties by position) is source ``target``."""
+    s = _as_scores(scores)
+    if not 0 <= target < s.shape[0]:
+        raise ValueError(f"target source {target} is not one of the {s.shape[0]} sources")
+    return bool(rank_positions(s)[0] == target)
+
+
+def _as_grid(ks: Any) -> np.ndarray:
+    grid = np.asarray(ks, dtype=np.float64)
+    if grid.ndim != 1 or grid.shape[0] == 0 or grid[0] != 0 or np.any(np.diff(grid) <= 0):
+        raise ValueError(f"an ablation grid starts at 0 and rises strictly; got {list(ks)}")
+    return grid
+
+
+def ablation_drops(values: Any) -> np.ndarray:
+    """``drop(k_j) = a(0) − a(k_j)`` of an ablation curve ``a(k_0 = 0), a(k_1), …`` (nats)."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim != 1 or a.shape[0] == 0 or not np.all(np.isfinite(a)):
+        raise ValueError("an ablation curve is a non-empty 1-D array of finite log-probabilities")
+    return a[0] - a
+
+
+def ablation_auc(ks: Any, values: Any) -> float:
+    """The mean drop over ``0 … k_max``: trapezoid area of ``drop(k)`` on the grid ``ks``, divided by ``k_max``."""
+    grid = _as_grid(ks)
+    drops = ablation_drops(values)
+    if drops.shape != grid.shape:
+        raise ValueError(f"the ablation grid has {grid.shape[0]} points but the curve has {drops.shape[0]}")
+    if grid.shape[0] < 2:
+        raise ValueError("an ablation AUC needs a grid with at least one k > 0")
+    area = float(np.sum(np.diff(grid) * (drops[1:] + drops[:-1]) / 2.0))
+    return area / float(grid[-1])
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,8 @@ import numpy as np
 from ..errors import InputError
 from .report import COLUMNS, summarize
 
-PLOTTED = ("rise", "mas", "insertion_auc", "recovery")
+PLOTTED = ("rise", "mas", "insertion_auc", "recovery", "sentence_recovery_at_gold", "ablation_auc",
+           "top_document_correct")  # panels only for the metrics the rows have
 HEADERS = {key: header for key, header, _ in COLUMNS}
 
 

@@ -50,12 +50,15 @@ class Sample:
 
 @dataclass(frozen=True)
 class BuiltPrompt:
-    """The tokenised prompt. ids: [P] token ids; user_positions, gold_positions: sorted positions in 0 … P − 1."""
+    """The tokenised prompt. ids: [P] token ids; user_positions, gold_positions: sorted positions in 0 … P − 1;
+    offsets: each token's character range in ``text``; user_offset: where the sample's text starts in ``text``."""
 
     text: str
     ids: list[int]
     user_positions: np.ndarray
     gold_positions: np.ndarray
+    offsets: tuple[tuple[int, int], ...] = ()
+    user_offset: int = 0
 
     @property
     def prompt_length(self) -> int:
@@ -117,7 +120,14 @@ def build_prompt(tokenizer: Any, sample: Sample, *, chat: bool = True) -> BuiltP
     gold = np.zeros(len(ids), dtype=bool)
     for gold_start, gold_end in sample.gold_spans:
         gold |= real & (starts < offset + gold_end) & (ends > offset + gold_start)
-    return BuiltPrompt(text=text, ids=ids, user_positions=np.flatnonzero(user), gold_positions=np.flatnonzero(gold))
+    return BuiltPrompt(
+        text=text,
+        ids=ids,
+        user_positions=np.flatnonzero(user),
+        gold_positions=np.flatnonzero(gold),
+        offsets=tuple((int(a), int(b)) for a, b in spans),
+        user_offset=offset,
+    )
 
 
 def token_counter(tokenizer: Any, *, chat: bool = True):

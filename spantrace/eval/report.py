@@ -9,6 +9,10 @@ p-value ``min(1, 2 · P[Binomial(wins + losses, ½) ≤ min(wins, losses)])``.
 Every method of a task is scored on the same samples: a sample that lacks a row for some method of its
 task (a run stopped part-way through it) is left out of that task's tables and counted in the preamble.
 Each table also says which device its rows ran on, since trace times are only comparable on one.
+
+Source-level columns (``spantrace.eval.sources``) appear for the tasks that have them, with the
+``random`` baseline row (a seeded random order of the sources; it has no token-level measures and no
+trace time, and takes no part in the sign tests, which need RISE).
 """
 
 from __future__ import annotations
@@ -28,6 +32,12 @@ COLUMNS = (  # (row key, header, higher is better)
     ("mas", "MAS ↓", False),
     ("insertion_auc", "Insertion AUC ↑", True),
     ("recovery", "Recovery@10% ↑", True),
+    ("sentence_recovery_at_gold", "Sentence R@gold ↑", True),
+    ("sentence_recovery_at_5", "Sentence R@5 ↑", True),
+    ("ablation_drop_1", "Ablation drop@1 ↑", True),
+    ("ablation_drop_3", "Ablation drop@3 ↑", True),
+    ("ablation_auc", "Ablation AUC ↑", True),
+    ("top_document_correct", "Top document ↑", True),
     ("correct", "Answer correct ↑", True),
     ("trace_s", "Trace time (s) ↓", False),
 )
@@ -74,6 +84,8 @@ def devices(rows: list[dict[str, Any]]) -> str:
     """``"cuda"``, or ``"cuda (280 rows), cpu (20 rows)"`` when the rows ran on more than one device."""
     counts: dict[str, int] = defaultdict(int)
     for row in rows:
+        if row.get("method") == "random" and row_device(row) == "unknown":
+            continue  # a baseline row written without its device (it has no trace time to compare)
         counts[row_device(row)] += 1
     if len(counts) == 1:
         return next(iter(counts))
@@ -160,7 +172,9 @@ def report_tables(rows: list[dict[str, Any]]) -> list[TaskTable]:
                 for key, _, _ in present
             ]
             body.append((method, count, cells))
-        baselines = [m for m in methods if m != REFERENCE_METHOD] if REFERENCE_METHOD in methods else []
+        baselines = [m for m, stats in methods.items() if m != REFERENCE_METHOD and "rise" in stats]
+        if "rise" not in methods.get(REFERENCE_METHOD, {}):
+            baselines = []
         paired_rows = [(baseline, *paired(rows, task, baseline)) for baseline in baselines]
         here = devices([row for row in rows if row["task"] == task])
         tables.append(TaskTable(task, here, [header for _, header, _ in present], body, paired_rows))

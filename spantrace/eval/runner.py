@@ -8,6 +8,12 @@ Rows are appended, flushed and fsync'ed one at a time. On start the runner reads
 cuts off a torn last line (a crash mid-write), and skips every (sample_id, method) already there,
 so a run killed at any point and restarted ends with exactly one row per pair. Every row carries
 the configuration's fingerprint; resuming into a file written with other settings is an error.
+
+Source-level measures (``sources``; ``measures="all"`` or ``"source"``) are added for the tasks that
+have sources: HotpotQA (context sentences: sentence recovery and the ablation curve) and docs_needle
+(documents, run in the library's ``documents=`` layout: whether the top document holds the needle).
+Those tasks also get a ``random`` row per sample: the same measures for a seeded random order of the
+sources. ``measures="source"`` leaves out the token-level curves (the costly part on long prompts).
 """
 
 from __future__ import annotations
@@ -26,16 +32,18 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..errors import SpanTraceError
-from . import metrics
+from ..errors import InputError, SpanTraceError
+from . import metrics, sources
 from .curves import deletion_curve, insertion_curve
-from .prompts import EvalTokens, Sample, build_prompt
-from .tasks import make_samples, score_answer
+from .prompts import BuiltPrompt, EvalTokens, Sample, build_prompt
+from .tasks import make_samples, score_answer, source_kind
 
 if TYPE_CHECKING:
     from ..api import Model
 
 DEFAULT_METHODS = ("flashtrace", "ifr", "attention-last", "occlusion")
+MEASURES = ("all", "token", "source")  # token: the curves and Recovery; source: pooled per sentence/document
+SOURCE_MEASURES_VERSION = 1  # part of the fingerprint of runs with source-level measures
 
 
 @dataclass(frozen=True)
@@ -58,10 +66,37 @@ class EvalConfig:
     haystack: str | None = None
     data_path: str | None = None
     method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    measures: str = "all"
+
+    def __post_init__(self) -> None:
+        if self.measures not in MEASURES:
+            raise InputError(f"measures must be one of {MEASURES}; got {self.measures!r}")
+        if self.measures == "source" and source_kind(self.task) is None:
+            raise InputError(f"{self.task} has no source-level measures (hotpotqa and docs_needle have); "
+                             "use measures 'all' or 'token'")
+        if sources.RANDOM_METHOD in self.methods:
+            raise InputError(f"{sources.RANDOM_METHOD!r} is the source baseline row, added by itself; "
+                             "leave it out of the methods")
+
+    @property
+    def source_measures(self) -> bool:
+        """Whether rows get source-level measures (the task has sources and ``measures`` asks for them)."""
+        return self.measures != "token" and source_kind(self.task) is not None
+
+    @property
+    def row_methods(self) -> tuple[str, ...]:
+        """The methods each sample gets a row for: ``methods``, plus the ``random`` baseline with sources."""
+        return (*self.methods, sources.RANDOM_METHOD) if self.source_measures else self.methods
 
     def fingerprint(self) -> str:
         settings = asdict(self)
         del settings["n"], settings["methods"]  # more samples or methods extend a run; they do not change rows
+        # Settings added later enter the fingerprint only when they change rows, so older files resume.
+        del settings["measures"]
+        if self.source_measures:
+            settings["source_measures"] = SOURCE_MEASURES_VERSION
+        if self.measures == "source":
+            settings["token_measures"] = False
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -128,12 +163,22 @@ def evaluate_sample(
         for method in methods:
             yield {**base, "method": method, "error": "the model generated nothing"}
         return
-    run = model.run(input_ids=prompt.ids + generated, prompt_length=prompt.prompt_length, progress=False)
+    kind = source_kind(sample.task) if config.source_measures else None
+    if kind == "document":
+        run = _document_run(model, sample, prompt, generated, config)
+    else:
+        run = model.run(input_ids=prompt.ids + generated, prompt_length=prompt.prompt_length, progress=False)
     positions = EvalTokens(config.scope, config.stop_tokens).positions(prompt, run.tokens)
     gold = np.isin(positions, prompt.gold_positions)
     base.update(prompt_tokens=prompt.prompt_length, ranked_tokens=int(positions.size), target_tokens=len(generated),
                 gold_tokens=int(gold.sum()))
+    source_fields = _source_measurer(model, sample, prompt, generated, config) if kind else None
     for method in methods:
+        if method == sources.RANDOM_METHOD:
+            if source_fields is None:
+                raise SpanTraceError(f"{sample.task} has no sources to order at random")
+            yield {**base, "method": method, "device": model.device.type, **source_fields(None)}
+            continue
         if model.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(model.device)
         started = time.perf_counter()
@@ -145,25 +190,62 @@ def evaluate_sample(
             continue
         trace_seconds = time.perf_counter() - started
         memory, memory_kind = peak_memory_mb(model.device)
+        row = {**base, "method": method, "trace_s": trace_seconds, "device": model.device.type,
+               "peak_memory_mb": memory, "memory_kind": memory_kind}
         scores = result.scores[: prompt.prompt_length].astype(np.float64)
-        deletion = deletion_curve(run, scores, positions=positions, steps=config.steps)
-        insertion = insertion_curve(run, scores, positions=positions, steps=config.steps)
-        yield {
-            **base,
-            "method": method,
-            "rise": metrics.rise(deletion.values),
-            "mas": metrics.mas(deletion.values, deletion.density),
-            "insertion_auc": metrics.insertion_auc(insertion.values),
-            "recovery": metrics.recovery(scores[positions], gold, config.recovery_frac) if gold.any() else None,
-            "flat": metrics.is_flat(deletion.values),
-            "trace_s": trace_seconds,
-            "device": model.device.type,
-            "peak_memory_mb": memory,
-            "memory_kind": memory_kind,
-            "deletion_curve": deletion.values.tolist(),
-            "density": deletion.density.tolist(),
-            "insertion_curve": insertion.values.tolist(),
-        }
+        if config.measures != "source":
+            deletion = deletion_curve(run, scores, positions=positions, steps=config.steps)
+            insertion = insertion_curve(run, scores, positions=positions, steps=config.steps)
+            row.update(
+                rise=metrics.rise(deletion.values),
+                mas=metrics.mas(deletion.values, deletion.density),
+                insertion_auc=metrics.insertion_auc(insertion.values),
+                recovery=metrics.recovery(scores[positions], gold, config.recovery_frac) if gold.any() else None,
+                flat=metrics.is_flat(deletion.values),
+                deletion_curve=deletion.values.tolist(),
+                density=deletion.density.tolist(),
+                insertion_curve=insertion.values.tolist(),
+            )
+        if source_fields is not None:
+            row.update(source_fields(result))
+        yield row
+
+
+def _document_run(model: Model, sample: Sample, prompt: BuiltPrompt, generated: list[int], config: EvalConfig) -> Any:
+    """The run of a documents sample through ``Model.run(prompt=..., documents=...)`` (its layout knows each
+    document), checked to be the very ids of the evaluation prompt and its greedy answer."""
+    documents = list(sample.metadata["documents"])
+    run = model.run(prompt=sample.metadata["question"], documents=documents, chat=config.chat,
+                    max_new_tokens=len(generated), progress=False)
+    if run.token_ids != prompt.ids + generated:
+        raise SpanTraceError(f"{sample.sample_id}: the documents= layout and the evaluation prompt disagree on "
+                             "the token ids (or on the greedy answer)")
+    return run
+
+
+def _source_measurer(
+    model: Model, sample: Sample, prompt: BuiltPrompt, generated: list[int], config: EvalConfig
+) -> Callable[[Any], dict[str, Any]]:
+    """``fields(result)``: a trace result's source-level row fields (``result`` None: the random order)."""
+    if source_kind(sample.task) == "document":
+        count, needle = len(sample.metadata["documents"]), int(sample.metadata["needle_document"])
+
+        def document_fields(result: Any) -> dict[str, Any]:
+            scores = (sources.random_scores(count, sample.sample_id, config.seed) if result is None
+                      else sources.document_scores(result, count))
+            return sources.document_measures(scores, needle)
+
+        return document_fields
+    ranges = sources.sentence_token_ranges(prompt, sample.metadata["sentences"])
+    ablation = sources.SentenceAblation(model, sample, generated, chat=config.chat)
+    gold = sample.metadata["gold_sentences"]
+
+    def sentence_fields(result: Any) -> dict[str, Any]:
+        scores = (sources.random_scores(len(ranges), sample.sample_id, config.seed) if result is None
+                  else sources.pooled_scores(result, ranges))
+        return sources.sentence_measures(scores, gold, ablation)
+
+    return sentence_fields
 
 
 def open_results(config: EvalConfig, out: Path | str) -> ResultsFile:
@@ -191,7 +273,7 @@ def pending(
     """Each sample with the methods it still lacks a row for, in order; samples with nothing left are dropped."""
     work = []
     for sample in samples:
-        todo = [method for method in config.methods if (sample.sample_id, method) not in done]
+        todo = [method for method in config.row_methods if (sample.sample_id, method) not in done]
         if todo:
             work.append((sample, todo))
     return work

@@ -1,4 +1,5 @@
-"""Evaluation tasks by name: RULER-style generators (``ruler``) and file-based loaders (``files``).
+"""Evaluation tasks by name: RULER-style generators (``ruler``), file-based loaders (``files``) and the
+multi-document needle (``docs``).
 
 ``make_samples(task, n, tokenizer=..., length=..., seed=...)`` returns the first ``n`` samples of a task;
 ``score_answer(sample, output)`` scores a model output against the sample's answers (0 … 1).
@@ -13,11 +14,22 @@ from typing import Any
 
 from ...errors import InputError
 from ..prompts import Sample, token_counter
+from .docs import docs_needle_documents, docs_needle_samples
 from .files import gsm8k_samples, hotpotqa_samples, morehopqa_samples
 from .ruler import RULER_TASKS, ruler_samples, ruler_spec
 
 FILE_TASKS = {"gsm8k": gsm8k_samples, "morehopqa": morehopqa_samples, "hotpotqa": hotpotqa_samples}
-TASK_NAMES = (*RULER_TASKS, "vt_h<hops>_c<chains>", *FILE_TASKS)
+TASK_NAMES = (*RULER_TASKS, "vt_h<hops>_c<chains>", *FILE_TASKS, "docs_needle", "docs_needle_d<documents>")
+SENTENCE_TASKS = ("hotpotqa",)  # tasks whose samples carry context sentences with gold ones
+
+
+def source_kind(task: str) -> str | None:
+    """``"sentence"`` (HotpotQA), ``"document"`` (docs_needle) or None: the task's source-level measures."""
+    if task in SENTENCE_TASKS:
+        return "sentence"
+    if docs_needle_documents(task) is not None:
+        return "document"
+    return None
 _CONTROL = re.compile(r"[\x00-\x1f]")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
@@ -47,6 +59,11 @@ def make_samples(
         count = token_counter(tokenizer, chat=chat)
         return list(ruler_samples(task, n, length=length, count_tokens=count, seed=seed, haystack=haystack,
                                   haystack_path=path))
+    if docs_needle_documents(task) is not None:
+        if tokenizer is None:
+            raise InputError(f"{task} fits its prompt to a token length and needs the model's tokenizer")
+        count = token_counter(tokenizer, chat=chat)
+        return list(docs_needle_samples(task, n, length=length, count_tokens=count, seed=seed, haystack_path=path))
     raise InputError(f"unknown task {task!r}; known: {', '.join(TASK_NAMES)}")
 
 

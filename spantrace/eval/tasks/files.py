@@ -8,6 +8,10 @@ Prompts: GSM8K asks for step-by-step reasoning and a final number (scoring ``"nu
 tasks list the context paragraphs as ``Title: sentences`` and then the question (scoring ``"part"``:
 any gold answer found in the output, case-insensitively). HotpotQA's gold spans are its supporting
 sentences; MoreHopQA's context holds only supporting paragraphs, so it has no gold spans.
+
+Both QA tasks record their context sentences as sources in ``Sample.metadata``: ``"sentences"`` (each
+non-empty context sentence's character range in the text, in order) and ``"gold_sentences"`` (the
+indices of the supporting ones among them; empty for MoreHopQA).
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ def _qa_sample(task: str, path: Path, index: int, record: Any, gold_titles: dict
     answer = _field(path, index, record, "answer")
     context = _field(path, index, record, "context", list)
     text, gold, cursor = [QA_INSTRUCTION, "\n\n"], [], len(QA_INSTRUCTION) + 2
+    sentence_spans, gold_sentences = [], []
     for number, paragraph in enumerate(context):
         if not (isinstance(paragraph, list) and len(paragraph) == 2 and isinstance(paragraph[1], list)):
             raise TaskDataError(f"{path}: record {index} context[{number}] is not [title, [sentence, ...]]")
@@ -112,15 +117,25 @@ def _qa_sample(task: str, path: Path, index: int, record: Any, gold_titles: dict
         text.append(head)
         cursor += len(head)
         for sentence_index, sentence in enumerate(sentences):
-            if sentence_index in gold_titles.get(title, ()):
+            if not isinstance(sentence, str):
+                raise TaskDataError(f"{path}: record {index} context[{number}] sentence {sentence_index} is not text")
+            supporting = sentence_index in gold_titles.get(title, ())
+            if supporting:
                 gold.append((cursor, cursor + len(sentence)))
+            if sentence.strip():  # an empty sentence holds no token: it cannot be a source
+                if supporting:
+                    gold_sentences.append(len(sentence_spans))
+                sentence_spans.append((cursor, cursor + len(sentence)))
             text.append(sentence)
             cursor += len(sentence)
         text.append("\n\n")
         cursor += 2
     text.append(f"Question: {question}")
     record_id = record.get("_id", index)
-    return Sample(task, f"{task}-{record_id}", "".join(text), (answer,), gold_spans=tuple(gold), scoring="part")
+    metadata = {"sentences": tuple(sentence_spans), "gold_sentences": tuple(gold_sentences)}
+    return Sample(
+        task, f"{task}-{record_id}", "".join(text), (answer,), gold_spans=tuple(gold), scoring="part", metadata=metadata
+    )
 
 
 def hotpotqa_samples(path: Path | None = None) -> Iterator[Sample]:
