@@ -73,12 +73,7 @@ class LayerInputs:
         Sinks of weight 0 add nothing and are skipped (no query, no row); the rest are taken in position
         order, at most ``chunk_size`` at a time (see ``weighted_row_sum``).
         """
-        positions = sinks.to(self.keys.device)
-        weights = sink_weights.to(device=self.keys.device, dtype=torch.float32)  # [M]
-        kept = weights != 0
-        positions, weights = positions[kept], weights[kept]
-        order = positions.argsort(stable=True)
-        positions, weights = positions[order], weights[order]
+        positions, weights = weighted_sinks(sinks, sink_weights, self.keys.device)
         return weighted_row_sum(
             self.sink_queries(positions),
             self.keys,
@@ -127,6 +122,19 @@ class LayerInputs:
             scale = self.sink_scale[sinks, None] if self.sink_scale is not None else 1.0
             residual = residual + scale * self.out_bias
         return residual
+
+
+def weighted_sinks(
+    sinks: torch.Tensor, weights: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sinks a weighted row sum reads: weight-0 sinks dropped (they add nothing), the rest in position
+    order as ``weighted_row_sum`` wants them; positions ``[M']`` and float32 weights ``[M']`` on ``device``."""
+    positions = sinks.to(device)
+    weights = weights.to(device=device, dtype=torch.float32)
+    kept = weights != 0
+    positions, weights = positions[kept], weights[kept]
+    order = positions.argsort(stable=True)
+    return positions[order], weights[order]
 
 
 # Per layer index, what a Run keeps between traces: a softmax-attention layer's keys and values, or the
@@ -194,12 +202,12 @@ def mixing_layer(
     adapter: ArchitectureAdapter, capture: Capture, index: int, cache: KeyValueCache | None = None
 ) -> MixingLayer:
     """Layer ``index`` split over its sources: softmax attention (``LayerInputs``), or whatever the adapter's
-    optional ``mixing_layer(index, x_in, x_mid)`` returns for its other layer kinds (kept in ``cache``)."""
+    optional ``mixing_layer(index, capture)`` returns for its other layer kinds (kept in ``cache``)."""
     if layer_kind(adapter, index) == "attention":
         return layer_inputs(adapter, capture, index, cache)
     if cache is not None and index in cache:
         return cache[index]  # type: ignore[return-value]
-    layer = adapter.mixing_layer(index, capture.x_in[index], capture.x_mid[index])  # type: ignore[attr-defined]
+    layer = adapter.mixing_layer(index, capture)  # type: ignore[attr-defined]
     if cache is not None:
         kept = sum(tensor_bytes(entry) for entry in cache.values() if not isinstance(entry, tuple))
         if kept + tensor_bytes(layer) <= HYBRID_CACHE_BYTES:

@@ -117,8 +117,8 @@ class MixingLayer(Protocol):
     For every sink i: ``x_mid_i = Σ_{h, j} part[h, i, j] + residual(i)``. Softmax attention
     (``spantrace.attention.LayerInputs``) is one implementation; the hybrids' gated attention, Gated
     DeltaNet and Mamba-2 layers are others (``spantrace.model.hybrid``). An adapter that has such layers
-    implements ``mixing_layer(index, x_in, x_mid) -> MixingLayer | None`` (None: softmax attention, read
-    through ``keys_values``/``queries``), and ``layer_kind(index) -> str``.
+    implements ``layer_kind(index) -> str`` and, for every kind but "attention" (softmax attention, read
+    through ``keys_values``/``queries``), ``mixing_layer(index, capture) -> MixingLayer``.
     """
 
     index: int

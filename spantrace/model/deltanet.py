@@ -172,8 +172,7 @@ class GatedDeltaNetLayer:
         l2norm = getattr(sys.modules[type(mixer).__module__], "l2norm", _l2norm)
         queries = l2norm(post[:, :q_end].reshape(n, hk, dk).repeat_interleave(repeat, dim=1), eps=1e-6)
         keys = l2norm(post[:, q_end:k_end].reshape(n, hk, dk).repeat_interleave(repeat, dim=1), eps=1e-6)
-        self.unit_queries = queries.transpose(0, 1).contiguous()  # l2-normed, before the d_k^{−1/2}: [H_v, N, d_k]
-        self.queries = self.unit_queries * dk**-0.5  # [H_v, N, d_k]
+        self.queries = queries.transpose(0, 1) * dk**-0.5  # l2-normed, then scaled: [H_v, N, d_k]
         self.keys = keys.transpose(0, 1).contiguous()  # [H_v, N, d_k]
         self.values = post[:, k_end:].reshape(n, hv, dv).transpose(0, 1).contiguous()  # [H_v, N, d_v]
         # the value channels' pieces of the convolution split

@@ -37,8 +37,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..attention import attention_rows, weighted_row_sum
+from ..attention import attention_rows, weighted_row_sum, weighted_sinks
 from ..errors import UnsupportedArchitectureError
+from ..kernels import Workspace
 from .adapter import AttentionRule
 
 
@@ -166,20 +167,38 @@ class GatedAttentionLayer:
         return residual + self.out_bias if self.out_bias is not None else residual
 
     @torch.inference_mode()
+    def summed_rows(
+        self,
+        sinks: torch.Tensor,
+        weights: torch.Tensor,
+        width: int,
+        chunk_size: int | None = None,
+        workspace: Workspace | None = None,
+        *,
+        gated: bool = False,
+    ) -> torch.Tensor:
+        """``Σ_i w_i α_hij`` over the sinks, ``[H, width]`` float32; with ``gated`` the gate kept per channel,
+        ``Σ_i w_i α_hij σ(gate_ih)``, ``[H, width, d]`` (``weighted_row_sum``: a block of sinks at a time over
+        the sources they see)."""
+        sinks, weights = weighted_sinks(sinks, weights, self.x_in.device)
+        queries, gates = self.queries_gates(sinks)  # [H, M, d] each
+        return weighted_row_sum(
+            queries,
+            self.keys,
+            sinks,
+            weights,
+            self.rule,
+            width,
+            max_sinks=chunk_size or self.chunk_size,
+            workspace=workspace,
+            channel_weights=gates if gated else None,
+        )
+
     def span_values(self, sinks: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``effective_values [H, N, d]`` and ``out_weight [H, d, D]`` with
         ``effective_values[h, j] @ out_weight[h] = Σ_i w_i part[h, i, j]``: the rows summed with the gates as
-        per-channel weights, a block of sinks at a time over the sources they see (``weighted_row_sum``)."""
-        sinks = sinks.to(self.x_in.device)
-        weights = weights.to(device=self.x_in.device, dtype=torch.float32)  # [M]
-        kept = weights != 0
-        sinks, weights = sinks[kept], weights[kept]
-        order = sinks.argsort(stable=True)
-        sinks, weights = sinks[order], weights[order]
-        queries, gates = self.queries_gates(sinks)  # [H, M, d] each
-        coefficients = weighted_row_sum(
-            queries, self.keys, sinks, weights, self.rule, self.length, max_sinks=self.chunk_size, channel_weights=gates
-        ).to(self.dtype)  # Σ_i w_i α_hij σ(gate_ih): [H, N, d]
+        per-channel weights."""
+        coefficients = self.summed_rows(sinks, weights, self.length, gated=True).to(self.dtype)  # [H, N, d]
         values = self.values.repeat_interleave(self.num_heads // self.num_kv_heads, dim=0)  # [H, N, d]
         return coefficients * values, self.out_weight
 
@@ -194,9 +213,8 @@ class GatedAttentionLayer:
 
     def token_parts(self, sink: int) -> torch.Tensor:
         """Per-head, per-source parts of one sink's attention update: ``[H, N, D]``."""
-        sinks = torch.tensor([int(sink)], device=self.x_in.device)
-        values, out_weight = self.span_values(sinks, torch.ones(1))
-        return torch.bmm(values, out_weight)  # [H, N, D]
+        values = self.token_values(torch.tensor([int(sink)], device=self.x_in.device))[:, 0]  # [H, N, d]
+        return torch.bmm(values, self.out_weight)  # [H, N, D]
 
     @torch.inference_mode()
     def own_output(self) -> torch.Tensor:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..attention import weighted_row_sum
+from ..errors import UnsupportedArchitectureError
 from ..kernels import Workspace
 from .adapter import SandwichNorm, SpanPart
 from .deltanet import GatedDeltaNetLayer, text_stack
@@ -24,6 +24,8 @@ from .gated_attention import GatedAttentionLayer, rotary_tables
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+    from ..capture import Capture
 
 
 @dataclass(eq=False)
@@ -77,19 +79,12 @@ class GatedAttentionSplit(SplitLayer):
         workspace: Workspace | None = None,
     ) -> torch.Tensor:
         """``Σ_i w_i α[h, i, j]`` over the sinks: [H, width] float32 (see ``LayerInputs.summed_rows``)."""
-        split: GatedAttentionLayer = self.split  # type: ignore[assignment]
-        kept = sink_weights != 0
-        positions, weights = sinks[kept], sink_weights[kept].float()
-        order = positions.argsort(stable=True)
-        positions, weights = positions[order], weights[order]
-        queries, _ = split.queries_gates(positions)
-        return weighted_row_sum(
-            queries, split.keys, positions, weights, split.rule, width, max_sinks=chunk_size, workspace=workspace
-        )
+        return self.split.summed_rows(sinks, sink_weights, width, chunk_size, workspace)
 
 
-def _float32(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return tensor.to(device=device, dtype=torch.float32)
+def float32(device: torch.device, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The captured residuals as a layer's arithmetic reads them: float32 on the layer's device."""
+    return tuple(tensor.to(device=device, dtype=torch.float32) for tensor in tensors)
 
 
 class QwenHybridAdapter:
@@ -110,8 +105,6 @@ class QwenHybridAdapter:
             if self.layer_kind(index) == "gated deltanet":
                 continue
             if not hasattr(layer, "self_attn"):
-                from ..errors import UnsupportedArchitectureError
-
                 raise UnsupportedArchitectureError(
                     f"{self.name}: layer {index} has neither linear_attn (Gated DeltaNet) nor self_attn"
                 )
@@ -136,10 +129,11 @@ class QwenHybridAdapter:
     def layer_kind(self, index: int) -> str:
         return "gated deltanet" if hasattr(self._layers[index], "linear_attn") else "gated attention"
 
-    def mixing_layer(self, index: int, x_in: torch.Tensor, x_mid: torch.Tensor) -> SplitLayer:
+    def mixing_layer(self, index: int, capture: Capture) -> SplitLayer:
         layer = self._layers[index]
         parameter = next(layer.parameters())
-        x_in32, x_mid32 = _float32(x_in, parameter.device), _float32(x_mid, parameter.device)
+        x_in = capture.x_in[index]
+        x_in32, x_mid32 = float32(parameter.device, x_in, capture.x_mid[index])
         if self.layer_kind(index) == "gated deltanet":
             split = GatedDeltaNetLayer(layer, x_in)
             return SplitLayer(

@@ -179,15 +179,22 @@ class LlamaStyleAdapter:
         bias = fused.bias[start : start + size] if fused.bias is not None else None
         return nn.functional.linear(hidden, fused.weight[start : start + size], bias)
 
+    def _attention_input(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """What the q/k/v projections read: the layer's pre-attention norm of ``x`` ``[C, D]``."""
+        return self._layers[index].input_layernorm(x)
+
     def keys_values(self, index: int, x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         attention = self._attention(index)
         rule = self.attention_rule(index)
-        hidden = self._layers[index].input_layernorm(x_in)  # [N, D]
+        hidden = self._attention_input(index, x_in)  # [N, D]
         n = hidden.shape[0]
         keys = self._projection(index, "k", hidden).view(n, rule.num_kv_heads, rule.head_dim).transpose(0, 1)
         values = self._projection(index, "v", hidden).view(n, rule.num_kv_heads, rule.head_dim).transpose(0, 1)
         if hasattr(attention, "k_norm"):  # Qwen3, Gemma 3: per-head RMSNorm before rotary
             keys = attention.k_norm(keys)
+        multiplier = getattr(attention, "key_multiplier", None)  # Falcon-H1: keys scaled after k_proj
+        if multiplier is not None:
+            keys = keys * multiplier
         if self._uses_rotary(index):
             cos, sin = self._rotary_tables(index, hidden, n)
             _, keys = self._rotate(keys[None], keys[None], cos, sin)
@@ -199,7 +206,7 @@ class LlamaStyleAdapter:
     def queries(self, index: int, x_rows: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
         attention = self._attention(index)
         rule = self.attention_rule(index)
-        hidden = self._layers[index].input_layernorm(x_rows)  # [C, D]
+        hidden = self._attention_input(index, x_rows)  # [C, D]
         c = hidden.shape[0]
         queries = self._projection(index, "q", hidden).view(c, rule.num_heads, rule.head_dim).transpose(0, 1)
         if hasattr(attention, "q_norm"):

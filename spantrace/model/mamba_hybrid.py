@@ -38,16 +38,18 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..attention import LayerInputs
+from ..attention import LayerInputs, layer_inputs
 from ..errors import UnsupportedArchitectureError
 from ..kernels import Workspace
 from .adapter import AttentionRule, SandwichNorm, SpanPart
-from .hybrid import SplitLayer
+from .hybrid import SplitLayer, float32
 from .llama import LlamaStyleAdapter
 from .mamba2 import Mamba2Mixing, is_mamba2_layer, mamba2_branch
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+    from ..capture import Capture
 
 # Decoder-layer classes this adapter reads (transformers 5.x).
 _LAYER_CLASSES = ("NemotronHBlock", "GraniteMoeHybridDecoderLayer", "BambaDecoderLayer", "FalconH1DecoderLayer")
@@ -184,38 +186,16 @@ class Mamba2HybridAdapter(LlamaStyleAdapter):
             return "attention + mamba2"
         return "mamba2" if is_mamba2_layer(self._layers[index]) else "attention"
 
-    def mixing_layer(self, index: int, x_in: torch.Tensor, x_mid: torch.Tensor) -> SplitLayer | ParallelLayer:
+    def mixing_layer(self, index: int, capture: Capture) -> SplitLayer | ParallelLayer:
         layer = self._layers[index]
-        device = next(layer.parameters()).device
-        x_in32, x_mid32 = x_in.to(device=device, dtype=torch.float32), x_mid.to(device=device, dtype=torch.float32)
+        x_in, x_mid = capture.x_in[index], capture.x_mid[index]
         split = Mamba2Mixing.from_layer(layer, x_in)
-        mamba = SplitLayer(index, "mamba2", split, split.token_values, x_in32, x_mid32)
         if self.layer_kind(index) == "mamba2":
-            return mamba
-        return ParallelLayer(index, self._attention_inputs(index, x_in, x_in32, x_mid32), mamba)
-
-    def _attention_inputs(
-        self, index: int, x_in: torch.Tensor, x_in32: torch.Tensor, x_mid32: torch.Tensor
-    ) -> LayerInputs:
-        """The attention half of a parallel layer, as ``spantrace.attention.layer_inputs`` builds a softmax layer."""
-        weight = self._attention(index).q_proj.weight
-        model_x_in = x_in.to(device=weight.device, dtype=weight.dtype)
-        with torch.inference_mode():
-            keys, values = self.keys_values(index, model_x_in)
-        out_weight, out_bias = self.output_projection(index)
-        return LayerInputs(
-            index=index,
-            rule=self.attention_rule(index),
-            keys=keys,
-            values=values,
-            out_weight=out_weight.float(),
-            out_bias=out_bias.float() if out_bias is not None else None,
-            sink_scale=None,
-            x_in=x_in32,
-            x_mid=x_mid32,
-            adapter=self,
-            model_x_in=model_x_in,
-        )
+            device = next(layer.parameters()).device
+            return SplitLayer(index, "mamba2", split, split.token_values, *float32(device, x_in, x_mid))
+        attention = layer_inputs(self, capture, index)  # the attention half, read like any softmax layer
+        mamba = SplitLayer(index, "mamba2", split, split.token_values, attention.x_in, attention.x_mid)
+        return ParallelLayer(index, attention, mamba)
 
     # attention -----------------------------------------------------------------------------------
     def _attention(self, index: int) -> nn.Module:
@@ -243,33 +223,6 @@ class Mamba2HybridAdapter(LlamaStyleAdapter):
 
     def _uses_rotary(self, index: int) -> bool:
         return self._rotary is not None
-
-    def keys_values(self, index: int, x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        rule = self.attention_rule(index)
-        hidden = self._attention_input(index, x_in)  # [N, D]
-        n = hidden.shape[0]
-        keys = self._projection(index, "k", hidden).view(n, rule.num_kv_heads, rule.head_dim).transpose(0, 1)
-        values = self._projection(index, "v", hidden).view(n, rule.num_kv_heads, rule.head_dim).transpose(0, 1)
-        multiplier = getattr(self._attention(index), "key_multiplier", None)  # Falcon-H1
-        if multiplier is not None:
-            keys = keys * multiplier
-        if self._uses_rotary(index):
-            cos, sin = self._rotary_tables(index, hidden, n)
-            _, keys = self._rotate(keys[None], keys[None], cos, sin)
-            keys = keys[0]
-        return keys, values  # [G, N, d] each
-
-    def queries(self, index: int, x_rows: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
-        rule = self.attention_rule(index)
-        hidden = self._attention_input(index, x_rows)  # [C, D]
-        c = hidden.shape[0]
-        queries = self._projection(index, "q", hidden).view(c, rule.num_heads, rule.head_dim).transpose(0, 1)
-        if self._uses_rotary(index):
-            cos, sin = self._rotary_tables(index, hidden, length)
-            positions = positions.to(cos.device)
-            queries, _ = self._rotate(queries[None], queries[None], cos[:, positions], sin[:, positions])
-            queries = queries[0]
-        return queries  # [H, C, d]
 
     def _attention_output_scale(self, index: int) -> float:
         """Granite's ``residual_multiplier``, Falcon-H1's ``attention_out_multiplier``, else 1."""
