@@ -1,4 +1,4 @@
-"""Faithfulness metrics (DESIGN.md §2) as pure NumPy functions, checkable by hand.
+"""Faithfulness metrics (docs/evaluation.md) as pure NumPy functions, checkable by hand.
 
 A *deletion curve* is ``s_0 … s_K``: the teacher-forced summed log-probability of the whole target
 after removing the top-ranked prompt tokens in ``k`` of ``K`` equal groups (``s_0``: nothing removed,
