@@ -39,6 +39,8 @@ class LayerInputs:
     x_mid: torch.Tensor  # [N, D] float32
     adapter: ArchitectureAdapter
     model_x_in: torch.Tensor  # [N, D] in the model's dtype and device, for recomputing queries
+    # [H, N] float32 log-sum-exp of every row, from the capture's forward pass (None where it was not kept)
+    logsumexp: torch.Tensor | None = None
     kind = "attention"
 
     @property
@@ -74,6 +76,10 @@ class LayerInputs:
         order, at most ``chunk_size`` at a time (see ``weighted_row_sum``).
         """
         positions, weights = weighted_sinks(sinks, sink_weights, self.keys.device)
+        fused = fused_row_sum_applies(positions, weights, self.rule, self.keys.device)
+        if fused and self._checked_logsumexp is not None:
+            queries = self.sink_queries(positions)
+            return fused_row_sum(queries, self.keys, positions, weights, self._checked_logsumexp, self.rule, width)
         return weighted_row_sum(
             self.sink_queries(positions),
             self.keys,
@@ -115,6 +121,29 @@ class LayerInputs:
     def _head_vectors(self) -> dict[int, torch.Tensor]:
         return {}
 
+    @cached_property
+    def _checked_logsumexp(self) -> torch.Tensor | None:
+        """The captured log-sum-exp, if it is this layer's: recomputed here for a few rows (first, last and two
+        between) from the recomputed queries and keys, and kept only where every one agrees within
+        ``LOGSUMEXP_TOLERANCE``. A mismatch (a query detail the forward pass had and the rule has not) sends
+        the rows back to ``weighted_row_sum``, which needs no normaliser from outside."""
+        if self.logsumexp is None or not plain_causal(self.rule):
+            return None
+        count = self.keys.shape[1]
+        if self.logsumexp.shape != (self.num_heads, count):
+            return None
+        probes = torch.unique(torch.tensor([0, count // 3, (2 * count) // 3, count - 1]))
+        queries = self.sink_queries(probes).float()  # [H, P, d]
+        grouped = queries.reshape(self.rule.num_kv_heads, -1, *queries.shape[1:])
+        logits = torch.einsum("gqpd,gnd->gqpn", grouped, self.keys.float()).reshape(self.num_heads, len(probes), count)
+        logits = logits * self.rule.scaling
+        logits.masked_fill_(~visible_sources(probes.to(logits.device), count, self.rule)[None], float("-inf"))
+        expected = torch.logsumexp(logits, dim=-1)  # [H, P]
+        kept = self.logsumexp.to(device=expected.device, dtype=torch.float32)
+        if not bool(((kept[:, probes] - expected).abs() <= LOGSUMEXP_TOLERANCE).all()):
+            return None
+        return kept
+
     def residual(self, sinks: torch.Tensor) -> torch.Tensor:
         """Residual part of each sink's ``x_mid``: ``x_in`` plus the (normed) output bias. [C, D]."""
         residual = self.x_in[sinks]
@@ -122,6 +151,11 @@ class LayerInputs:
             scale = self.sink_scale[sinks, None] if self.sink_scale is not None else 1.0
             residual = residual + scale * self.out_bias
         return residual
+
+
+# How far a captured row log-sum-exp may lie from the one recomputed here (float32 rounding of two orders of
+# summation is ~1e-6): the rows' relative error stays below this.
+LOGSUMEXP_TOLERANCE = 1e-4
 
 
 def weighted_sinks(
@@ -185,6 +219,7 @@ def layer_inputs(
         x_mid=capture.x_mid[index].to(out_weight.device).float(),
         adapter=adapter,
         model_x_in=model_x_in,
+        logsumexp=capture.logsumexp[index] if index < len(capture.logsumexp) else None,
     )
 
 
@@ -422,6 +457,77 @@ def weighted_row_sum(
         else:  # Σ_i α[h, i, j] · (w_i channel_weights[h, i]): [H, S, c]
             weighted = row_weights[..., None] * channel_weights[:, a:b]  # [H, C, c]
             total[:, lo:hi] += torch.bmm(probabilities.transpose(1, 2), weighted)
+    return total
+
+
+# The CPU flash-attention kernel behind sdpa, which also returns each row's log-sum-exp.
+CPU_FLASH_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+
+
+def plain_causal(rule: AttentionRule) -> bool:
+    """Whether the rule's rows are ``softmax(scale · q·k)`` under the causal mask alone (no soft-cap, window,
+    chunk or sink logit): the rows whose normaliser a plain causal sdpa call computes."""
+    unmasked = rule.sliding_window is None and rule.attention_chunk is None
+    return unmasked and rule.softcap is None and rule.sink_logits is None
+
+
+def fused_row_sum_applies(
+    sinks: torch.Tensor, weights: torch.Tensor, rule: AttentionRule, device: torch.device
+) -> bool:
+    """Whether ``fused_row_sum`` can compute these rows: a plain causal rule on the CPU, positive weights, and
+    sinks filling at least half of the positions from the first to the last (the others cost a slot each)."""
+    if device.type != "cpu" or not plain_causal(rule) or sinks.numel() == 0 or bool((weights <= 0).any()):
+        return False
+    return 2 * sinks.numel() >= int(sinks[-1]) - int(sinks[0]) + 1
+
+
+def fused_row_sum(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    sinks: torch.Tensor,
+    weights: torch.Tensor,
+    logsumexp: torch.Tensor,
+    rule: AttentionRule,
+    width: int,
+) -> torch.Tensor:
+    """``ᾱ[h, j] = Σ_i w_i α[h, i, j]`` in one flash-attention call, given each sink row's log-sum-exp: [H, width].
+
+    With ``s_ij = scale · q_i·k_j`` and ``α_ij = exp(s_ij − lse_i)`` (lse from the forward pass), the sum over
+    sinks is an attention *read backwards*: source j asks, sink i answers. The kernel, called with the source
+    keys as its queries and the sink queries as its keys, returns for each source ``λ_j = log Σ_i exp(s_ij)``
+    and ``o_j = Σ_i exp(s_ij − λ_j) v_i``; with the value ``v_i = w_i exp(c − lse_i)`` in one channel,
+    ``exp(λ_j − c) · o_j = Σ_i w_i exp(s_ij − lse_i) = ᾱ_j``. Causality reversed (source j sees the sinks at or
+    after it) becomes the kernel's own causal mask once both sequences run backwards: slot ``u = last − p``
+    holds the sink at position p, a slot without a sink holds a zero value. ``c`` (per head, the smallest
+    ``lse_i − log w_i``) keeps every value in (0, 1]. Scores, weights and the result stay in float32; q·k,
+    the exponentials and the sums are the kernel's, fused, and the rows never exist.
+
+    queries: [H, M, d] of the sinks; keys: [G, N, d]; sinks: [M] ascending positions; weights: [M] > 0;
+    logsumexp: [H, N] of every position's row (only the sinks' are read). See ``fused_row_sum_applies``.
+    """
+    heads, groups = rule.num_heads, rule.num_kv_heads
+    head_dim = queries.shape[-1]
+    device = keys.device
+    total = torch.zeros(heads, width, dtype=torch.float32, device=device)
+    first, last = int(sinks[0]), int(sinks[-1])
+    slots = last - first + 1  # sink slots, from the last sink (slot 0) back to the first
+    sinks = sinks.to(device)
+    logs = logsumexp.to(device=device, dtype=torch.float32)[:, sinks] - weights.float().log()[None]  # [H, M]
+    shift = logs.amin(-1, keepdim=True)  # c per head: every value exp(c − lse_i + log w_i) ≤ 1
+    positions = last - sinks  # the slot of each sink
+    sink_queries = torch.zeros(heads, slots, head_dim, dtype=torch.float32, device=device)
+    sink_queries[:, positions] = queries.float()
+    sink_values = torch.zeros(heads, slots, head_dim, dtype=torch.float32, device=device)
+    sink_values[:, positions, 0] = torch.exp(shift - logs)
+    source_keys = keys[:, : last + 1].float().flip(1)  # source j at row last − j
+    if groups != heads:
+        source_keys = source_keys.repeat_interleave(heads // groups, dim=0)
+    output, log_sums = CPU_FLASH_ATTENTION(
+        source_keys[None], sink_queries[None], sink_values[None], 0.0, True, scale=rule.scaling
+    )
+    # o_j ≥ 0 (0 where no weighted sink sees j): log 0 = −inf gives ᾱ_j = 0
+    summed = torch.exp(log_sums[0] - shift + output[0, :, :, 0].log())  # [H, last + 1], reversed
+    total[:, : last + 1] = summed.flip(1)
     return total
 
 

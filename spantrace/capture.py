@@ -3,12 +3,19 @@
 ``x_in[l]`` is the residual entering layer l (input of its attention norm) and ``x_mid[l]`` the
 residual after attention (input of its MLP norm). For sandwich-norm architectures we also keep the
 per-sink scale ``1 / rms(a_i)`` of the post-attention norm (one number per token and layer).
-Attention probabilities are never requested: they are recomputed per layer when needed.
+Attention probabilities are never requested: they are recomputed per layer when needed. What the
+forward pass computes anyway is kept where it is free: a float32 model on the CPU whose layer calls sdpa
+with a plain causal mask gets, from the same flash-attention kernel sdpa itself runs, each row's
+log-sum-exp (``logsumexp[l]``, [H, N]), which lets the trace sum rows over sinks in one fused call
+(``attention.fused_row_sum``). The layer's output is bit for bit what sdpa returns.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 
@@ -23,6 +30,8 @@ class Capture:
     x_in: list[torch.Tensor]  # L x [N, D]
     x_mid: list[torch.Tensor]  # L x [N, D]
     sandwich_scale: list[torch.Tensor | None]  # L x ([N] float32, or None without a sandwich norm)
+    # L x ([H, N] float32 log-sum-exp of each row of the layer's softmax, or None where it was not recorded)
+    logsumexp: list[torch.Tensor | None] = field(default_factory=list)
 
     @property
     def num_layers(self) -> int:
@@ -62,14 +71,17 @@ def capture_residuals(
         stored = t.to(dtype=store_dtype or t.dtype, device=store_device or t.device)
         return stored.clone() if stored.data_ptr() == t.data_ptr() else stored
 
+    recorder = _LogSumExpRecorder(num_layers, store_device)
     handles = []
     for index in range(num_layers):
 
         def keep_in(module, args, kwargs, index=index):
             x_in[index] = keep(_first_tensor(args, kwargs))
+            recorder.layer = index
 
         def keep_mid(module, args, kwargs, index=index):
             x_mid[index] = keep(_first_tensor(args, kwargs))
+            recorder.layer = None
 
         handles.append(adapter.layer(index).register_forward_pre_hook(keep_in, with_kwargs=True))
         handles.append(adapter.mid_hook_module(index).register_forward_pre_hook(keep_mid, with_kwargs=True))
@@ -86,7 +98,8 @@ def capture_residuals(
     base = adapter.base_model()
     device = next(base.parameters()).device
     try:
-        base(input_ids=input_ids[None].to(device), use_cache=False)
+        with recording_logsumexp(recorder):
+            base(input_ids=input_ids[None].to(device), use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
@@ -98,4 +111,71 @@ def capture_residuals(
         x_in=list(x_in),  # type: ignore[arg-type]
         x_mid=list(x_mid),  # type: ignore[arg-type]
         sandwich_scale=scales,
+        logsumexp=recorder.kept(),
     )
+
+
+class _LogSumExpRecorder:
+    """Where the sdpa calls of one capture put their rows' log-sum-exp: one slot per layer, filled by the single
+    plain call made between the layer's input hook and its mid hook (a layer with several calls keeps none)."""
+
+    def __init__(self, num_layers: int, store_device: torch.device | str | None) -> None:
+        self.layer: int | None = None
+        self.slots: list[torch.Tensor | None] = [None] * num_layers
+        self.calls = [0] * num_layers
+        self.store_device = store_device
+
+    def record(self, logsumexp: torch.Tensor) -> None:
+        if self.layer is None:
+            return
+        self.calls[self.layer] += 1
+        stored = logsumexp[0] if self.store_device is None else logsumexp[0].to(self.store_device)
+        self.slots[self.layer] = stored
+
+    def kept(self) -> list[torch.Tensor | None]:
+        return [slot if calls == 1 else None for slot, calls in zip(self.slots, self.calls, strict=True)]
+
+
+_PATCH_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def recording_logsumexp(recorder: _LogSumExpRecorder) -> Iterator[None]:
+    """While inside, ``torch.nn.functional.scaled_dot_product_attention`` calls that sdpa would send to its CPU
+    flash-attention kernel (float32, batch 1, causal, no mask, no dropout, as many keys as queries) go to that
+    kernel directly, which returns the same output and each row's log-sum-exp; every other call is untouched.
+    """
+    from .attention import CPU_FLASH_ATTENTION
+
+    functional = torch.nn.functional
+    original = functional.scaled_dot_product_attention
+
+    def sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+        plain = (
+            recorder.layer is not None
+            and attn_mask is None
+            and dropout_p == 0.0
+            and is_causal
+            and query.device.type == "cpu"
+            and query.dtype == key.dtype == value.dtype == torch.float32
+            and query.dim() == 4
+            and query.shape[0] == 1
+            and query.shape[2] == key.shape[2] == value.shape[2]
+            and query.shape[-1] == key.shape[-1] == value.shape[-1]
+            and (query.shape[1] == key.shape[1] or (enable_gqa and query.shape[1] % key.shape[1] == 0))
+        )
+        if not plain:
+            return original(
+                query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                enable_gqa=enable_gqa,
+            )
+        output, logsumexp = CPU_FLASH_ATTENTION(query, key, value, 0.0, True, scale=scale)
+        recorder.record(logsumexp)
+        return output
+
+    with _PATCH_LOCK:
+        functional.scaled_dot_product_attention = sdpa
+        try:
+            yield
+        finally:
+            functional.scaled_dot_product_attention = original

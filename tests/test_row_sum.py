@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from tiny_models import make_tiny_model, random_ids
 
-from spantrace.attention import attention_rows, first_visible, layer_inputs, row_blocks, weighted_row_sum
+import spantrace.attention as attention_module
+from spantrace.attention import (
+    attention_rows,
+    first_visible,
+    fused_row_sum,
+    fused_row_sum_applies,
+    layer_inputs,
+    row_blocks,
+    weighted_row_sum,
+)
 from spantrace.capture import capture_residuals
 from spantrace.kernels import Workspace
 from spantrace.model.adapter import AttentionRule
@@ -133,3 +144,81 @@ def test_channel_weights_keep_the_channels(name: str) -> None:
     got = weighted_row_sum(queries, keys, sinks, weights, rule, 40, block_elements=64, channel_weights=gates)
     assert got.shape == (rule.num_heads, 40, 5)
     torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
+def slow_logsumexp(queries: torch.Tensor, keys: torch.Tensor, rule: AttentionRule) -> torch.Tensor:
+    """Every position's row log-sum-exp [H, N] in float64 (queries [H, N, d] of every position)."""
+    heads, groups = rule.num_heads, rule.num_kv_heads
+    expanded = keys.double().repeat_interleave(heads // groups, dim=0)
+    logits = rule.scaling * queries.double() @ expanded.transpose(1, 2)
+    causal = torch.ones(keys.shape[1], keys.shape[1], dtype=torch.bool).tril()
+    return torch.logsumexp(logits.masked_fill(~causal[None], float("-inf")), dim=-1)
+
+
+FUSED_SINKS = {
+    "a whole generation": lambda n: torch.arange(n // 4, n),
+    "every position": lambda n: torch.arange(n),
+    "one sink": lambda n: torch.tensor([n // 2]),
+    "with gaps": lambda n: torch.tensor([5, 6, 8, 9, 10, 13, 14, 15, 16]),
+    "a span in the middle": lambda n: torch.arange(n // 2, n // 2 + 7),
+}
+
+
+@pytest.mark.parametrize("sink_set", sorted(FUSED_SINKS))
+@pytest.mark.parametrize("heads, groups", [(6, 2), (4, 4), (3, 1)])
+def test_fused_row_sum_matches_float64_rows(sink_set: str, heads: int, groups: int) -> None:
+    rule, length = AttentionRule(heads, groups, 8, 0.35, None, None), 48
+    generator = torch.Generator().manual_seed(heads * 10 + groups)
+    keys = 2 * torch.randn(groups, length, 8, generator=generator)
+    all_queries = 2 * torch.randn(heads, length, 8, generator=generator)
+    sinks = FUSED_SINKS[sink_set](length)
+    # weights over seven orders of magnitude, as hop scores are
+    magnitudes = torch.randint(0, 7, (len(sinks),), generator=generator).float()
+    weights = torch.rand(len(sinks), generator=generator) * 10.0**-magnitudes
+    logsumexp = slow_logsumexp(all_queries, keys, rule).float()
+    queries = all_queries[:, sinks]
+    assert fused_row_sum_applies(sinks, weights, rule, keys.device)
+    width = length if sink_set != "a span in the middle" else int(sinks[-1]) + 5  # sources past the last sink: 0
+    want = torch.einsum("hcn,c->hn", slow_rows(queries, keys, sinks, rule), weights.double())[:, :width]
+    got = fused_row_sum(queries, keys, sinks, weights, logsumexp, rule, width)
+    assert got.shape == (heads, width) and got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=2e-5, atol=1e-12)
+    assert torch.all(got[:, int(sinks[-1]) + 1 :] == 0)
+    # the same as the blocked sum, which computes its own normalisers
+    torch.testing.assert_close(got, weighted_row_sum(queries, keys, sinks, weights, rule, width), rtol=2e-5, atol=1e-12)
+
+
+def test_fused_row_sum_refuses_what_it_cannot_compute() -> None:
+    sinks, weights = torch.arange(10, 20), torch.ones(10)
+    cpu = torch.device("cpu")
+    assert fused_row_sum_applies(sinks, weights, RULES["causal, GQA"], cpu)
+    for name in ("window", "softcap and window, GQA", "sink logits", "chunked, sinks, window"):
+        assert not fused_row_sum_applies(sinks, weights, RULES[name], cpu), name
+    rule = RULES["causal, GQA"]
+    assert not fused_row_sum_applies(sinks, torch.tensor([1.0] * 9 + [-0.5]), rule, cpu)  # a negative weight
+    assert not fused_row_sum_applies(sinks, torch.tensor([1.0] * 9 + [0.0]), rule, cpu)  # weight 0: dropped first
+    assert not fused_row_sum_applies(torch.tensor([0, 30]), torch.ones(2), rule, cpu)  # sparse: most slots empty
+    assert not fused_row_sum_applies(sinks, weights, rule, torch.device("meta"))  # the kernel is the CPU one
+    assert not fused_row_sum_applies(torch.tensor([], dtype=torch.long), torch.ones(0), rule, cpu)
+
+
+def test_summed_rows_take_the_fused_path_only_with_a_checked_logsumexp(monkeypatch) -> None:
+    """The captured normalisers are used where they agree with the recomputed rows, and refused where not."""
+    model = make_tiny_model("llama")
+    adapter = adapter_for(model)
+    capture = capture_residuals(adapter, random_ids(30, seed=4))
+    assert all(entry is not None for entry in capture.logsumexp)
+    calls = []
+    original = attention_module.fused_row_sum
+    monkeypatch.setattr(attention_module, "fused_row_sum", lambda *a, **k: calls.append(1) or original(*a, **k))
+    sinks = torch.arange(8, 30)
+    weights = torch.rand(22, generator=torch.Generator().manual_seed(1)) + 0.01
+    for index in range(capture.num_layers):
+        layer = layer_inputs(adapter, capture, index)
+        expected = torch.einsum("hcn,c->hn", layer.rows(sinks, 30), weights)
+        torch.testing.assert_close(layer.summed_rows(sinks, weights, 30, 128), expected, rtol=1e-5, atol=1e-7)
+        # a normaliser off by 1e-3 (far more than rounding) is caught by the probe rows: blocked sum, same result
+        wrong = dataclasses.replace(layer, logsumexp=layer.logsumexp + 1e-3)
+        assert wrong._checked_logsumexp is None
+        torch.testing.assert_close(wrong.summed_rows(sinks, weights, 30, 128), expected, rtol=1e-5, atol=1e-7)
+    assert len(calls) == capture.num_layers

@@ -40,12 +40,12 @@ _FALCON = dict(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2
                ssm_multipliers=[0.7, 1.3, 0.8, 1.2, 0.9], ssm_in_multiplier=0.6, ssm_out_multiplier=1.7,
                attention_in_multiplier=0.8, attention_out_multiplier=1.3, key_multiplier=0.9, **_MAMBA)
 CONFIGS: dict[str, tuple[str, dict]] = {
-    # the mixer clamps dt at time_step_min from below
+    # the mixer clamps dt from below: at time_step_min up to transformers 5.24, at time_step_limit[0] from 5.25
     "nemotron_h": ("nemotron_h", dict(
         layers_block_type=["linear_attention", "full_attention", "mlp", "linear_attention"], num_attention_heads=4,
         num_key_value_heads=2, head_dim=8, intermediate_size=48, ssm_state_size=5, mamba_num_heads=4,
         mamba_head_dim=6, n_groups=2, conv_kernel=4, chunk_size=5, use_bias=True, use_conv_bias=True,
-        time_step_min=0.05)),
+        time_step_min=0.05, time_step_limit=(0.05, float("inf")))),
     # NoPE attention, residual multiplier on the mixer branch
     "granitemoehybrid": ("granitemoehybrid", dict(
         num_hidden_layers=2, layer_types=["mamba", "attention"], num_attention_heads=4, num_key_value_heads=2,
