@@ -10,7 +10,7 @@ address-space cap (``--mem-cap-gb``, default 20 GB = 18.6 GiB): our side runs th
 reference side runs ``benchmarks/_reference_runner.py`` with the ref venv's python. Both load the same
 weights (the safetensors copy of the built-in SmolLM2-135M-Instruct in spantrace's cache, float32; the
 reference with ``attn_implementation="eager"``, which it needs for ``output_attentions``) and trace the
-same token ids: a slice of the shared public-domain haystack, prompt = first 3/4, span O = last 32 tokens.
+same token ids: a slice of the bundled public-domain haystack, prompt = first 3/4, span O = last 32 tokens.
 
 What is compared (the reference cannot be called with our benchmark's exact convention through its
 public ``FlashTrace.trace``, so each reference variant is paired with the spantrace trace that matches it):
@@ -52,7 +52,7 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-HAYSTACK = ROOT.parent / "shared" / "data" / "haystack_public_domain.txt"
+HAYSTACK = "haystack_public_domain.txt"  # bundled with spantrace: spantrace.eval.tasks.files.data_file
 REF_VENV = BENCH_DIR / ".venv-ref"
 RUNNER = BENCH_DIR / "_reference_runner.py"
 SCRATCH_PREFIX = "ref-"  # scratch files in the results folder (git-ignored)
@@ -288,13 +288,15 @@ def child_prepare(length: int, output: Path, prompt_share: float, span_tokens: i
     from transformers import AutoTokenizer
 
     import spantrace
+    from spantrace.eval.tasks.files import data_file
     from spantrace.model import builtin
 
     entry = builtin.cache_entry()
     if not builtin.is_complete(entry):
         spantrace.load()  # builds the safetensors cache of the built-in model
     tokenizer = AutoTokenizer.from_pretrained(entry)
-    text = HAYSTACK.read_text(encoding="utf-8")
+    haystack = data_file(HAYSTACK)
+    text = haystack.read_text(encoding="utf-8")
     chars = length * 8
     while True:
         ids = tokenizer(text[:chars], add_special_tokens=False)["input_ids"]
@@ -302,7 +304,7 @@ def child_prepare(length: int, output: Path, prompt_share: float, span_tokens: i
             break
         chars *= 2
     if len(ids) < length:
-        raise SystemExit(f"the haystack {HAYSTACK} has only {len(ids)} tokens; asked for {length}")
+        raise SystemExit(f"the haystack {haystack} has only {len(ids)} tokens; asked for {length}")
     ids = [int(i) for i in ids[:length]]
     prompt_length = int(length * prompt_share)
     spec = {
@@ -310,7 +312,7 @@ def child_prepare(length: int, output: Path, prompt_share: float, span_tokens: i
         "prompt_length": prompt_length,
         "span": [length - span_tokens, length],
         "model_dir": str(entry),
-        "source": f"{HAYSTACK.name}[:{chars}] tokenised, first {length} tokens",
+        "source": f"{HAYSTACK}[:{chars}] tokenised, first {length} tokens",
     }
     output.write_text(json.dumps(spec))
 

@@ -9,8 +9,8 @@ no network; bfloat16; random seeded token ids, as there is no tokenizer):
         --jobs forward flashtrace --out benchmarks/results/trace-qwen3-8b.json
 
 Each (length, job) runs in a fresh process so its peak memory is its own: peak RSS always, and on CUDA
-``torch.cuda.max_memory_allocated`` (weights included). The sequence is text from the shared public-domain
-haystack (or random ids when it is absent or the model has no tokenizer): the first 3/4 is the prompt, the
+``torch.cuda.max_memory_allocated`` (weights included). The sequence is text from the public-domain haystack
+bundled with spantrace (or random ids when the model has no tokenizer): the first 3/4 is the prompt, the
 rest the "generation" (``--prompt-share``); the traced span is its last 32 tokens (``--span-tokens``), with
 one recursive hop over the whole generation (the paper's default, T ∪ O; ``--hops``). The results go to
 ``--out`` (JSON) and a log–log plot of time and peak memory against tokens to ``--plot`` (default: ``--out``
@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
     import spantrace
 
-HAYSTACK = Path(__file__).resolve().parents[2] / "shared" / "data" / "haystack_public_domain.txt"
+HAYSTACK = "haystack_public_domain.txt"  # bundled with spantrace: spantrace.eval.tasks.files.data_file
 JOBS = ("forward", "flashtrace", "ifr")  # --smoke runs these
 DTYPES = ("bfloat16", "float16", "float32")
 
@@ -296,8 +296,10 @@ DEFAULT_WORKLOAD = Workload()
 def token_ids(model: spantrace.Model, length: int) -> torch.Tensor:
     import torch
 
-    if HAYSTACK.is_file() and model.tokenizer is not None:
-        text = HAYSTACK.read_text(encoding="utf-8")[: length * 8]
+    from spantrace.eval.tasks.files import data_file
+
+    if model.tokenizer is not None:
+        text = data_file(HAYSTACK).read_text(encoding="utf-8")[: length * 8]
         ids = model.tokenizer(text, add_special_tokens=False)["input_ids"][:length]
         if len(ids) == length:
             return torch.tensor(ids)

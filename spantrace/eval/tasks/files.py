@@ -1,8 +1,10 @@
-"""Tasks loaded from local files (shared/DATA.md): GSM8K, MoreHopQA and HotpotQA.
+"""Tasks loaded from data files: GSM8K, MoreHopQA and HotpotQA.
 
-The data folder is ``$SPANTRACE_DATA_DIR``, else ``../shared/data`` next to the repository. Every
-loader error is a ``TaskDataError`` naming the file, the record and the missing or malformed field.
-The bundled files are checked against their sha256 when read under their bundled names.
+The files ship inside the package, in ``spantrace/eval/data`` (its README.md says where each comes from
+and under which licence; none is under spantrace's Apache-2.0). ``$SPANTRACE_DATA_DIR`` names another
+folder to read them from instead. Every loader error is a ``TaskDataError`` naming the file, the record
+and the missing or malformed field. The files are checked against their sha256 when read under their
+bundled names.
 
 Prompts: GSM8K asks for step-by-step reasoning and a final number (scoring ``"number"``); the QA
 tasks list the context paragraphs as ``Title: sentences`` and then the question (scoring ``"part"``:
@@ -20,6 +22,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterator
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -47,18 +50,22 @@ class TaskDataError(SpanTraceError, ValueError):
 
 
 def data_dir() -> Path:
-    """``$SPANTRACE_DATA_DIR``, else ``<repository>/../shared/data``."""
+    """``$SPANTRACE_DATA_DIR``, else the package's bundled data folder (``spantrace/eval/data``)."""
     configured = os.environ.get(DATA_DIR_VARIABLE)
     if configured:
         return Path(configured)
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+    return Path(str(files("spantrace.eval.data")))
 
 
 def data_file(name: str) -> Path:
     """The bundled file ``name`` in the data folder, verified by its sha256."""
     path = data_dir() / name
     if not path.is_file():
-        raise TaskDataError(f"{path} does not exist; set {DATA_DIR_VARIABLE} to the folder holding {name}")
+        if os.environ.get(DATA_DIR_VARIABLE):
+            fix = f"add {name} to that folder, or unset {DATA_DIR_VARIABLE} to read the bundled copy"
+        else:
+            fix = f"this spantrace install lacks its bundled data: reinstall it, or set {DATA_DIR_VARIABLE}"
+        raise TaskDataError(f"{path} does not exist; {fix}")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if name in SHA256 and digest != SHA256[name]:
         raise TaskDataError(f"{path} has sha256 {digest}, not the bundled file's {SHA256[name]}; restore it")

@@ -1,4 +1,4 @@
-"""RULER-style synthetic tasks, re-implemented from the description in shared/RULER.md (no RULER code).
+"""RULER-style synthetic tasks, re-implemented from a written description of RULER's tasks (no RULER code).
 
 Task names: ``niah_single`` (one key, one value), ``niah_mq_q2`` / ``niah_mq_q4`` (4 keys, 2 or 4 of
 them asked), ``niah_mv_v2`` / ``niah_mv_v4`` (one key with 2 or 4 values), ``vt_h{hops}_c{chains}``
