@@ -319,7 +319,8 @@ Examples:
 @app.command(name="eval", epilog=EVAL_EXAMPLES)
 def eval_(
     task: Annotated[str, typer.Option(metavar="NAME", help="niah_single, niah_mq_q2/4, niah_mv_v2/4, vt_h<H>_c<C>, "
-                                      "gsm8k, morehopqa, hotpotqa, docs_needle (docs_needle_d<N>: N documents).")],
+                                      "gsm8k, morehopqa, hotpotqa, docs_needle (docs_needle_d<N>: N documents; "
+                                      "docs_needle_matched[_d<N>]: documents of equal word counts).")],
     out: Annotated[Path, typer.Option(dir_okay=False, metavar="PATH", help="JSONL results file (resumed if present).")],
     methods: Annotated[
         str, typer.Option(metavar="A,B", help="Comma-separated methods, or 'all' for every registered one.")
