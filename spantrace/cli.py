@@ -132,6 +132,14 @@ def trace(
             dir_okay=False,
         ),
     ] = None,
+    documents_message: Annotated[
+        int | None,
+        typer.Option(
+            metavar="INDEX",
+            help="With --messages: the user or system message (its index; negative from the end) that the "
+            "documents open [default: the last user message].",
+        ),
+    ] = None,
     output: Annotated[
         str | None,
         typer.Option(
@@ -227,6 +235,7 @@ def trace(
             messages=messages,
             tools=tools,
             documents=documents,
+            documents_message=documents_message,
             output=output_text,
             chat=chat,
             max_new_tokens=max_new_tokens,
