@@ -113,6 +113,7 @@ class Model:
         messages: Sequence[Mapping[str, Any]] | None = None,
         tools: Sequence[Mapping[str, Any]] | None = None,
         documents: Sequence[str | Mapping[str, Any]] | None = None,
+        documents_message: int | None = None,
         output: str | None = None,
         input_ids: torch.Tensor | Sequence[int] | None = None,
         prompt_length: int | None = None,
@@ -128,13 +129,14 @@ class Model:
         or ``messages`` (a chat: ``{"role": ..., "content": ...}``, with ``tools`` for the chat template; a
         last assistant message is traced as given, else the answer is generated), or ``input_ids`` (1-D)
         with ``prompt_length`` (positions ``prompt_length…`` are the generation). ``documents`` (strings or
-        ``{"name": ..., "text": ...}``) go before the prompt or the last user message. Layouts and rules:
+        ``{"name": ..., "text": ...}``) go before the prompt or the last user message (or the user or system
+        message whose index in ``messages`` is ``documents_message``, negative from the end). Layouts and rules:
         ``spantrace.inputs``; every message's and document's token range is kept in ``Run.layout``.
         ``store_dtype`` (e.g. ``torch.float16``) halves what is kept; ``offload`` keeps it on the CPU.
         """
         layout = None
         if input_ids is not None:
-            if any(x is not None for x in (prompt, output, messages, documents, tools)):
+            if any(x is not None for x in (prompt, output, messages, documents, documents_message, tools)):
                 raise InputError("give either text (`prompt`, `messages`, `output`) or `input_ids`, not both")
             ids = _as_id_list(input_ids)
             if prompt_length is None:
@@ -144,7 +146,8 @@ class Model:
                 raise InputError("nothing to run: give `prompt` (text), `messages` (a chat) or `input_ids`")
             tokenizer = self._require_tokenizer("a text prompt")
             prepared = inputs.prepare(
-                tokenizer, prompt=prompt, messages=messages, tools=tools, documents=documents, output=output, chat=chat
+                tokenizer, prompt=prompt, messages=messages, tools=tools, documents=documents,
+                documents_message=documents_message, output=output, chat=chat,
             )
             if prepared.output_ids is None:
                 generated = self.generate(prepared.ids, max_new_tokens=max_new_tokens, progress=progress)

@@ -132,6 +132,14 @@ def trace(
             dir_okay=False,
         ),
     ] = None,
+    documents_message: Annotated[
+        int | None,
+        typer.Option(
+            metavar="INDEX",
+            help="With --messages: the user or system message (its index; negative from the end) that the "
+            "documents open [default: the last user message].",
+        ),
+    ] = None,
     output: Annotated[
         str | None,
         typer.Option(
@@ -227,6 +235,7 @@ def trace(
             messages=messages,
             tools=tools,
             documents=documents,
+            documents_message=documents_message,
             output=output_text,
             chat=chat,
             max_new_tokens=max_new_tokens,
@@ -319,7 +328,8 @@ Examples:
 @app.command(name="eval", epilog=EVAL_EXAMPLES)
 def eval_(
     task: Annotated[str, typer.Option(metavar="NAME", help="niah_single, niah_mq_q2/4, niah_mv_v2/4, vt_h<H>_c<C>, "
-                                      "gsm8k, morehopqa, hotpotqa, docs_needle (docs_needle_d<N>: N documents).")],
+                                      "gsm8k, morehopqa, hotpotqa, docs_needle (docs_needle_d<N>: N documents; "
+                                      "docs_needle_matched[_d<N>]: documents of equal word counts).")],
     out: Annotated[Path, typer.Option(dir_okay=False, metavar="PATH", help="JSONL results file (resumed if present).")],
     methods: Annotated[
         str, typer.Option(metavar="A,B", help="Comma-separated methods, or 'all' for every registered one.")

@@ -15,8 +15,9 @@ text, in this layout (the JSON is ``json.dumps`` of the call or the tool definit
     assistant content            →   CONTENT\\n<tool_call>\\n{"name": ..., "arguments": ...}\\n</tool_call>
     tools=[...]                  →   the system message, then \\n\\nTools you can call:\\n{tool JSON}\\n{tool JSON}
 
-Documents (``documents=["text", {"name": ..., "text": ...}]``) go at the start of the (last) user
-message, before its own text:
+Documents (``documents=["text", {"name": ..., "text": ...}]``) go at the start of the prompt, or of one
+message of a conversation (the last user message, or the user or system message that
+``documents_message=`` names by its index in ``messages``, negative from the end), before its own text:
 
     Document 1: NAME\\nTEXT\\n\\nDocument 2\\nTEXT\\n\\nPROMPT
 
@@ -358,11 +359,15 @@ def render_conversation(
     *,
     tools: Sequence[Mapping[str, Any]] | None = None,
     documents: Sequence[Document] = (),
+    documents_message: int | None = None,
     add_generation_prompt: bool = True,
 ) -> Rendered:
-    """``messages`` rendered by ``tokenizer``'s chat template, with each content, document and tool call located."""
+    """``messages`` rendered by ``tokenizer``'s chat template, with each content, document and tool call located.
+
+    The documents open the message ``documents_message`` (an index into ``messages``; None: the last user one)."""
     if not has_chat_template(tokenizer):
         raise InputError("this tokenizer has no chat template, so it cannot render messages; give `prompt=` text")
+    target = documents_target(messages, documents_message, bool(documents))
     native_calls = _template_mentions(tokenizer, "tool_calls")
     native_tools = tools is not None and _template_mentions(tokenizer, "tools")
     messages = list(messages)
@@ -370,7 +375,7 @@ def render_conversation(
     if tools is not None and not native_tools and not any(m.role == "system" for m in messages):
         messages.insert(0, Message("system", ""))
         shift = 1
-    contents, inner = _contents(tokenizer, messages, tools, documents)
+    contents, inner = _contents(tokenizer, messages, tools, documents, None if target is None else target + shift)
 
     def render(texts: Sequence[str]) -> str:
         dicts = []
@@ -416,20 +421,18 @@ def _contents(
     messages: Sequence[Message],
     tools: Sequence[Mapping[str, Any]] | None,
     documents: Sequence[Document],
+    target: int | None,
 ) -> tuple[list[str], list[list[tuple[str, str, int, CharRange]]]]:
     """Each message's content as the template gets it, and the pieces inside it ``(kind, name, index, range)``:
-    documents (in the last user message), tool calls written as text, tool definitions in the system message."""
+    documents (in message ``target``), tool calls written as text, tool definitions in the system message."""
     native_calls = _template_mentions(tokenizer, "tool_calls")
     native_tools = tools is not None and _template_mentions(tokenizer, "tools")
-    last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
-    if documents and last_user is None:
-        raise InputError("documents go into a user message, and this conversation has none; add a user message")
     contents: list[str] = []
     inner: list[list[tuple[str, str, int, CharRange]]] = []
     call_index = 0
     for number, message in enumerate(messages):
         content, pieces = message.content, []
-        if number == last_user and documents:
+        if number == target and documents:
             content, ranges = with_documents(content, documents)
             pieces += _document_pieces(documents, ranges)
         if message.tool_calls and not native_calls:
@@ -453,6 +456,31 @@ def _contents(
         contents.append(content)
         inner.append(pieces)
     return contents, inner
+
+
+def documents_target(messages: Sequence[Message], documents_message: int | None, has_documents: bool) -> int | None:
+    """The index (≥ 0) of the message the documents open: ``documents_message`` checked (negative: from the
+    end), or the last user message; None without documents."""
+    if not has_documents:
+        if documents_message is not None:
+            raise InputError("`documents_message` says where documents go; give `documents=` too")
+        return None
+    if documents_message is None:
+        last_user = max((i for i, m in enumerate(messages) if m.role == "user"), default=None)
+        if last_user is None:
+            raise InputError("documents go into a user message, and this conversation has none; add a user message")
+        return last_user
+    count = len(messages)
+    if isinstance(documents_message, bool) or not isinstance(documents_message, int):
+        raise InputError(f"`documents_message` must be a message index (an int); got {documents_message!r}")
+    if not -count <= documents_message < count:
+        raise InputError(f"`documents_message` {documents_message} is out of range: the conversation has {count} "
+                         f"messages (0..{count - 1}, or -{count}..-1 from the end)")
+    index = documents_message % count
+    if messages[index].role not in ("user", "system"):
+        raise InputError(f"`documents_message` {documents_message} is message {index} ({messages[index].role}); "
+                         "documents go into a user or system message")
+    return index
 
 
 def _tool_texts(tools: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -684,10 +712,14 @@ def prepare(
     messages: Any = None,
     tools: Sequence[Mapping[str, Any]] | None = None,
     documents: Any = None,
+    documents_message: int | None = None,
     output: str | None = None,
     chat: bool = True,
 ) -> Prepared:
     """Render and tokenise a prompt or a conversation (with documents and tools) for ``Model.run``.
+
+    ``documents_message`` (with ``messages``) is the index in ``messages`` of the user or system message the
+    documents open (negative: from the end); None puts them in the last user message.
 
     A conversation whose last message is the assistant's is traced as given: that message is the output
     (rendered by the template as it would be generated); otherwise the output is ``output`` or generated."""
@@ -696,6 +728,8 @@ def prepare(
     if messages is None:
         if tools is not None:
             raise InputError("`tools=` goes with `messages=`; a plain prompt has no tool calls")
+        if documents_message is not None:
+            raise InputError("`documents_message` picks a message of `messages=`; a plain prompt's documents open it")
         context = render_prompt(tokenizer, prompt, documents=docs, chat=chat)  # type: ignore[arg-type]
         chat_rendered = chat and has_chat_template(tokenizer)
         ids, offsets = encode_rendered(tokenizer, context, add_special_tokens=not chat_rendered)
@@ -714,20 +748,27 @@ def prepare(
     history = parsed[:-1] if given_turn else parsed
     if not history:
         raise InputError("the conversation has nothing before the assistant's turn; start it with a user message")
-    context = render_conversation(tokenizer, history, tools=tools, documents=docs)
+    target = documents_target(parsed, documents_message, bool(docs))  # an index into the messages as given
+    context = render_conversation(tokenizer, history, tools=tools, documents=docs, documents_message=target)
     ids, offsets = encode_rendered(tokenizer, context, add_special_tokens=False)
     prepared = Prepared(context, ids, offsets, special, "chat", output_message=len(history))
     if not given_turn:
         return _with_output(tokenizer, prepared, output, [])
-    text, segments = _given_turn(tokenizer, parsed, tools, docs, context)
+    text, segments = _given_turn(tokenizer, parsed, tools, docs, target, context)
     return _with_output(tokenizer, prepared, text, segments)
 
 
 def _given_turn(
-    tokenizer: Any, messages: list[Message], tools: Any, documents: Sequence[Document], context: Rendered
+    tokenizer: Any,
+    messages: list[Message],
+    tools: Any,
+    documents: Sequence[Document],
+    target: int | None,
+    context: Rendered,
 ) -> tuple[str, list[Segment]]:
     """The last assistant message as the template writes it after the context, and its pieces (in its text)."""
-    full = render_conversation(tokenizer, messages, tools=tools, documents=documents, add_generation_prompt=False)
+    full = render_conversation(tokenizer, messages, tools=tools, documents=documents, documents_message=target,
+                               add_generation_prompt=False)
     cut = len(context.text)
     if full.text.startswith(context.text):
         text = full.text[cut:].rstrip()
@@ -739,7 +780,7 @@ def _given_turn(
         return text, pieces
     # The template rewrites earlier turns once a new one is added: take the content (and calls) as they are.
     last = messages[-1]
-    contents, inner = _contents(tokenizer, [last], None, ())
+    contents, inner = _contents(tokenizer, [last], None, (), None)
     number = len(messages) - 1
     text = contents[0]
     pieces = [Segment("message", f"assistant #{number}", (0, len(text)), role="assistant", index=number,

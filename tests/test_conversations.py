@@ -109,6 +109,19 @@ def test_cli_traces_a_conversation(model: spantrace.Model, tmp_path: Path) -> No
     assert TraceResult.load(saved).by("tool_result")[0].name == "tool #3 (get_weather)"
 
 
+def test_cli_documents_message_puts_documents_in_that_message(model: spantrace.Model, tmp_path: Path) -> None:
+    saved = tmp_path / "chat.json"
+    args = ["trace", "--messages", str(EXAMPLES / "chat.json"), "--documents", str(EXAMPLES / "documents.json"),
+            "--documents-message", "1", "--by", "document", "--hops", "0", "--json", str(saved), "-q"]
+    outcome = CliRunner().invoke(app, args)
+    assert outcome.exit_code == 0, outcome.output
+    layout = TraceResult.load(saved).layout
+    documents = [s for s in layout.segments if s.kind == "document"]
+    assert {s.name for s in documents} == {"eiffel", "colosseum", "big-ben"} and {s.message for s in documents} == {1}
+    first_user = next(s for s in layout.segments if s.kind == "message" and s.index == 1)
+    assert all(first_user.chars[0] <= s.chars[0] < s.chars[1] <= first_user.chars[1] for s in documents)
+
+
 @pytest.mark.parametrize(
     ("content", "extra", "message"),
     [
@@ -117,6 +130,10 @@ def test_cli_traces_a_conversation(model: spantrace.Model, tmp_path: Path) -> No
         ({"turns": []}, [], '"messages" list'),
         ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello."}], ["--by", "document"],
          "no document boundaries"),
+        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello."}],
+         ["--documents", str(EXAMPLES / "documents.json"), "--documents-message", "2"], "out of range"),
+        ([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Hello."}],
+         ["--documents", str(EXAMPLES / "documents.json"), "--documents-message", "-1"], "is message 1 (assistant)"),
     ],
 )
 def test_cli_bad_conversations_give_one_line(model, tmp_path: Path, content, extra, message: str) -> None:

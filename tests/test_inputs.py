@@ -74,6 +74,51 @@ def test_tools_and_documents_get_their_own_ranges(tokenizer) -> None:
     assert "Document 1\nParis is in France.\n\nDocument 2: wiki\nLyon too.\n\nuser" in rendered.text
 
 
+def test_documents_message_picks_where_documents_go(tokenizer) -> None:
+    documents = ["Paris is in France.", {"name": "wiki", "text": "Lyon too."}]
+    header = "Document 1\nParis is in France.\n\nDocument 2: wiki\nLyon too.\n\n"
+    chat = [*CHAT[:4], {"role": "user", "content": "And tomorrow?"}]  # two user messages: 1 and 4
+    default = prepare(tokenizer, messages=chat, documents=documents)
+    assert header + "And tomorrow?" in default.context.text  # the last user message, as before
+    for index in (1, -4):  # the earlier user message, by its index or from the end
+        prepared = prepare(tokenizer, messages=chat, documents=documents, documents_message=index)
+        assert header + "user" in prepared.context.text and header + "And" not in prepared.context.text
+        docs = [s for s in prepared.context.segments if s.kind == "document"]
+        assert [text_of(prepared.context, s) for s in docs] == ["Paris is in France.", "Lyon too."]
+        assert {s.message for s in docs} == {1}
+    # a system message, with spantrace's own tools text after its content; the traced assistant turn keeps them
+    given = prepare(tokenizer, messages=CHAT, tools=TOOLS, documents=documents, documents_message=0)
+    assert header + "You are a travel agent.\n\nTools you can call:" in given.context.text
+    docs = [s for s in given.context.segments if s.kind == "document"]
+    assert [text_of(given.context, s) for s in docs] == ["Paris is in France.", "Lyon too."]
+    assert given.output_text.startswith("It is sunny in Paris.")
+    # the documents' message is counted in the messages as given, not after the tools' system message
+    no_system = [{"role": "user", "content": "Weather?"}]
+    added = prepare(tokenizer, messages=no_system, tools=TOOLS, documents=documents, documents_message=0)
+    assert header + "Weather?" in added.context.text
+
+
+def test_documents_message_errors(tokenizer) -> None:
+    with pytest.raises(InputError, match=r"out of range: the conversation has 5 messages \(0..4, or -5..-1"):
+        prepare(tokenizer, messages=CHAT, documents=["A."], documents_message=5)
+    with pytest.raises(InputError, match="out of range"):
+        prepare(tokenizer, messages=CHAT, documents=["A."], documents_message=-6)
+    with pytest.raises(InputError, match=r"is message 3 \(tool\); documents go into a user or system message"):
+        prepare(tokenizer, messages=CHAT, documents=["A."], documents_message=3)
+    with pytest.raises(InputError, match=r"-1 is message 4 \(assistant\)"):
+        prepare(tokenizer, messages=CHAT, documents=["A."], documents_message=-1)  # the traced turn
+    with pytest.raises(InputError, match="must be a message index"):
+        prepare(tokenizer, messages=CHAT, documents=["A."], documents_message="1")
+    with pytest.raises(InputError, match="give `documents=` too"):
+        prepare(tokenizer, messages=CHAT, documents_message=1)
+    with pytest.raises(InputError, match="a plain prompt's documents open it"):
+        prepare(tokenizer, prompt="Q?", documents=["A."], documents_message=0)
+    for bad in (5, 3):
+        with pytest.raises(InputError) as error:
+            prepare(tokenizer, messages=CHAT, documents=["A."], documents_message=bad)
+        assert "\n" not in str(error.value)
+
+
 def test_documents_layout() -> None:
     text, ranges = with_documents("Q?", parse_documents([{"name": "a", "text": "A."}, "B."]))
     assert text == "Document 1: a\nA.\n\nDocument 2\nB.\n\nQ?"

@@ -170,6 +170,42 @@ def test_docs_needle_one_needle_deterministic_and_fitted(tokenizer):
         make_samples("docs_needle", 1, tokenizer=tokenizer, length=30)
 
 
+def test_docs_needle_matched_equal_words_one_needle_and_paired(tokenizer):
+    samples = make_samples("docs_needle_matched", 4, tokenizer=tokenizer, length=400, seed=7)
+    again = make_samples("docs_needle_matched", 4, tokenizer=tokenizer, length=400, seed=7)
+    assert samples == again and samples != make_samples("docs_needle_matched", 4, tokenizer=tokenizer, length=400)
+    assert samples != make_samples("docs_needle_matched", 4, tokenizer=tokenizer, length=380, seed=7)
+    plain = make_samples("docs_needle", 4, tokenizer=tokenizer, length=400, seed=7)
+    count = token_counter(tokenizer)
+    for sample, twin in zip(samples, plain, strict=True):
+        documents, needle = sample.metadata["documents"], sample.metadata["needle_document"]
+        assert sample.task == "docs_needle_matched" and sample.sample_id.startswith("docs_needle_matched-7-")
+        assert len({len(text.split()) for text in documents}) == 1  # every document: the same number of words
+        holders = [i for i, text in enumerate(documents) if "special magic number" in text]
+        assert holders == [needle] and documents[needle].count("special magic number") == 1
+        ((start, end),) = sample.gold_spans
+        assert re.fullmatch(r"The special magic number for [a-z]+-[a-z]+ is: \d{7}\.", sample.text[start:end])
+        # the needle sits at a sentence boundary: the document starts with it, or it follows a sentence end
+        inside = documents[needle].index(sample.text[start:end])
+        assert inside == 0 or documents[needle][:inside].rstrip()[-1] in ".!?\"')]"
+        # paired with the plain task: same draws and texts, the needle document cut by the needle's words
+        assert sample.answers == twin.answers and needle == twin.metadata["needle_document"]
+        plain_documents = twin.metadata["documents"]
+        assert all(a == b for i, (a, b) in enumerate(zip(documents, plain_documents, strict=True)) if i != needle)
+        assert len(plain_documents[needle].split()) == len(documents[needle].split()) + 8
+        assert count(sample.text) < count(twin.text) <= 400
+        prepared = inputs.prepare(tokenizer, prompt=sample.metadata["question"], documents=list(documents))
+        assert prepared.ids == build_prompt(tokenizer, sample).ids
+    four = make_samples("docs_needle_matched_d4", 2, tokenizer=tokenizer, length=200)
+    assert [len(s.metadata["documents"]) for s in four] == [4, 4]
+    assert source_kind("docs_needle_matched_d4") == "document"
+    assert all(len({len(t.split()) for t in s.metadata["documents"]}) == 1 for s in four)
+    with pytest.raises(InputError, match="between 2"):
+        docs_needle_documents("docs_needle_matched_d51")
+    with pytest.raises(InputError, match="too short"):
+        make_samples("docs_needle_matched", 1, tokenizer=tokenizer, length=120)
+
+
 # --- the runner ------------------------------------------------------------------------------------------
 
 

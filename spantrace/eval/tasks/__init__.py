@@ -19,7 +19,8 @@ from .files import gsm8k_samples, hotpotqa_samples, morehopqa_samples
 from .ruler import RULER_TASKS, ruler_samples, ruler_spec
 
 FILE_TASKS = {"gsm8k": gsm8k_samples, "morehopqa": morehopqa_samples, "hotpotqa": hotpotqa_samples}
-TASK_NAMES = (*RULER_TASKS, "vt_h<hops>_c<chains>", *FILE_TASKS, "docs_needle", "docs_needle_d<documents>")
+TASK_NAMES = (*RULER_TASKS, "vt_h<hops>_c<chains>", *FILE_TASKS, "docs_needle", "docs_needle_d<documents>",
+              "docs_needle_matched", "docs_needle_matched_d<documents>")
 SENTENCE_TASKS = ("hotpotqa",)  # tasks whose samples carry context sentences with gold ones
 
 
