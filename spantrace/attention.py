@@ -132,12 +132,8 @@ class LayerInputs:
         count = self.keys.shape[1]
         if self.logsumexp.shape != (self.num_heads, count):
             return None
-        probes = torch.unique(torch.tensor([0, count // 3, (2 * count) // 3, count - 1]))
-        queries = self.sink_queries(probes).float()  # [H, P, d]
-        grouped = queries.reshape(self.rule.num_kv_heads, -1, *queries.shape[1:])
-        logits = torch.einsum("gqpd,gnd->gqpn", grouped, self.keys.float()).reshape(self.num_heads, len(probes), count)
-        logits = logits * self.rule.scaling
-        logits.masked_fill_(~visible_sources(probes.to(logits.device), count, self.rule)[None], float("-inf"))
+        probes = torch.unique(torch.tensor([0, count // 3, (2 * count) // 3, count - 1])).to(self.keys.device)
+        logits = attention_logits(self.sink_queries(probes), self.keys, probes, self.rule, count)  # [H, P, N]
         expected = torch.logsumexp(logits, dim=-1)  # [H, P]
         kept = self.logsumexp.to(device=expected.device, dtype=torch.float32)
         if not bool(((kept[:, probes] - expected).abs() <= LOGSUMEXP_TOLERANCE).all()):
@@ -219,7 +215,7 @@ def layer_inputs(
         x_mid=capture.x_mid[index].to(out_weight.device).float(),
         adapter=adapter,
         model_x_in=model_x_in,
-        logsumexp=capture.logsumexp[index] if index < len(capture.logsumexp) else None,
+        logsumexp=capture.logsumexp[index],
     )
 
 
@@ -298,14 +294,8 @@ def attention_rows(
     sinks = sinks.to(queries.device)
     if width is None:
         width = int(sinks.max()) + 1
-    heads, groups = rule.num_heads, rule.num_kv_heads
-    chosen = (queries if queries_selected else queries[:, sinks]).float()  # [H, C, d]
-    grouped = chosen.reshape(groups, heads // groups, *chosen.shape[1:])  # [G, H/G, C, d]
-    logits = torch.einsum("gqcd,gnd->gqcn", grouped, keys[:, :width].float())
-    logits = logits.reshape(heads, sinks.shape[0], width).mul_(rule.scaling)  # [H, C, width]
-    if rule.softcap is not None:
-        logits.div_(rule.softcap).tanh_().mul_(rule.softcap)
-    logits.masked_fill_(~visible_sources(sinks, width, rule)[None], float("-inf"))
+    chosen = queries if queries_selected else queries[:, sinks]  # [H, C, d]
+    logits = attention_logits(chosen, keys, sinks, rule, width)
     # softmax in place (one [H, C, width] buffer instead of three); every row sees its own sink
     top = logits.amax(dim=-1, keepdim=True)  # [H, C, 1]
     if rule.sink_logits is None:
@@ -316,6 +306,20 @@ def attention_rows(
     top = torch.maximum(top, sink_logits)
     logits.sub_(top).exp_()
     return logits.div_(logits.sum(dim=-1, keepdim=True) + (sink_logits - top).exp())
+
+
+def attention_logits(
+    queries: torch.Tensor, keys: torch.Tensor, sinks: torch.Tensor, rule: AttentionRule, width: int
+) -> torch.Tensor:
+    """The logits of sinks ``[C]`` (their queries ``[H, C, d]``) to sources ``0…width−1``: ``scale · q·k``,
+    soft-capped, −inf where a sink cannot see a source. [H, C, width] float32."""
+    heads, groups = rule.num_heads, rule.num_kv_heads
+    grouped = queries.float().reshape(groups, heads // groups, *queries.shape[1:])  # [G, H/G, C, d]
+    logits = torch.einsum("gqcd,gnd->gqcn", grouped, keys[:, :width].float())
+    logits = logits.reshape(heads, sinks.shape[0], width).mul_(rule.scaling)  # [H, C, width]
+    if rule.softcap is not None:
+        logits.div_(rule.softcap).tanh_().mul_(rule.softcap)
+    return logits.masked_fill_(~visible_sources(sinks, width, rule)[None], float("-inf"))
 
 
 def visible_sources(sinks: torch.Tensor, width: int, rule: AttentionRule) -> torch.Tensor:

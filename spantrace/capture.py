@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -31,7 +31,7 @@ class Capture:
     x_mid: list[torch.Tensor]  # L x [N, D]
     sandwich_scale: list[torch.Tensor | None]  # L x ([N] float32, or None without a sandwich norm)
     # L x ([H, N] float32 log-sum-exp of each row of the layer's softmax, or None where it was not recorded)
-    logsumexp: list[torch.Tensor | None] = field(default_factory=list)
+    logsumexp: list[torch.Tensor | None]
 
     @property
     def num_layers(self) -> int:
