@@ -7,8 +7,6 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from .api import Model, Run, load
 from .errors import (
     GroupingError,
@@ -24,6 +22,7 @@ from .methods.registry import available_methods, list_methods, register_method
 from .model.builtin import DEFAULT_MODEL
 from .model.registry import register_adapter, supported_architectures
 from .result import TopToken, TraceResult
+from .version import __version__
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -5,34 +5,31 @@ from __future__ import annotations
 import copy
 import platform
 import time
-import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from . import inputs
 from .attention import KeyValueCache
 from .capture import Capture, capture_residuals
-from .errors import InputError, SpanError, SpanTraceError
+from .errors import InputError, SpanTraceError
+from .inputs import complete_layout, prepare
 from .methods.hops import RECURSIVE_SPANS, trace_hops
 from .methods.registry import get_method
 from .model.adapter import ArchitectureAdapter
 from .model.registry import adapter_for, text_causal_lm
 from .model.selfcheck import SelfCheck, self_check
-from .render.heat import is_special
 from .result import TraceResult
-from .spans import resolve_span, turn_start
+from .spans import check_span, resolve_span, turn_start
+from .text.layout import Layout, layout_from_tokens
+from .text.tokens import is_special, is_stop_token, special_ids, token_strings
+from .version import __version__
 
 DEFAULT_CHUNK_SIZE = 128
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
-
-
-REPLACEMENT = "\ufffd"  # what a tokenizer decodes an incomplete UTF-8 sequence to
-MAX_CHARACTER_TOKENS = 4  # a UTF-8 character has at most 4 bytes, so byte-level BPE splits it into ≤ 4 tokens
 
 
 class Model:
@@ -72,7 +69,7 @@ class Model:
     def encode_prompt(self, prompt: str, *, chat: bool = True) -> list[int]:
         """Token ids of ``prompt``, wrapped in the chat template when asked and available."""
         tokenizer = self._require_tokenizer("a text prompt")
-        return inputs.prepare(tokenizer, prompt=prompt, chat=chat).ids
+        return prepare(tokenizer, prompt=prompt, chat=chat).ids
 
     def encode_output(self, output: str) -> list[int]:
         tokenizer = self._require_tokenizer("a text output")
@@ -81,23 +78,8 @@ class Model:
         return list(tokenizer(output, add_special_tokens=False)["input_ids"])
 
     def token_strings(self, ids: Sequence[int]) -> list[str]:
-        """Each token's text. A character whose bytes span several tokens goes whole to the first of them and
-        the others get "" (decoded alone, each would be a replacement character)."""
-        if self.tokenizer is None:
-            return [str(int(i)) for i in ids]
-        ids = [int(i) for i in ids]
-        pieces = [self.tokenizer.decode([i]) for i in ids]
-        index = 0
-        while index < len(pieces):
-            if REPLACEMENT in pieces[index]:
-                for end in range(index + 2, min(index + MAX_CHARACTER_TOKENS, len(ids)) + 1):
-                    joined = self.tokenizer.decode(ids[index:end])
-                    if REPLACEMENT not in joined:  # the shortest run of tokens that completes the character
-                        pieces[index : end] = [joined] + [""] * (end - index - 1)
-                        index = end - 1
-                        break
-            index += 1
-        return pieces
+        """Each token's text (rule: ``spantrace.text.tokens.token_strings``)."""
+        return token_strings(self.tokenizer, ids)
 
     # running ---------------------------------------------------------------------------------------
     def generate(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 256, progress: bool = True) -> list[int]:
@@ -145,7 +127,7 @@ class Model:
             if prompt is None and messages is None:
                 raise InputError("nothing to run: give `prompt` (text), `messages` (a chat) or `input_ids`")
             tokenizer = self._require_tokenizer("a text prompt")
-            prepared = inputs.prepare(
+            prepared = prepare(
                 tokenizer, prompt=prompt, messages=messages, tools=tools, documents=documents,
                 documents_message=documents_message, output=output, chat=chat,
             )
@@ -154,7 +136,7 @@ class Model:
             else:
                 generated = prepared.output_ids
             ids, prompt_length = prepared.ids + generated, len(prepared.ids)
-            layout = inputs.complete_layout(tokenizer, prepared, generated)
+            layout = complete_layout(tokenizer, prepared, generated)
         prompt_length = int(prompt_length)
         if not ids:
             raise InputError("the token sequence is empty")
@@ -189,7 +171,7 @@ class Run:
         prompt_length: int,
         *,
         capture_seconds: float = 0.0,
-        layout: inputs.Layout | None = None,
+        layout: Layout | None = None,
     ):
         self.model = model
         self.capture = capture
@@ -200,12 +182,12 @@ class Run:
         self.token_ids: list[int] = [int(i) for i in capture.input_ids]
         self.tokens: list[str] = model.token_strings(self.token_ids)
         # Which characters and tokens came from which message or document, and which are template.
-        self.layout: inputs.Layout = layout if layout is not None else self._token_layout()
+        self.layout: Layout = layout if layout is not None else self._token_layout()
 
-    def _token_layout(self) -> inputs.Layout:
+    def _token_layout(self) -> Layout:
         tokenizer = self.model.tokenizer
-        special = inputs.special_ids(tokenizer) if tokenizer is not None else set()
-        return inputs.layout_from_tokens(
+        special = special_ids(tokenizer) if tokenizer is not None else set()
+        return layout_from_tokens(
             self.tokens, [i in special or is_special(t) for i, t in zip(self.token_ids, self.tokens, strict=True)]
         )
 
@@ -250,7 +232,7 @@ class Run:
 
     def stop_token_mask(self) -> torch.Tensor:
         """[N] bool: tokens made only of punctuation and whitespace."""
-        return torch.tensor([_is_stop_token(token) for token in self.tokens], dtype=torch.bool)
+        return torch.tensor([is_stop_token(token) for token in self.tokens], dtype=torch.bool)
 
     def trace(
         self,
@@ -282,7 +264,7 @@ class Run:
                     span, method=method, hops=hops, recursive=recursive, stop_tokens=stop_tokens,
                     chunk_size=chunk_size, method_options=method_options,
                 )
-        start, end = self._check_span(span)
+        start, end = check_span(self, span)
         if not isinstance(hops, int) or isinstance(hops, bool) or hops < 0:
             raise SpanTraceError(f"hops must be a whole number ≥ 0; got {hops!r}")
         if recursive not in RECURSIVE_SPANS:
@@ -331,29 +313,8 @@ class Run:
         }
         return result
 
-    def _check_span(self, span: Any) -> tuple[int, int]:
-        if not isinstance(span, (tuple, list)) or len(span) != 2:
-            raise SpanError(f"a span is (start, end) token positions, end exclusive; got {span!r}")
-        try:
-            start, end = (int(span[0]), int(span[1]))
-        except (TypeError, ValueError) as error:
-            raise SpanError(f"span positions must be whole numbers; got {span!r}") from error
-        generated = (self.prompt_length, self.num_tokens)
-        if start >= end:
-            raise SpanError(f"the span {start, end} is empty (end is exclusive)")
-        if start < 0 or end > self.num_tokens:
-            raise SpanError(f"the span {start, end} is out of range: the run has {self.num_tokens} tokens")
-        if start < self.prompt_length:
-            raise SpanError(
-                f"the span {start, end} reaches into the prompt; a traced span must lie in the generation "
-                f"{generated} (positions {self.prompt_length}…{self.num_tokens - 1})"
-            )
-        return start, end
-
     def _info(self, method, hops, recursive, stop_tokens, chunk_size, method_options, notes) -> dict[str, Any]:
         import transformers
-
-        from . import __version__
 
         return {
             "model": self.model.model_id,
@@ -385,10 +346,6 @@ def _as_id_list(input_ids: torch.Tensor | Sequence[int]) -> list[int]:
         return [int(i) for i in input_ids]
     except (TypeError, ValueError) as error:
         raise InputError("input_ids must be a 1-D sequence of integer token ids") from error
-
-
-def _is_stop_token(token: str) -> bool:
-    return all(ch.isspace() or unicodedata.category(ch).startswith("P") for ch in token)
 
 
 def load(

@@ -23,16 +23,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .errors import GroupingError
-from .inputs import CharRange, Layout, assign
-from .spans import split_lines, split_sentences
-
-if TYPE_CHECKING:
-    from .result import TraceResult
+from .text.layout import CharRange, Layout, assign
+from .text.pieces import split_lines, split_sentences
 
 TEXT_GROUPINGS = ("token", "word", "sentence", "line", "paragraph")
 STRUCTURE_GROUPINGS = ("message", "document", "tool_result", "tool_call")
@@ -143,11 +140,18 @@ def available_groupings(layout: Layout) -> list[str]:
 
 
 def pool(
-    result: TraceResult, grouping: str | Sequence[Mapping[str, Any]], *, include_template: bool = False
+    layout: Layout,
+    scores: np.ndarray,
+    hop_scores: Sequence[np.ndarray],
+    grouping: str | Sequence[Mapping[str, Any]],
+    *,
+    include_template: bool = False,
 ) -> SourceTable:
-    """``result``'s scores summed over ``grouping`` (module docstring), ranked."""
-    layout = result.layout
-    context = result.prompt_length
+    """The context's scores summed over ``grouping`` (module docstring), ranked.
+
+    scores: [P] final scores of the context (the P positions before the traced turn); hop_scores: each hop's raw
+    scores ([P] or longer: only the first P count); layout: where every token sits."""
+    context = len(scores)
     template = np.asarray(layout.template[:context], dtype=bool)
     considered = np.ones(context, dtype=bool) if include_template else ~template
     groups, name = _groups(layout, grouping, context)
@@ -156,8 +160,8 @@ def pool(
         for position in positions:
             if position < context and owners[position] is None:
                 owners[position] = index
-    scores = np.asarray(result.scores[:context], dtype=np.float64)
-    hops = [np.asarray(h[:context], dtype=np.float64) for h in result.hop_scores]
+    scores = np.asarray(scores, dtype=np.float64)
+    hops = [np.asarray(h[:context], dtype=np.float64) for h in hop_scores]
     total = float(np.clip(scores[considered], 0, None).sum())
     members: dict[int, list[int]] = {}
     for position, owner in enumerate(owners):

@@ -6,16 +6,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .errors import ResultFormatError
-from .inputs import Layout, assign, layout_from_tokens
-from .render.heat import is_special
-
-if TYPE_CHECKING:
-    from .groups import SourceTable
+from .groups import SourceTable, available_groupings, pool, require_pandas
+from .text.layout import Layout, assign, layout_from_tokens
+from .text.tokens import is_special
 
 FORMAT_VERSION = 1
 
@@ -37,7 +35,7 @@ class TraceResult:
     recursive_span: the sinks of hops ≥ 1. rows / row_positions: hop-0 per-sink rows (token-wise
     IFR only). timings: seconds. info: model, method options, versions, notes, template share.
     layout: every token's character range, the messages, documents and tool calls, and which tokens are
-    template (``spantrace.inputs.Layout``); pooled with ``by``.
+    template (``spantrace.text.layout.Layout``); pooled with ``by``.
     """
 
     tokens: list[str]
@@ -101,21 +99,15 @@ class TraceResult:
     def by(self, grouping: str | Sequence[Mapping[str, Any]], *, include_template: bool = False) -> SourceTable:
         """The context's sources ranked by pooled score: ``"sentence"``, ``"message"``, ``"document"``,
         ``"tool_result"``, … or your own ``[{"name": ..., "chars": (a, b)}]`` (all: ``spantrace.groups``)."""
-        from .groups import pool
-
-        return pool(self, grouping, include_template=include_template)
+        return pool(self.layout, self.prompt_scores, self.hop_scores, grouping, include_template=include_template)
 
     def groupings(self) -> list[str]:
         """The groupings this result has boundaries for."""
-        from .groups import available_groupings
-
         return available_groupings(self.layout)
 
     def to_pandas(self) -> Any:
         """One row per token: position, token, id, score, each hop's score, whether it is prompt, template or
         span, its character range, and the message, document and tool call it belongs to (needs pandas)."""
-        from .groups import require_pandas
-
         pandas = require_pandas()
         return pandas.DataFrame.from_records(self.token_records())
 
@@ -150,7 +142,7 @@ class TraceResult:
             records.append(record)
         return records
 
-    # views (spantrace.render, imported when asked for) ------------------------------------------------
+    # views (spantrace.render, below this module; imported when asked for) ------------------------------
     def to_html(
         self,
         path: str | Path | None = None,

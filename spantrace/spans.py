@@ -28,30 +28,20 @@ end of the text. Sentences: a sentence ends at a newline, or after a run of ``.`
 followed by whitespace or the end of the text ("3.5" and "e.g.x" do not split); lines end at newlines.
 ``<think>`` and ``</think>`` tags end a sentence or line and belong to none; blank pieces are dropped.
 
-Characters → tokens. The generated text is ``tokenizer.decode(generated ids)``; each generated token
-carries a character range ``[start, end)`` of it (``CharMap``), built one of two ways:
-
-- ``"offsets"``: when the fast tokenizer re-encodes that text into exactly the run's generated ids, its
-  offset mapping gives the ranges;
-- ``"decode"``: otherwise (the ids do not round-trip, or the tokenizer has no offsets), the ranges come
-  from decoding growing prefixes of the run's own ids: ``decode(ids[:k])`` for k = 0…M.
-
-Either way a character whose bytes are split over several byte-level tokens belongs to every token that
-carries one of its bytes. A character range selects every token whose range overlaps it.
+Characters → tokens follow ``spantrace.text.charmap``; sentences and lines ``spantrace.text.pieces``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import SpanError
-
-if TYPE_CHECKING:
-    from .api import Run
-    from .inputs import Segment
+from .protocols import RunView
+from .text.charmap import CharMap, build_char_map
+from .text.layout import CharRange, Segment
+from .text.pieces import THINK_CLOSE, THINK_OPEN, content_end, split_lines, split_sentences, strip_range
 
 SPAN_FORMS = (
     "(start, end)",
@@ -69,56 +59,13 @@ SPAN_FORMS = (
 )
 STRUCTURE_SPANS = ("message", "turn", "tool_call")
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-# Piece boundaries: an ``end`` match belongs to the piece before it, a ``cut`` match to no piece.
-_SENTENCE_END = re.compile(r"(?P<end>[.!?]+(?=\s|$))|(?P<cut>\n|</?think>)")
-_LINE_END = re.compile(r"(?P<cut>\n|</?think>)")
 _BOXED = re.compile(r"\\boxed\s*\{")
 _INDEX = re.compile(r"[+-]?\d+")
 _CHAR_RANGE = re.compile(r"(\d+)\s*-\s*(\d+)")
 _SHOWN_CHARS = 600  # how much generated text an error message shows (head and tail)
 
-CharRange = tuple[int, int]  # [start, end) in characters of the generated text
 
-
-@dataclass(frozen=True)
-class CharMap:
-    """The generated text and the character range each generated token carries.
-
-    text: ``decode(generated ids)``. starts, ends: [M] per generated token, ``[start, end)`` in ``text``.
-    source: ``"offsets"`` (the tokenizer's offset mapping) or ``"decode"`` (decoded prefixes of the ids).
-    special_tokens: the tokenizer's special token strings (stripped from the end of text spans).
-    """
-
-    text: str
-    starts: list[int]
-    ends: list[int]
-    source: str
-    special_tokens: tuple[str, ...] = ()
-
-    def token_range(self, chars: CharRange) -> tuple[int, int] | None:
-        """``(first, last + 1)`` of the generated tokens overlapping ``chars``, or None when none does."""
-        start, end = chars
-        hits = [k for k, (a, b) in enumerate(zip(self.starts, self.ends, strict=True)) if a < end and b > start]
-        return (hits[0], hits[-1] + 1) if hits else None
-
-
-# --- the character map -----------------------------------------------------------------------------
-
-
-def build_char_map(tokenizer: Any, ids: Sequence[int]) -> CharMap:
-    """The ``CharMap`` of the generated token ``ids`` (offsets when they round-trip, else decoded prefixes)."""
-    ids = [int(i) for i in ids]
-    text = tokenizer.decode(ids)
-    special = tuple(sorted(set(getattr(tokenizer, "all_special_tokens", []) or []), key=len, reverse=True))
-    offsets = _exact_offsets(tokenizer, text, ids)
-    if offsets is not None:
-        return CharMap(text, [a for a, _ in offsets], [b for _, b in offsets], "offsets", special)
-    starts, ends = _decoded_ranges(tokenizer, ids, text)
-    return CharMap(text, starts, ends, "decode", special)
-
-
-def char_map(run: Run) -> CharMap:
+def char_map(run: RunView) -> CharMap:
     """The ``CharMap`` of ``run``'s generated tokens."""
     tokenizer = run.model.tokenizer
     if tokenizer is None:
@@ -126,109 +73,16 @@ def char_map(run: Run) -> CharMap:
     return build_char_map(tokenizer, run.token_ids[run.prompt_length :])
 
 
-def _exact_offsets(tokenizer: Any, text: str, ids: list[int]) -> list[CharRange] | None:
-    """The fast tokenizer's offsets for ``text`` if re-encoding it gives exactly ``ids``, else None."""
-    if not getattr(tokenizer, "is_fast", False):
-        return None
-    try:
-        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    except (NotImplementedError, ValueError, TypeError):
-        return None
-    if [int(i) for i in encoded["input_ids"]] != ids:
-        return None
-    offsets = [(int(a), int(b)) for a, b in encoded["offset_mapping"]]
-    if not all(0 <= a <= b <= len(text) for a, b in offsets):
-        return None
-    return offsets
-
-
-def _decoded_ranges(tokenizer: Any, ids: list[int], text: str) -> tuple[list[int], list[int]]:
-    """Per-token ``[start, end)`` from decoding growing prefixes of ``ids`` (O(M²) decoding work).
-
-    ``complete[k]``: characters of ``text`` fully produced by the first k tokens (the prefix decodes to
-    them, then maybe to a replacement character where a multi-byte character is cut). Token k starts
-    at ``complete[k]`` and ends at ``complete[k + 1]``, plus the cut character when there is one.
-    """
-    complete: list[int] = []
-    cut: list[bool] = []  # the first k tokens end inside a character
-    done = 0
-    for k in range(len(ids) + 1):
-        prefix = tokenizer.decode(ids[:k]) if k else ""
-        shared = _common_prefix_length(prefix, text)
-        done = max(done, shared)  # keep it monotone whatever the tokenizer's clean-up does
-        complete.append(done)
-        cut.append(len(prefix) > shared and done < len(text))
-    starts = complete[:-1]
-    ends = [max(complete[k + 1] + int(cut[k + 1]), starts[k]) for k in range(len(ids))]
-    return starts, ends
-
-
-def _common_prefix_length(a: str, b: str) -> int:
-    limit = min(len(a), len(b))
-    for i in range(limit):
-        if a[i] != b[i]:
-            return i
-    return limit
-
-
-# --- splitting text --------------------------------------------------------------------------------
-
-
-def split_sentences(text: str) -> list[CharRange]:
-    """Character ranges of the sentences of ``text`` (rule in the module docstring), stripped, non-blank."""
-    return _pieces(text, _SENTENCE_END)
-
-
-def split_lines(text: str) -> list[CharRange]:
-    """Character ranges of the non-blank lines of ``text``, stripped."""
-    return _pieces(text, _LINE_END)
-
-
-def _pieces(text: str, boundary: re.Pattern[str]) -> list[CharRange]:
-    pieces, begin = [], 0
-    for match in boundary.finditer(text):
-        pieces.append((begin, match.start() if match.lastgroup == "cut" else match.end()))
-        begin = match.end()
-    pieces.append((begin, len(text)))
-    return [piece for piece in (_strip(text, a, b) for a, b in pieces) if piece is not None]
-
-
-def _strip(text: str, start: int, end: int) -> CharRange | None:
-    """``[start, end)`` without surrounding whitespace; None when nothing is left."""
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return (start, end) if start < end else None
-
-
-def content_end(text: str, special_tokens: Sequence[str]) -> int:
-    """Where ``text`` ends once trailing whitespace and special tokens (``<|im_end|>``, EOS) are cut off."""
-    end = len(text)
-    while True:
-        while end and text[end - 1].isspace():
-            end -= 1
-        token = next((t for t in special_tokens if 0 < len(t) <= end and text.startswith(t, end - len(t))), None)
-        if token is None:
-            return end
-        end -= len(token)
-
-
 # --- resolving specs -------------------------------------------------------------------------------
 
 
-def resolve_span(run: Run, spec: str | tuple[int, int] | Sequence[int]) -> tuple[int, int]:
+def resolve_span(run: RunView, spec: str | tuple[int, int] | Sequence[int]) -> tuple[int, int]:
     """The ``(start, end)`` token positions (end exclusive) of ``spec`` in ``run`` (forms: module docstring).
 
     Raises SpanError when the spec is malformed or matches nothing; the message shows the generated text.
     """
     if isinstance(spec, (tuple, list)):
-        if len(spec) != 2:
-            raise SpanError(f"a span is (start, end) token positions, end exclusive; got {spec!r}")
-        try:
-            return int(spec[0]), int(spec[1])
-        except (TypeError, ValueError) as error:
-            raise SpanError(f"span positions must be whole numbers; got {spec!r}") from error
+        return check_span(run, spec)
     if not isinstance(spec, str):
         raise SpanError(f"a span is (start, end) or one of {', '.join(SPAN_FORMS[1:])}; got {spec!r}")
     kind, _, argument = spec.strip().partition(":")
@@ -245,6 +99,27 @@ def resolve_span(run: Run, spec: str | tuple[int, int] | Sequence[int]) -> tuple
     if tokens is None:
         raise SpanError(f"span {spec!r} covers no generated token; the generated text is {_show(chars.text)}")
     return run.prompt_length + tokens[0], run.prompt_length + tokens[1]
+
+
+def check_span(run: RunView, span: Any) -> tuple[int, int]:
+    """``span`` as ``(start, end)`` token positions, checked: two whole numbers, not empty, inside the run and
+    inside its generation (a traced span never reaches into the prompt). SpanError (one line) otherwise."""
+    if not isinstance(span, (tuple, list)) or len(span) != 2:
+        raise SpanError(f"a span is (start, end) token positions, end exclusive; got {span!r}")
+    try:
+        start, end = (int(span[0]), int(span[1]))
+    except (TypeError, ValueError) as error:
+        raise SpanError(f"span positions must be whole numbers; got {span!r}") from error
+    if start >= end:
+        raise SpanError(f"the span {start, end} is empty (end is exclusive)")
+    if start < 0 or end > run.num_tokens:
+        raise SpanError(f"the span {start, end} is out of range: the run has {run.num_tokens} tokens")
+    if start < run.prompt_length:
+        raise SpanError(
+            f"the span {start, end} reaches into the prompt; a traced span must lie in the generation "
+            f"{(run.prompt_length, run.num_tokens)} (positions {run.prompt_length}…{run.num_tokens - 1})"
+        )
+    return start, end
 
 
 def _char_range(kind: str, argument: str, spec: str, chars: CharMap) -> CharRange:
@@ -280,7 +155,7 @@ def _why_nothing(kind: str) -> str:
 def _answer_range(text: str, end: int) -> CharRange | None:
     close = text.rfind(THINK_CLOSE, 0, end)
     if close >= 0:
-        return _strip(text, close + len(THINK_CLOSE), end)
+        return strip_range(text, close + len(THINK_CLOSE), end)
     lines = split_lines(text[:end])
     if len(lines) > 1:
         return lines[-1]
@@ -296,7 +171,7 @@ def _think_range(text: str, end: int) -> CharRange | None:
     closed = text.find(THINK_CLOSE, start)
     if opened < 0 and closed < 0:
         return None
-    return _strip(text, start, closed if closed >= 0 else end)
+    return strip_range(text, start, closed if closed >= 0 else end)
 
 
 def _boxed_range(text: str) -> CharRange | None:
@@ -306,7 +181,7 @@ def _boxed_range(text: str) -> CharRange | None:
         for position in range(match.end(), len(text)):
             depth += {"{": 1, "}": -1}.get(text[position], 0)
             if depth == 0:
-                inside = _strip(text, match.end(), position)
+                inside = strip_range(text, match.end(), position)
                 if inside is not None:
                     return inside
                 break
@@ -366,7 +241,7 @@ def _show(text: str) -> str:
 # --- conversation structure ------------------------------------------------------------------------
 
 
-def structure_segment(run: Run, kind: str, argument: str, spec: str) -> Segment:
+def structure_segment(run: RunView, kind: str, argument: str, spec: str) -> Segment:
     """The message, assistant turn or tool call that ``message:N``, ``turn:N`` or ``tool_call:N`` names."""
     layout = run.layout
     index = _index(argument, spec)
@@ -397,7 +272,7 @@ def structure_segment(run: Run, kind: str, argument: str, spec: str) -> Segment:
     return segment
 
 
-def turn_start(run: Run, span: tuple[int, int]) -> int | None:
+def turn_start(run: RunView, span: tuple[int, int]) -> int | None:
     """The first token of the assistant message that holds ``span``, when that message lies in the context."""
     segments = run.layout.segments
     for segment in segments:

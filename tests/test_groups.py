@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from spantrace import GroupingError, TraceResult
-from spantrace.inputs import Segment, build_layout
+from spantrace.text.layout import Segment, build_layout
 
 # A two-message context and a generated answer; "<s>", "|" and "\n" between messages are template.
 PIECES = [

@@ -11,15 +11,9 @@ from hypothesis import strategies as st
 
 import spantrace
 from spantrace import SpanError
-from spantrace.spans import (
-    _decoded_ranges,
-    build_char_map,
-    char_map,
-    content_end,
-    resolve_span,
-    split_lines,
-    split_sentences,
-)
+from spantrace.spans import char_map, resolve_span
+from spantrace.text.charmap import _decoded_ranges, build_char_map
+from spantrace.text.pieces import content_end, split_lines, split_sentences
 
 REASONING = "<think>Tom has 3 apples. He buys 4 more, so 3 + 4 = 7!\nThat is all.</think>\nThe answer is \\boxed{7}."
 

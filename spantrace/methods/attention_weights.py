@@ -12,21 +12,19 @@ notes say which layers were left out (a Gated DeltaNet or Mamba-2 layer has no a
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
 from ..attention import layer_kind, mixing_layer
 from ..errors import UnsupportedArchitectureError
+from ..protocols import RunView
 from .base import AttributionMethod, SinkScores
 from .registry import register_method
 
-if TYPE_CHECKING:
-    from ..api import Run
-
 
 def sink_attention(
-    run: Run, index: int, sinks: torch.Tensor, sink_weights: torch.Tensor, chunk_size: int
+    run: RunView, index: int, sinks: torch.Tensor, sink_weights: torch.Tensor, chunk_size: int
 ) -> torch.Tensor:
     """``Σ_i w_i · mean_h α[index, h, i, :]``: layer ``index``'s head-averaged attention of the sinks. [N] float32."""
     layer = mixing_layer(run.adapter, run.capture, index, run.key_value_cache)
@@ -41,7 +39,7 @@ def sink_attention(
 ROW_KINDS = frozenset({"attention", "gated attention", "attention + mamba2"})
 
 
-def attention_layers(run: Run) -> tuple[list[int], list[str]]:
+def attention_layers(run: RunView) -> tuple[list[int], list[str]]:
     """The layers with softmax attention rows, and a note for each layer without (a hybrid's recurrent ones)."""
     kept, notes = [], []
     for index in range(run.capture.num_layers):
@@ -65,7 +63,7 @@ class AttentionLast(AttributionMethod):
     cost: ClassVar[str] = "O(M·N·H) (one layer)"
 
     @torch.inference_mode()
-    def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
+    def score(self, run: RunView, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
         layers, _ = attention_layers(run)
         last = layers[-1]
         notes = () if last == run.capture.num_layers - 1 else (f"the last attention layer is layer {last}",)
@@ -79,7 +77,7 @@ class AttentionMean(AttributionMethod):
     cost: ClassVar[str] = "O(M·N·H) per layer"
 
     @torch.inference_mode()
-    def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
+    def score(self, run: RunView, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
         layers, notes = attention_layers(run)
         total = sum(sink_attention(run, index, sinks, sink_weights, chunk_size) for index in layers)
         return SinkScores(scores=total / len(layers), notes=tuple(notes))

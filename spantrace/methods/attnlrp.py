@@ -23,21 +23,19 @@ so the attention probabilities alive at once are O(H · chunk · N).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from ..errors import UnsupportedArchitectureError
+from ..model.adapter import AttentionRule
 from ..model.llama import LlamaStyleAdapter
+from ..protocols import RunView
 from . import lrp_rules as rules
 from .base import AttributionMethod, SinkScores
 from .objective import Objective, input_embeddings, objective_for, scores_over_run
 from .registry import register_method
-
-if TYPE_CHECKING:
-    from ..api import Run
-    from ..model.adapter import AttentionRule
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "seed_oss", "ministral3", "mistral3")
 
@@ -53,7 +51,7 @@ class Relevance:
     notes: tuple[str, ...] = ()
 
 
-def check_supported(run: Run) -> None:
+def check_supported(run: RunView) -> None:
     """Raise UnsupportedArchitectureError unless AttnLRP has a rule for every piece of the run's model."""
     adapter, name = run.adapter, run.adapter.name
     problem = None
@@ -88,7 +86,7 @@ def check_supported(run: Run) -> None:
 class LlamaRelevanceModel:
     """The model's forward pass for positions ``0 … T − 1``, rebuilt from its modules with the LRP rules."""
 
-    def __init__(self, run: Run, ledger: rules.RelevanceLedger | None, chunk_size: int) -> None:
+    def __init__(self, run: RunView, ledger: rules.RelevanceLedger | None, chunk_size: int) -> None:
         self.model = run.model.hf_model
         self.adapter: LlamaStyleAdapter = run.adapter
         self.ledger = ledger
@@ -172,7 +170,7 @@ class LlamaRelevanceModel:
 
 
 def attnlrp_relevance(
-    run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int = 128, record: bool = False
+    run: RunView, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int = 128, record: bool = False
 ) -> Relevance:
     """Relevance of every input embedding for ``Σ_i w_i z_i``; ``record`` fills the absorbed terms (slower)."""
     check_supported(run)
@@ -205,6 +203,6 @@ class AttnLRP(AttributionMethod):
     cost: ClassVar[str] = "O(forward + backward)"
     signed: ClassVar[bool] = True  # scores can be negative
 
-    def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
+    def score(self, run: RunView, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
         relevance = attnlrp_relevance(run, sinks, sink_weights, chunk_size=chunk_size)
         return SinkScores(scores=relevance.scores, notes=relevance.notes)

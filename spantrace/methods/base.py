@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
-if TYPE_CHECKING:
-    from ..api import Run
+from ..protocols import RunView
 
 
 @dataclass(frozen=True)
@@ -36,5 +35,5 @@ class AttributionMethod(ABC):
     signed: ClassVar[bool] = False  # scores may be negative (hop weights and ρ then use the positive part)
 
     @abstractmethod
-    def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
+    def score(self, run: RunView, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
         """sinks: [M] positions; sink_weights: [M] ≥ 0, not all zero -> scores over all N positions."""

@@ -9,17 +9,13 @@ aggregate per channel instead (``MixingLayer.span_parts``, docs/hybrids.md); the
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from ..attention import iter_layers
 from ..kernels import Workspace, normalised_edges, span_proximities
+from ..protocols import RunView
 from .base import AttributionMethod, SinkScores
 from .registry import register_method
-
-if TYPE_CHECKING:
-    from ..api import Run
 
 
 @register_method
@@ -29,7 +25,7 @@ class FlashTrace(AttributionMethod):
     cost = "O(M·N·H + N·H·D) per layer, one pass"
 
     @torch.inference_mode()
-    def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
+    def score(self, run: RunView, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
         width = int(sinks.max()) + 1  # sources after the last sink receive nothing
         scores = torch.zeros(run.num_tokens, dtype=torch.float32)
         notes: list[str] = []

@@ -8,11 +8,12 @@ first-order Taylor share of position j in ``f``). One forward and one backward p
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
 from ..errors import SpanTraceError
+from ..protocols import RunView
 from .base import AttributionMethod, SinkScores
 from .objective import (
     embedding_gradients,
@@ -22,9 +23,6 @@ from .objective import (
     scores_over_run,
 )
 from .registry import register_method
-
-if TYPE_CHECKING:
-    from ..api import Run
 
 AGGREGATES = ("l2", "sum")
 
@@ -41,7 +39,7 @@ class GradientInput(AttributionMethod):
         self.aggregate = aggregate
         self.signed = aggregate == "sum"  # "l2" scores are never negative
 
-    def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
+    def score(self, run: RunView, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
         require_one_embedding_channel(run, self.name)
         objective = objective_for(run, sinks, sink_weights)
         if objective is None:

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
+from ..protocols import RunView
 from .base import AttributionMethod
-
-if TYPE_CHECKING:
-    from ..api import Run
 
 RECURSIVE_SPANS = ("generation", "reasoning", "assistant")
 
@@ -53,7 +50,7 @@ def _share(scores: torch.Tensor, region: torch.Tensor) -> float:
 
 def trace_hops(
     method: AttributionMethod,
-    run: Run,
+    run: RunView,
     span: tuple[int, int],
     *,
     hops: int,

@@ -7,17 +7,13 @@ With hop weights the span score is the weighted mean ``Σ_i w_i row_i / Σ_i w_i
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from ..attention import iter_layers, sink_chunks
 from ..kernels import DEFAULT_BLOCK_ELEMENTS, Workspace, part_edges
+from ..protocols import RunView
 from .base import AttributionMethod, SinkScores
 from .registry import register_method
-
-if TYPE_CHECKING:
-    from ..api import Run
 
 
 @register_method
@@ -27,7 +23,7 @@ class TokenwiseIFR(AttributionMethod):
     cost = "O(M·N·H·D) per layer"
 
     @torch.inference_mode()
-    def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
+    def score(self, run: RunView, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
         keep = sink_weights > 0  # zero-weight sinks cannot change the mean
         sinks, sink_weights = sinks[keep], sink_weights[keep].float()
         width = int(sinks.max()) + 1

@@ -17,16 +17,14 @@ A generated position whose row holds nothing before it keeps its mass (with a no
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
+from ..protocols import RunView
 from .base import AttributionMethod, SinkScores
 from .ifr import TokenwiseIFR
 from .registry import register_method
-
-if TYPE_CHECKING:
-    from ..api import Run
 
 
 def roll_back(
@@ -61,7 +59,7 @@ class IFRRollout(AttributionMethod):
     cost: ClassVar[str] = "O(G·N·H·D) per layer + O(M·G·N)"
 
     @torch.inference_mode()
-    def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
+    def score(self, run: RunView, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
         keep = sink_weights > 0
         sinks, sink_weights = sinks[keep], sink_weights[keep].float()
         last = int(sinks.max())

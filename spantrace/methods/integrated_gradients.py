@@ -11,11 +11,12 @@ sinks (see ``objective``). The integral is the trapezoid rule over ``steps`` equ
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
 from ..errors import SpanTraceError
+from ..protocols import RunView
 from .base import AttributionMethod, SinkScores
 from .objective import (
     auto_batch_size,
@@ -27,9 +28,6 @@ from .objective import (
     scores_over_run,
 )
 from .registry import register_method
-
-if TYPE_CHECKING:
-    from ..api import Run
 
 DEFAULT_STEPS = 20
 
@@ -51,7 +49,7 @@ def trapezoid(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def integrated_gradients(
-    run: Run,
+    run: RunView,
     sinks: torch.Tensor,
     sink_weights: torch.Tensor,
     *,
@@ -106,6 +104,6 @@ class IntegratedGradients(AttributionMethod):
         self.steps = steps
         self.batch_size = batch_size
 
-    def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
+    def score(self, run: RunView, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
         result = integrated_gradients(run, sinks, sink_weights, steps=self.steps, batch_size=self.batch_size)
         return SinkScores(scores=result.scores, notes=result.notes)

@@ -12,14 +12,11 @@ input embeddings of a run, and a batch size that keeps a batched forward + backw
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
 from ..errors import SpanTraceError, UnsupportedArchitectureError
-
-if TYPE_CHECKING:
-    from ..api import Run
+from ..protocols import RunView
 
 # Activation elements one batched forward + backward may hold (~1 GiB in float32).
 ACTIVATION_BUDGET_ELEMENTS = 1 << 28
@@ -36,7 +33,7 @@ class Objective:
     notes: tuple[str, ...] = ()
 
 
-def require_one_embedding_channel(run: Run, method: str) -> None:
+def require_one_embedding_channel(run: RunView, method: str) -> None:
     """Refuse gradient methods on models that read each token through a second embedding table.
 
     Gemma 4's small checkpoints add per-layer token embeddings (``hidden_size_per_layer_input``) that the
@@ -50,7 +47,7 @@ def require_one_embedding_channel(run: Run, method: str) -> None:
         )
 
 
-def objective_for(run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor) -> Objective | None:
+def objective_for(run: RunView, sinks: torch.Tensor, sink_weights: torch.Tensor) -> Objective | None:
     """The teacher-forced objective of the weighted sinks, or None when no sink can be predicted."""
     keep = (sinks > 0) & (sink_weights != 0)
     notes = ("a sink at position 0 has no prefix to be predicted from; left out",) if bool((sinks == 0).any()) else ()
@@ -92,7 +89,7 @@ def weighted_log_prob(
     return chosen @ objective.weights.to(device).clone()
 
 
-def neutral_token_id(run: Run) -> int:
+def neutral_token_id(run: RunView) -> int:
     """The id put in place of removed tokens: the tokenizer's or model's pad token, else its EOS token."""
     tokenizer, config = run.model.tokenizer, run.model.hf_model.config
     text_config = config.get_text_config()  # a multimodal wrapper keeps its token ids with the text stack
@@ -115,7 +112,7 @@ def neutral_token_id(run: Run) -> int:
     )
 
 
-def input_embeddings(run: Run, token_ids: torch.Tensor) -> torch.Tensor:
+def input_embeddings(run: RunView, token_ids: torch.Tensor) -> torch.Tensor:
     """The model's input embeddings of ``token_ids [..., T]`` -> ``[..., T, D]``, detached, in the model's dtype.
 
     Uses the model's own embedding module, so scaled embeddings (Gemma) come out as the layers see them.
@@ -125,14 +122,14 @@ def input_embeddings(run: Run, token_ids: torch.Tensor) -> torch.Tensor:
         return embedding(token_ids.to(embedding.weight.device)).detach().clone()
 
 
-def auto_batch_size(run: Run, length: int, readouts: int, limit: int) -> int:
+def auto_batch_size(run: RunView, length: int, readouts: int, limit: int) -> int:
     """How many sequences of ``length`` tokens one forward + backward can take within the activation budget."""
     vocab, width = run.model.hf_model.get_input_embeddings().weight.shape
     per_sequence = length * run.capture.num_layers * 16 * width + 2 * readouts * vocab
     return max(1, min(limit, ACTIVATION_BUDGET_ELEMENTS // max(per_sequence, 1)))
 
 
-def scores_over_run(run: Run, per_position: torch.Tensor) -> torch.Tensor:
+def scores_over_run(run: RunView, per_position: torch.Tensor) -> torch.Tensor:
     """Place ``per_position [T]`` (the first T positions) into a zero [N] float32 vector."""
     scores = torch.zeros(run.num_tokens, dtype=torch.float32)
     scores[: per_position.shape[0]] = per_position.detach().float().cpu()
@@ -140,7 +137,7 @@ def scores_over_run(run: Run, per_position: torch.Tensor) -> torch.Tensor:
 
 
 def embedding_gradients(
-    run: Run, objective: Objective, inputs_embeds: torch.Tensor
+    run: RunView, objective: Objective, inputs_embeds: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``f`` and ``∂f/∂x`` for a batch of input embeddings ``[B, T, D]`` -> ``([B] float32, [B, T, D])``.
 

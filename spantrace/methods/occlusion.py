@@ -10,17 +10,15 @@ nothing to this method. One batched forward over the k + 1 sequences.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
 from ..errors import SpanTraceError
+from ..protocols import RunView
 from .base import AttributionMethod, SinkScores
 from .objective import auto_batch_size, neutral_token_id, objective_for, weighted_log_prob
 from .registry import register_method
-
-if TYPE_CHECKING:
-    from ..api import Run
 
 GROUPINGS = ("equal", "sentences")
 DEFAULT_GROUPS = 20
@@ -65,7 +63,7 @@ class Occlusion(AttributionMethod):
         self.batch_size = batch_size
 
     @torch.inference_mode()
-    def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
+    def score(self, run: RunView, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
         scores = torch.zeros(run.num_tokens, dtype=torch.float32)
         objective = objective_for(run, sinks, sink_weights)
         if objective is None:

@@ -1,4 +1,7 @@
-"""Methods by name, so the CLI, the viewer and the evaluator can list and pick them."""
+"""Methods by name, so the CLI, the viewer and the evaluator can list and pick them.
+
+The built-in methods register themselves when ``spantrace.methods`` is imported (its ``__init__``); this
+module imports only the base class."""
 
 from __future__ import annotations
 
@@ -41,7 +44,6 @@ def register_method(method: type[AttributionMethod], *, replace: bool = False) -
 
 def get_method(name: str, **options: Any) -> AttributionMethod:
     """A fresh instance of the method registered as ``name``; ``options`` go to its constructor."""
-    _load_builtin_methods()
     if name not in _METHODS:
         raise SpanTraceError(f"unknown method {name!r}; available: {', '.join(sorted(_METHODS))}")
     method = _METHODS[name]
@@ -54,7 +56,6 @@ def get_method(name: str, **options: Any) -> AttributionMethod:
 
 def list_methods() -> list[str]:
     """The names of every registered method, sorted."""
-    _load_builtin_methods()
     return sorted(_METHODS)
 
 
@@ -65,22 +66,8 @@ def available_methods() -> dict[str, str]:
 
 def describe_methods() -> list[MethodInfo]:
     """Name, one-line description and cost class of every registered method, sorted by name."""
-    _load_builtin_methods()
     return [
         MethodInfo(name=name, description=_METHODS[name].description, cost=getattr(_METHODS[name], "cost", ""))
         for name in sorted(_METHODS)
     ]
 
-
-def _load_builtin_methods() -> None:
-    from . import (  # noqa: F401  (importing registers them)
-        attention_weights,
-        attnlrp,
-        flashtrace,
-        grad_input,
-        ifr,
-        ifr_rollout,
-        integrated_gradients,
-        occlusion,
-        rollout,
-    )

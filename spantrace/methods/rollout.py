@@ -13,17 +13,15 @@ are left out of the product, i.e. taken as the identity, and the notes name them
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import ClassVar
 
 import torch
 
 from ..attention import mixing_layer, sink_chunks
+from ..protocols import RunView
 from .attention_weights import attention_layers
 from .base import AttributionMethod, SinkScores
 from .registry import register_method
-
-if TYPE_CHECKING:
-    from ..api import Run
 
 
 def rollout_rows(attention: torch.Tensor, sinks: torch.Tensor) -> torch.Tensor:
@@ -43,7 +41,7 @@ class Rollout(AttributionMethod):
     cost: ClassVar[str] = "O(N²·H) per layer"
 
     @torch.inference_mode()
-    def score(self, run: Run, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
+    def score(self, run: RunView, sinks: torch.Tensor, sink_weights: torch.Tensor, *, chunk_size: int) -> SinkScores:
         width = int(sinks.max()) + 1  # no mass ever reaches later positions
         mass = torch.zeros(width, dtype=torch.float32)  # v: [width]
         mass.index_add_(0, sinks, sink_weights.float())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 RGB = tuple[int, int, int]
@@ -18,9 +16,6 @@ _RAMP: list[tuple[float, RGB]] = [
 ]
 DARK_FROM = 0.68  # intensities above this get light text
 VISIBLE_FROM = 0.01  # intensities below this get no colour at all
-
-SPECIAL_TOKEN = re.compile(r"<\|[^|<>]*\|>|</?s>|<unk>|<pad>|<bos>|<eos>")
-
 
 def intensities(scores: np.ndarray, scale_over: slice = slice(None)) -> np.ndarray:
     """scores: [N] → [N] in [0, 1], divided by the largest score in ``scale_over`` (all zeros if it is ≤ 0)."""
@@ -45,11 +40,6 @@ def heat_rgb(intensity: float) -> RGB | None:
 def is_dark(intensity: float) -> bool:
     """Whether text on this intensity's colour should be light."""
     return intensity > DARK_FROM
-
-
-def is_special(token: str) -> bool:
-    """Whether ``token`` looks like a control token (``<|im_start|>``, ``</s>``, …)."""
-    return SPECIAL_TOKEN.fullmatch(token) is not None
 
 
 def shown_in_text(token: str) -> str:

@@ -21,13 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .heat import heat_rgb, intensities, is_dark, is_special, quoted, shown_in_text
+from ..groups import SourceTable
+from ..text.tokens import is_special
+from .heat import heat_rgb, intensities, is_dark, quoted, shown_in_text
+from .view import TracedScores
 
 if TYPE_CHECKING:
     from jinja2 import Environment
 
-    from ..groups import SourceTable
-    from ..result import TraceResult
 
 HOPS_OPEN_UP_TO = 600  # hop panels start unfolded when the sequence has at most this many tokens
 
@@ -62,14 +63,14 @@ class PanelView:
 MAX_SOURCES_SHOWN = 200  # the source panel lists at most this many sources (the rest are summed up)
 
 
-def render_html(result: TraceResult, *, top_k: int = 10, by: str | None = None, include_template: bool = False) -> str:
+def render_html(result: TracedScores, *, top_k: int = 10, by: str | None = None, include_template: bool = False) -> str:
     """The report for ``result`` as one HTML document (a string); ``by`` is the source panel's grouping."""
     grouping = by if by is not None else default_grouping(result)
     context = _context(result, top_k, grouping, include_template)
     return environment().get_template("report.html.j2").render(**context)
 
 
-def default_grouping(result: TraceResult) -> str:
+def default_grouping(result: TracedScores) -> str:
     """Documents when there are some, else messages when the context has several, else sentences."""
     groupings = result.groupings()
     if "document" in groupings:
@@ -93,7 +94,7 @@ def environment() -> Environment:
     )
 
 
-def _context(result: TraceResult, top_k: int, grouping: str, include_template: bool) -> dict[str, Any]:
+def _context(result: TracedScores, top_k: int, grouping: str, include_template: bool) -> dict[str, Any]:
     start, end = result.span
     info = result.info
     options = info.get("options", {})
@@ -155,7 +156,7 @@ def _context(result: TraceResult, top_k: int, grouping: str, include_template: b
     }
 
 
-def _panels(result: TraceResult, greyed: np.ndarray, sources: SourceTable) -> list[PanelView]:
+def _panels(result: TracedScores, greyed: np.ndarray, sources: SourceTable) -> list[PanelView]:
     prompt = slice(0, result.prompt_length)
     rows = sources.top(MAX_SOURCES_SHOWN)
     rank_of = {position: row.rank for row in rows for position in row.positions}
@@ -204,7 +205,7 @@ def _panels(result: TraceResult, greyed: np.ndarray, sources: SourceTable) -> li
 
 
 def _panel(
-    result: TraceResult,
+    result: TracedScores,
     scores: np.ndarray,
     *,
     greyed: np.ndarray,

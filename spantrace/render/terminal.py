@@ -7,7 +7,6 @@ superscript and the traced span sits between ⟦ ⟧, so the view still reads wi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 
 import numpy as np
 from rich.color import Color
@@ -17,10 +16,9 @@ from rich.style import Style
 from rich.table import Table
 from rich.text import Text
 
-from .heat import heat_rgb, intensities, is_dark, is_special, quoted, shown_in_text
-
-if TYPE_CHECKING:
-    from ..result import TraceResult
+from ..text.tokens import is_special
+from .heat import heat_rgb, intensities, is_dark, quoted, shown_in_text
+from .view import TracedScores
 
 _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 _SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
@@ -29,7 +27,7 @@ _TIMING_NAMES = {"load_s": "load", "generate_s": "generate", "capture_s": "captu
 
 
 def render_terminal(
-    result: TraceResult,
+    result: TracedScores,
     *,
     top_k: int = 10,
     console: Console | None = None,
@@ -39,7 +37,7 @@ def render_terminal(
 ) -> None:
     """Print ``result`` to ``console`` (stdout by default); ``extra_timings`` (e.g. ``load_s``) go first.
 
-    ``by`` adds the top-k sources of that grouping (``TraceResult.by``). Template and special tokens are
+    ``by`` adds the top-k sources of that grouping (``TracedScores.by``). Template and special tokens are
     dimmed and left out of the colour scale and the tables unless ``include_template``."""
     console = console or Console()
     console.print(_header(result))
@@ -54,7 +52,7 @@ def render_terminal(
     console.print(_timings_line({**(extra_timings or {}), **result.timings}))
 
 
-def _header(result: TraceResult) -> Text:
+def _header(result: TracedScores) -> Text:
     start, end = result.span
     info = result.info
     options = info.get("options", {})
@@ -71,7 +69,7 @@ def _header(result: TraceResult) -> Text:
     return header
 
 
-def _prompt_heatmap(result: TraceResult, top_k: int, include_template: bool) -> Text:
+def _prompt_heatmap(result: TracedScores, top_k: int, include_template: bool) -> Text:
     prompt_length = result.prompt_length
     greyed = np.zeros(prompt_length, dtype=bool) if include_template else result.template_mask[:prompt_length]
     heat = intensities(np.where(greyed, 0.0, result.scores[:prompt_length]))
@@ -96,7 +94,7 @@ def _prompt_heatmap(result: TraceResult, top_k: int, include_template: bool) -> 
     return text
 
 
-def _generation(result: TraceResult) -> Text:
+def _generation(result: TracedScores) -> Text:
     start, end = result.span
     text = Text()
     for position in range(result.prompt_length, result.num_tokens):
@@ -109,7 +107,7 @@ def _generation(result: TraceResult) -> Text:
     return text
 
 
-def _top_table(result: TraceResult, top_k: int, include_template: bool) -> Table:
+def _top_table(result: TracedScores, top_k: int, include_template: bool) -> Table:
     considered = result.prompt_scores if include_template else result.prompt_scores[~result.template_mask[
         : result.prompt_length]]
     total = float(considered.clip(min=0).sum())
@@ -138,7 +136,7 @@ def _top_table(result: TraceResult, top_k: int, include_template: bool) -> Table
     return table
 
 
-def _source_table(result: TraceResult, by: str, top_k: int, include_template: bool) -> Table:
+def _source_table(result: TracedScores, by: str, top_k: int, include_template: bool) -> Table:
     sources = result.by(by, include_template=include_template)
     shown = sources.top(top_k)
     best = shown[0].score if len(shown) and shown[0].score > 0 else 1.0
@@ -161,7 +159,7 @@ def _source_table(result: TraceResult, by: str, top_k: int, include_template: bo
     return table
 
 
-def _template_line(result: TraceResult, include_template: bool) -> Text:
+def _template_line(result: TracedScores, include_template: bool) -> Text:
     count = int(result.template_mask[: result.prompt_length].sum())
     line = Text("template: ", style="bold")
     line.append(f"{count} template/special prompt tokens hold {result.template_share:.1%} of the score")
@@ -170,7 +168,7 @@ def _template_line(result: TraceResult, include_template: bool) -> Text:
     return line
 
 
-def _rho_line(result: TraceResult) -> Text:
+def _rho_line(result: TracedScores) -> Text:
     line = Text("ρ per hop: ", style="bold")
     line.append("  ".join(f"ρ{str(k).translate(_SUBSCRIPT)} = {rho:.3f}" for k, rho in enumerate(result.rho)))
     line.append("  (share of each hop's mass that flowed through the reasoning)", style="dim")

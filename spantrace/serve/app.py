@@ -38,16 +38,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from .. import __version__, inputs
+from .. import inputs
 from ..api import Model, Run
 from ..errors import InputError, ResultFormatError, SpanTraceError
 from ..groups import GROUPINGS
 from ..methods.hops import RECURSIVE_SPANS
 from ..methods.registry import describe_methods
-from ..render.heat import DARK_FROM, SPECIAL_TOKEN, VISIBLE_FROM, heat_rgb
+from ..render.heat import DARK_FROM, VISIBLE_FROM, heat_rgb
 from ..render.html import MAX_SOURCES_SHOWN, default_grouping
 from ..result import TraceResult
 from ..spans import SPAN_FORMS
+from ..text.tokens import SPECIAL_TOKEN
+from ..version import __version__
 from .schemas import MAX_HOPS, MAX_SPEC_CHARS, Limits, RunRequest, TraceRequest
 from .store import LruStore, ModelQueue
 
