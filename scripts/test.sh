@@ -9,6 +9,8 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     || echo "warning: could not install chromium; the browser test of the HTML report will be skipped" >&2
 fi
 .venv/bin/ruff check spantrace tests benchmarks
+# The package's floors (pyproject.toml [tool.importlinter]): no import cycle, no import from a floor above.
+.venv/bin/lint-imports
 .venv/bin/python -m pytest -q
 if [ "${SPANTRACE_SLOW:-0}" = "1" ]; then
   .venv/bin/python -m pytest -q -m slow
