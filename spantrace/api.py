@@ -14,7 +14,7 @@ import torch
 from .attention import KeyValueCache
 from .capture import Capture, capture_residuals
 from .errors import InputError, SpanTraceError
-from .inputs import complete_layout, prepare
+from .inputs import Prepared, complete_layout, prepare
 from .methods.hops import RECURSIVE_SPANS, trace_hops
 from .methods.registry import get_method
 from .model.adapter import ArchitectureAdapter
@@ -88,6 +88,30 @@ class Model:
 
         return greedy_generate(self.hf_model, list(prompt_ids), max_new_tokens=max_new_tokens, progress=progress)
 
+    def prepare(
+        self,
+        prompt: str | None = None,
+        *,
+        messages: Sequence[Mapping[str, Any]] | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        documents: Sequence[str | Mapping[str, Any]] | None = None,
+        documents_message: int | None = None,
+        output: str | None = None,
+        chat: bool = True,
+    ) -> Prepared:
+        """The first step of ``run``: the prompt or conversation (with its documents and tools) rendered,
+        tokenised and checked, and the output when given or traced as given (``output_ids`` None: generate it).
+
+        The arguments are ``run``'s; ``run(prepared=...)`` then generates (when needed) and captures. Between
+        the two, ``prepared.ids`` are the context's token ids and ``prepared.output_ids`` the given output's."""
+        if prompt is None and messages is None:
+            raise InputError("nothing to prepare: give `prompt` (text) or `messages` (a chat)")
+        tokenizer = self._require_tokenizer("a text prompt")
+        return prepare(
+            tokenizer, prompt=prompt, messages=messages, tools=tools, documents=documents,
+            documents_message=documents_message, output=output, chat=chat,
+        )
+
     def run(
         self,
         prompt: str | None = None,
@@ -99,6 +123,7 @@ class Model:
         output: str | None = None,
         input_ids: torch.Tensor | Sequence[int] | None = None,
         prompt_length: int | None = None,
+        prepared: Prepared | None = None,
         chat: bool = True,
         max_new_tokens: int = 256,
         store_dtype: torch.dtype | None = None,
@@ -110,27 +135,33 @@ class Model:
         Give either ``prompt`` (text; ``output`` text is appended, or generated greedily when None),
         or ``messages`` (a chat: ``{"role": ..., "content": ...}``, with ``tools`` for the chat template; a
         last assistant message is traced as given, else the answer is generated), or ``input_ids`` (1-D)
-        with ``prompt_length`` (positions ``prompt_length…`` are the generation). ``documents`` (strings or
+        with ``prompt_length`` (positions ``prompt_length…`` are the generation), or ``prepared`` (what
+        ``Model.prepare`` made of the text arguments; the same as passing them). ``documents`` (strings or
         ``{"name": ..., "text": ...}``) go before the prompt or the last user message (or the user or system
         message whose index in ``messages`` is ``documents_message``, negative from the end). Layouts and rules:
         ``spantrace.inputs``; every message's and document's token range is kept in ``Run.layout``.
         ``store_dtype`` (e.g. ``torch.float16``) halves what is kept; ``offload`` keeps it on the CPU.
         """
         layout = None
-        if input_ids is not None:
-            if any(x is not None for x in (prompt, output, messages, documents, documents_message, tools)):
+        texts = (prompt, output, messages, documents, documents_message, tools)
+        if prepared is not None:
+            if any(x is not None for x in (*texts, input_ids, prompt_length)):
+                raise InputError("give either `prepared` or what it is made from (text or `input_ids`), not both")
+        elif input_ids is not None:
+            if any(x is not None for x in texts):
                 raise InputError("give either text (`prompt`, `messages`, `output`) or `input_ids`, not both")
             ids = _as_id_list(input_ids)
             if prompt_length is None:
                 raise InputError("`prompt_length` is required with `input_ids` (where the generation starts)")
+        elif prompt is None and messages is None:
+            raise InputError("nothing to run: give `prompt` (text), `messages` (a chat) or `input_ids`")
         else:
-            if prompt is None and messages is None:
-                raise InputError("nothing to run: give `prompt` (text), `messages` (a chat) or `input_ids`")
-            tokenizer = self._require_tokenizer("a text prompt")
-            prepared = prepare(
-                tokenizer, prompt=prompt, messages=messages, tools=tools, documents=documents,
-                documents_message=documents_message, output=output, chat=chat,
+            prepared = self.prepare(
+                prompt, messages=messages, tools=tools, documents=documents, documents_message=documents_message,
+                output=output, chat=chat,
             )
+        if prepared is not None:
+            tokenizer = self._require_tokenizer("a text prompt")
             if prepared.output_ids is None:
                 generated = self.generate(prepared.ids, max_new_tokens=max_new_tokens, progress=progress)
             else:

@@ -140,3 +140,30 @@ def test_console_script_from_outside(tmp_path: Path) -> None:
     loaded = spantrace.TraceResult.load(json)
     assert "".join(loaded.tokens[loaded.span[0] : loaded.span[1]]) == OUTPUT
     assert html.read_text(encoding="utf-8").startswith("<!doctype html>")
+
+
+def test_a_conversation_object_may_hold_documents(runner: CliRunner, tmp_path: Path) -> None:
+    """``--messages`` as ``{"messages", "documents"}``: the documents are placed; given twice, or no conversation at
+    all, is one line and exit code 2."""
+    messages = [{"role": "user", "content": "Where is the Eiffel tower?"}, {"role": "assistant", "content": "Paris."}]
+    documents = [{"name": "eiffel", "text": "The Eiffel tower stands in Paris."}]
+    conversation, only_documents = tmp_path / "chat.json", tmp_path / "documents.json"
+    conversation.write_text(json_text({"messages": messages, "documents": documents}), encoding="utf-8")
+    only_documents.write_text(json_text(documents), encoding="utf-8")
+    saved = tmp_path / "trace.json"
+    args = ["trace", "--messages", str(conversation), "--hops", "0", "-q"]
+    result = runner.invoke(app, [*args, "--by", "document", "--json", str(saved)])
+    assert result.exit_code == 0, result.output
+    assert [row.name for row in spantrace.TraceResult.load(saved).by("document")] == ["eiffel"]
+    twice = runner.invoke(app, [*args, "--documents", str(only_documents)])
+    assert twice.exit_code == 2 and "documents are given twice" in twice.stderr
+    conversation.write_text(json_text("just text"), encoding="utf-8")
+    not_a_conversation = runner.invoke(app, args)
+    assert not_a_conversation.exit_code == 2 and "messages must be a non-empty list" in not_a_conversation.stderr
+    assert len(not_a_conversation.stderr.strip().splitlines()) == 1
+
+
+def json_text(data: object) -> str:
+    import json
+
+    return json.dumps(data)

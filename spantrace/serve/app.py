@@ -38,7 +38,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from .. import inputs
 from ..api import Model, Run
 from ..errors import InputError, ResultFormatError, SpanTraceError
 from ..groups import GROUPINGS
@@ -146,31 +145,27 @@ def create_app(model: Model, *, limits: Limits | None = None) -> FastAPI:
                 raise HTTPException(413, f"the {name} has {len(text)} characters; this server takes at most "
                                          f"{limits.max_prompt_chars}")
         max_new_tokens = request.max_new_tokens or min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens)
-        ends_with_turn = bool(request.messages) and request.messages[-1].get("role") == "assistant"
-        if request.output is None and not ends_with_turn and max_new_tokens > limits.max_new_tokens:
-            raise HTTPException(422, f"max_new_tokens is at most {limits.max_new_tokens} on this server; "
-                                     f"got {max_new_tokens}")
+        if request.prompt is None and request.messages is None:
+            raise InputError("give a prompt, or a conversation as messages")
         timings: dict[str, float] = {}
         with queue.job("run", "reading the prompt") as job:
-            tokenizer = model._require_tokenizer("a text prompt")
-            if request.prompt is None and request.messages is None:
-                raise InputError("give a prompt, or a conversation as messages")
-            prepared = inputs.prepare(tokenizer, prompt=request.prompt, messages=request.messages,
-                                      tools=request.tools, documents=request.documents, output=request.output,
-                                      chat=request.chat)
-            prompt_ids = prepared.ids
-            if prepared.output_ids is None:
-                _check_length(len(prompt_ids), max_new_tokens, limits, generating=True)
-                job.stage = f"generating up to {max_new_tokens} tokens"
-                started = time.perf_counter()
-                generated = model.generate(prompt_ids, max_new_tokens=max_new_tokens, progress=False)
-                timings["generate_s"] = time.perf_counter() - started
+            prepared = model.prepare(request.prompt, messages=request.messages, tools=request.tools,
+                                     documents=request.documents, output=request.output, chat=request.chat)
+            prompt_tokens = len(prepared.ids)
+            generating = prepared.output_ids is None  # no output given, and no assistant turn to trace as given
+            if generating and max_new_tokens > limits.max_new_tokens:
+                raise HTTPException(422, f"max_new_tokens is at most {limits.max_new_tokens} on this server; "
+                                         f"got {max_new_tokens}")
+            if generating:
+                _check_length(prompt_tokens, max_new_tokens, limits, generating=True)
+                job.stage = f"generating up to {max_new_tokens} tokens, then one forward pass"
             else:
-                generated = prepared.output_ids
-                _check_length(len(prompt_ids), len(generated), limits, generating=False)
-            job.stage = f"one forward pass over {len(prompt_ids) + len(generated)} tokens"
-            run = model.run(input_ids=prompt_ids + generated, prompt_length=len(prompt_ids), progress=False)
-            run.layout = inputs.complete_layout(tokenizer, prepared, generated)  # messages, template tokens
+                _check_length(prompt_tokens, len(prepared.output_ids), limits, generating=False)
+                job.stage = f"one forward pass over {prompt_tokens + len(prepared.output_ids)} tokens"
+            started = time.perf_counter()
+            run = model.run(prepared=prepared, max_new_tokens=max_new_tokens, progress=False)
+            if generating:  # the run's time less its forward pass
+                timings["generate_s"] = time.perf_counter() - started - run.capture_seconds
             timings["capture_s"] = run.capture_seconds
             stored = StoredRun(run, run.generated_text, timings)
         return _run_payload(runs.add(stored), stored)

@@ -1,8 +1,9 @@
-"""The benchmark scripts are files, not modules of the package: the tests load them by path."""
+"""The benchmark scripts are files, not modules of the package: the tests import them from ``benchmarks/``."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -10,8 +11,8 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 def load_script(name: str) -> ModuleType:
-    """``benchmarks/<name>.py`` as a module (not registered in ``sys.modules``)."""
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """``benchmarks/<name>.py`` as a module, with ``benchmarks/`` on ``sys.path`` (as when the script runs), so
+    it finds its sibling modules (``bench_trace`` imports ``trace_cases``, ``trace_timing``, ``bench_plots``)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
+    return importlib.import_module(name)

@@ -17,6 +17,16 @@ def bench() -> ModuleType:
     return load_script("bench_trace")
 
 
+@pytest.fixture(scope="module")
+def cases() -> ModuleType:
+    return load_script("trace_cases")
+
+
+@pytest.fixture(scope="module")
+def timing() -> ModuleType:
+    return load_script("trace_timing")
+
+
 def test_bench_trace_smoke(bench: ModuleType, tmp_path: Path) -> None:
     out = tmp_path / "trace.json"
     rows = bench.main(["--smoke", "--out", str(out)])
@@ -34,9 +44,9 @@ def test_bench_trace_smoke(bench: ModuleType, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("shape", "model_type", "vocab"), [("llama3-8b", "llama", 128256), ("qwen3-8b", "qwen3", 151936)]
 )
-def test_scaled_down_shapes_trace(bench: ModuleType, shape: str, model_type: str, vocab: int) -> None:
+def test_scaled_down_shapes_trace(cases: ModuleType, shape: str, model_type: str, vocab: int) -> None:
     """The 8B shapes, cut to 2 layers and hidden 256, build on the meta device, materialise and trace on the CPU."""
-    model = bench.shaped_model(shape, device="cpu", layers=2, hidden=256)
+    model = cases.shaped_model(shape, device="cpu", layers=2, hidden=256)
     config = model.hf_model.config
     assert (config.model_type, config.vocab_size, config.num_hidden_layers, config.hidden_size) == (
         model_type,
@@ -50,23 +60,25 @@ def test_scaled_down_shapes_trace(bench: ModuleType, shape: str, model_type: str
     if model_type == "qwen3":
         assert hasattr(model.hf_model.model.layers[0].self_attn, "q_norm")
     rotary = model.hf_model.model.rotary_emb
-    theta = bench.SHAPES[shape]["rope_theta"]
+    theta = cases.SHAPES[shape]["rope_theta"]
     expected = 1.0 / theta ** (torch.arange(0, 128, 2, dtype=torch.float) / 128)
     torch.testing.assert_close(rotary.inv_freq, expected)
 
-    ids = bench.token_ids(model, 32)
+    ids = cases.token_ids(model, 32)
     result = model.run(input_ids=ids, prompt_length=24, progress=False).trace((28, 32), method="flashtrace")
     assert result.scores.shape == (32,)
     assert np.isfinite(result.scores).all() and np.abs(result.scores).sum() > 0
 
 
-def test_baselines_budget_and_sampled_ifr_rows(bench: ModuleType, tmp_path: Path) -> None:
+def test_baselines_budget_and_sampled_ifr_rows(
+    bench: ModuleType, cases: ModuleType, timing: ModuleType, tmp_path: Path
+) -> None:
     """Any registered method is a job; --ifr-rows times the last rows of a long span and scales hop 0 up."""
-    setup = bench.Setup(source="tiny")
-    whole = bench.Workload(prompt_share=0.25, span_tokens=64, hops=0)
+    setup = cases.Setup(source="tiny")
+    whole = cases.Workload(prompt_share=0.25, span_tokens=64, hops=0)
     sampled = whole._replace(ifr_rows=16)
-    full = bench.measure("ifr", 96, setup, whole)
-    part = bench.measure("ifr", 96, setup, sampled)
+    full = timing.measure("ifr", 96, setup, whole)
+    part = timing.measure("ifr", 96, setup, sampled)
     assert full["span"] == part["span"] == [32, 96] and full["hops"] == 0
     assert (part["timed_rows"], part["span_rows"], part["extrapolated"]) == (16, 64, True)
     assert part["measured_seconds"] < part["seconds"] and len(part["hop_seconds"]) == 1
@@ -80,10 +92,12 @@ def test_baselines_budget_and_sampled_ifr_rows(bench: ModuleType, tmp_path: Path
         bench.main(["--ifr-rows", "8", "--hops", "1", "--smoke", "--out", str(tmp_path / "c.json")])
 
 
-def test_paired_job_times_forward_and_trace_in_one_process(bench: ModuleType, tmp_path: Path) -> None:
+def test_paired_job_times_forward_and_trace_in_one_process(
+    bench: ModuleType, cases: ModuleType, timing: ModuleType, tmp_path: Path
+) -> None:
     """The long-reasoning case: the answer traced back through the whole generation, beside one forward pass."""
-    workload = bench.Workload(prompt_share=0.125, span_tokens=8, hops=1, repeats=1)
-    row = bench.measure("paired", 64, bench.Setup(source="tiny"), workload)
+    workload = cases.Workload(prompt_share=0.125, span_tokens=8, hops=1, repeats=1)
+    row = timing.measure("paired", 64, cases.Setup(source="tiny"), workload)
     assert row["span"] == [56, 64] and row["prompt_tokens"] == 8
     assert len(row["hop_seconds"]) == 2 and row["trace_seconds"] > 0 and row["forward_seconds"] > 0
     assert row["end_to_end_seconds"] == row["capture_seconds"] + row["trace_seconds"]
@@ -95,12 +109,12 @@ def test_paired_job_times_forward_and_trace_in_one_process(bench: ModuleType, tm
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_arithmetic_counts_the_causal_pairs(bench: ModuleType) -> None:
+def test_arithmetic_counts_the_causal_pairs(timing: ModuleType) -> None:
     from types import SimpleNamespace
 
     config = SimpleNamespace(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                              head_dim=4, intermediate_size=16, vocab_size=10)
-    counts = bench.arithmetic(config, length=4, prompt_length=1, span=(3, 4), hops=1)
+    counts = timing.arithmetic(config, length=4, prompt_length=1, span=(3, 4), hops=1)
     # forward: 4 tokens × (q 64 + k, v 64 + o 64 + MLP 384) + 2 · 10 pairs · 2 heads · 4 + LM head 4 · 8 · 10
     assert counts["forward_macs"] == 4 * (64 + 64 + 64 + 384) + 2 * 10 * 2 * 4 + 320
     assert counts["forward_exponentials"] == 2 * 10

@@ -132,12 +132,12 @@ def test_eval_command_rejects_an_unknown_method(tmp_path):
 
 
 def test_eval_command_takes_all_for_every_registered_method(tmp_path, monkeypatch):
-    import spantrace.cli
+    import spantrace.cli.evaluate
     import spantrace.eval.runner
     from spantrace.methods.registry import list_methods
 
     seen = {}
-    monkeypatch.setattr(spantrace.cli, "load", lambda model, device=None: "a model")
+    monkeypatch.setattr(spantrace.cli.evaluate, "load", lambda model, device=None: "a model")
     monkeypatch.setattr(spantrace.eval.runner, "run_eval", lambda model, config, *_, **__: seen.update(config=config))
     result = CliRunner().invoke(app, ["eval", "--task", "niah_single", "--out", str(tmp_path / "r.jsonl"),
                                       "--methods", "all", "-q"])

@@ -290,12 +290,12 @@ def test_prefix_scorer_equals_whole_forwards(tokenizer):
 def test_eval_command_takes_measures_and_rejects_bad_ones(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    import spantrace.cli
+    import spantrace.cli.evaluate
     import spantrace.eval.runner
     from spantrace.cli import app
 
     seen = {}
-    monkeypatch.setattr(spantrace.cli, "load", lambda model, device=None: "a model")
+    monkeypatch.setattr(spantrace.cli.evaluate, "load", lambda model, device=None: "a model")
     monkeypatch.setattr(spantrace.eval.runner, "run_eval", lambda model, config, *_, **__: seen.update(config=config))
     out = str(tmp_path / "r.jsonl")
     result = CliRunner().invoke(app, ["eval", "--task", "docs_needle", "--out", out, "--measures", "source", "-q"])

@@ -306,17 +306,18 @@ def test_lru_store() -> None:
 def test_serve_command_binds_localhost_by_default(monkeypatch, tiny_model) -> None:
     import uvicorn
 
-    from spantrace import cli
+    from spantrace.cli import app
+    from spantrace.cli import serve as serve_command
 
     calls: list[dict] = []
-    monkeypatch.setattr(cli, "load", lambda *args, **kwargs: tiny_model)
+    monkeypatch.setattr(serve_command, "load", lambda *args, **kwargs: tiny_model)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: calls.append({"app": app, **kwargs}))
-    result = CliRunner().invoke(cli.app, ["serve", "--max-tokens", "300"])
+    result = CliRunner().invoke(app, ["serve", "--max-tokens", "300"])
     assert result.exit_code == 0, result.output
     assert calls[0]["host"] == "127.0.0.1" and calls[0]["port"] == 8000
     assert calls[0]["app"].state.limits.max_tokens == 300
     assert "http://127.0.0.1:8000/" in result.output and "warning" not in result.output
-    result = CliRunner().invoke(cli.app, ["serve", "--host", "0.0.0.0", "--port", "9001"])
+    result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--port", "9001"])
     assert result.exit_code == 0 and "warning: listening on 0.0.0.0" in result.output
     assert calls[1]["host"] == "0.0.0.0" and calls[1]["port"] == 9001
 
