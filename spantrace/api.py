@@ -13,12 +13,12 @@ import numpy as np
 import torch
 
 from . import inputs
-from .attention import KeyValueCache
 from .capture import Capture, capture_residuals
+from .contract import ArchitectureAdapter
 from .errors import InputError, SpanError, SpanTraceError
+from .layers.dispatch import KeyValueCache
 from .methods.hops import RECURSIVE_SPANS, trace_hops
 from .methods.registry import get_method
-from .model.adapter import ArchitectureAdapter
 from .model.registry import adapter_for, text_causal_lm
 from .model.selfcheck import SelfCheck, self_check
 from .render.heat import is_special

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from spantrace.kernels import head_value_vectors, proximity, span_edges, span_proximities, token_edges
+from spantrace.kernels.proximity import head_value_vectors, proximity, span_edges, span_proximities, token_edges
 
 finite = st.floats(-1e4, 1e4, allow_nan=False, allow_infinity=False, width=32)
 

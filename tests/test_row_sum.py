@@ -8,19 +8,19 @@ import pytest
 import torch
 from tiny_models import make_tiny_model, random_ids
 
-import spantrace.attention as attention_module
-from spantrace.attention import (
+import spantrace.layers.softmax as softmax_module
+from spantrace.capture import capture_residuals
+from spantrace.contract import AttentionRule
+from spantrace.kernels.proximity import Workspace
+from spantrace.kernels.rows import (
     attention_rows,
     first_visible,
     fused_row_sum,
     fused_row_sum_applies,
-    layer_inputs,
     row_blocks,
     weighted_row_sum,
 )
-from spantrace.capture import capture_residuals
-from spantrace.kernels import Workspace
-from spantrace.model.adapter import AttentionRule
+from spantrace.layers.softmax import layer_inputs
 from spantrace.model.registry import adapter_for
 
 
@@ -209,8 +209,8 @@ def test_summed_rows_take_the_fused_path_only_with_a_checked_logsumexp(monkeypat
     capture = capture_residuals(adapter, random_ids(30, seed=4))
     assert all(entry is not None for entry in capture.logsumexp)
     calls = []
-    original = attention_module.fused_row_sum
-    monkeypatch.setattr(attention_module, "fused_row_sum", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = softmax_module.fused_row_sum
+    monkeypatch.setattr(softmax_module, "fused_row_sum", lambda *a, **k: calls.append(1) or original(*a, **k))
     sinks = torch.arange(8, 30)
     weights = torch.rand(22, generator=torch.Generator().manual_seed(1)) + 0.01
     for index in range(capture.num_layers):

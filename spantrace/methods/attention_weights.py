@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from ..attention import layer_kind, mixing_layer
 from ..errors import UnsupportedArchitectureError
+from ..layers.dispatch import layer_kind, mixing_layer
 from .base import AttributionMethod, SinkScores
 from .registry import register_method
 

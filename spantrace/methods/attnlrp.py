@@ -37,7 +37,7 @@ from .registry import register_method
 
 if TYPE_CHECKING:
     from ..api import Run
-    from ..model.adapter import AttentionRule
+    from ..contract import AttentionRule
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "seed_oss", "ministral3", "mistral3")
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..attention import iter_layers
-from ..kernels import Workspace, normalised_edges, span_proximities
+from ..kernels.proximity import Workspace, normalised_edges, span_proximities
+from ..layers.dispatch import iter_layers
 from .base import AttributionMethod, SinkScores
 from .registry import register_method
 

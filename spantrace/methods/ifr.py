@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..attention import iter_layers, sink_chunks
-from ..kernels import DEFAULT_BLOCK_ELEMENTS, Workspace, part_edges
+from ..kernels.proximity import DEFAULT_BLOCK_ELEMENTS, Workspace, part_edges
+from ..kernels.rows import sink_chunks
+from ..layers.dispatch import iter_layers
 from .base import AttributionMethod, SinkScores
 from .registry import register_method
 

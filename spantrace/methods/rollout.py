@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from ..attention import mixing_layer, sink_chunks
+from ..kernels.rows import sink_chunks
+from ..layers.dispatch import mixing_layer
 from .attention_weights import attention_layers
 from .base import AttributionMethod, SinkScores
 from .registry import register_method

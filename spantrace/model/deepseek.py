@@ -39,8 +39,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..contract import AttentionRule
 from ..errors import UnsupportedArchitectureError
-from .adapter import AttentionRule
 from .llama import LlamaStyleAdapter, _require
 
 if TYPE_CHECKING:

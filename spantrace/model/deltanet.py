@@ -87,7 +87,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnsupportedArchitectureError
-from .delta_rule import DeltaRule
+from ..kernels.delta_rule import DeltaRule
 from .gated_attention import GatedAttentionLayer, compute_dtype, relative_error, rotary_tables
 
 ConvAttribution = Literal["token", "position"]

@@ -37,10 +37,11 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..attention import attention_rows, weighted_row_sum, weighted_sinks
+from ..contract import AttentionRule
 from ..errors import UnsupportedArchitectureError
-from ..kernels import Workspace
-from .adapter import AttentionRule
+from ..kernels.proximity import Workspace
+from ..kernels.rows import attention_rows, weighted_row_sum
+from ..layers.softmax import weighted_sinks
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

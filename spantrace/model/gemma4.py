@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..contract import AttentionRule
 from ..errors import UnsupportedArchitectureError
-from .adapter import AttentionRule
 from .llama import LlamaStyleAdapter
 
 if TYPE_CHECKING:

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..contract import SandwichNorm, SpanPart
 from ..errors import UnsupportedArchitectureError
-from ..kernels import Workspace
-from .adapter import SandwichNorm, SpanPart
+from ..kernels.proximity import Workspace
 from .deltanet import GatedDeltaNetLayer, text_stack
 from .gated_attention import GatedAttentionLayer, rotary_tables
 

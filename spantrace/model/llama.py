@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..contract import AttentionRule, SandwichNorm
 from ..errors import UnsupportedArchitectureError
-from .adapter import AttentionRule, SandwichNorm
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel

@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from ..attention import LayerInputs, layer_inputs
+from ..contract import AttentionRule, SandwichNorm, SpanPart
 from ..errors import UnsupportedArchitectureError
-from ..kernels import Workspace
-from .adapter import AttentionRule, SandwichNorm, SpanPart
+from ..kernels.proximity import Workspace
+from ..layers.softmax import LayerInputs, layer_inputs
 from .hybrid import SplitLayer, float32
 from .llama import LlamaStyleAdapter
 from .mamba2 import Mamba2Mixing, is_mamba2_layer, mamba2_branch

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..contract import AttentionRule, SandwichNorm
 from ..errors import UnsupportedArchitectureError
-from .adapter import AttentionRule, SandwichNorm
 from .llama import LlamaStyleAdapter, _require
 
 if TYPE_CHECKING:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..contract import ArchitectureAdapter
 from ..errors import SpanTraceError, UnsupportedArchitectureError
-from .adapter import ArchitectureAdapter
 from .catalog import refusal_reason
 from .deepseek import DeepseekV3Adapter
 from .gemma4 import Gemma4Adapter

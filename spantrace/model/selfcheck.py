@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..contract import ArchitectureAdapter
 from ..errors import UnsupportedArchitectureError
-from .adapter import ArchitectureAdapter
 
 if TYPE_CHECKING:
     from ..capture import Capture
@@ -69,7 +69,7 @@ def layer_errors(adapter: ArchitectureAdapter, input_ids: torch.Tensor) -> list[
 @torch.inference_mode()
 def capture_errors(adapter: ArchitectureAdapter, capture: Capture) -> list[float]:
     """``layer_errors`` on a capture already made."""
-    from ..attention import mixing_layer
+    from ..layers.dispatch import mixing_layer
 
     length = capture.num_tokens
     sinks = torch.arange(length)

@@ -18,8 +18,8 @@ from tiny_models import make_tiny_model, random_ids
 
 import spantrace
 from spantrace import UnsupportedArchitectureError
-from spantrace.attention import layer_inputs
 from spantrace.capture import capture_residuals
+from spantrace.layers.softmax import layer_inputs
 from spantrace.model import registry
 from spantrace.model.deepseek import DeepseekV3Adapter
 from spantrace.model.registry import adapter_for

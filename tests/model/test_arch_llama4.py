@@ -22,10 +22,10 @@ from reference import reference_terms, trace
 from tiny_models import make_tiny_model, random_ids
 
 import spantrace
-from spantrace.attention import layer_inputs
 from spantrace.capture import capture_residuals
+from spantrace.contract import AttentionRule
 from spantrace.errors import UnsupportedArchitectureError
-from spantrace.model.adapter import AttentionRule
+from spantrace.layers.softmax import layer_inputs
 from spantrace.model.llama4 import Llama4Adapter
 from spantrace.model.registry import adapter_for, register_adapter
 

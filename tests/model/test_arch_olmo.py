@@ -17,10 +17,10 @@ import torch
 from tiny_models import make_tiny_model, random_ids
 
 import spantrace
-from spantrace.attention import layer_inputs
 from spantrace.capture import capture_residuals
+from spantrace.contract import AttentionRule, SandwichNorm
 from spantrace.errors import UnsupportedArchitectureError
-from spantrace.model.adapter import AttentionRule, SandwichNorm
+from spantrace.layers.softmax import layer_inputs
 from spantrace.model.olmo import PostNormAdapter
 from spantrace.model.registry import adapter_for, register_adapter
 

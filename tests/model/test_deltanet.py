@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from spantrace.errors import UnsupportedArchitectureError
-from spantrace.kernels import proximity, span_edges
+from spantrace.kernels.proximity import proximity, span_edges
 from spantrace.model.deltanet import (
     GatedDeltaNetLayer,
     capture_layers,
@@ -479,7 +479,7 @@ def test_span_edges_on_effective_values(index: int) -> None:
 def test_chunked_operator_across_several_blocks() -> None:
     """``DeltaRule`` over 150 positions (three 64-blocks, the last one padded) against the token loop, both ways,
     with decays, β and keys random and a wide value block: forward ``A v`` and transpose ``Aᵀ y`` in float64."""
-    from spantrace.model.delta_rule import DeltaRule
+    from spantrace.kernels.delta_rule import DeltaRule
 
     generator = torch.Generator().manual_seed(5)
     heads, n, dk, width = 3, 150, 8, 5

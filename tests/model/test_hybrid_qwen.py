@@ -136,12 +136,12 @@ def test_every_method_runs_or_refuses_clearly(method: str) -> None:
 
 def test_a_run_keeps_hybrid_layers_only_within_the_cache_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     """Decompositions are kept between traces while they fit HYBRID_CACHE_BYTES; beyond, rebuilt, same scores."""
-    from spantrace import attention
+    from spantrace.layers import dispatch
 
     kept = spantrace.load(tiny("qwen3_5_text")).run(input_ids=ids(), prompt_length=PROMPT_LENGTH)
     first = kept.trace(span=SPAN, hops=1).scores
     assert len(kept.key_value_cache) == 4
-    monkeypatch.setattr(attention, "HYBRID_CACHE_BYTES", 0)
+    monkeypatch.setattr(dispatch, "HYBRID_CACHE_BYTES", 0)
     rebuilt = spantrace.load(tiny("qwen3_5_text")).run(input_ids=ids(), prompt_length=PROMPT_LENGTH)
     np.testing.assert_array_equal(rebuilt.trace(span=SPAN, hops=1).scores, first)
     assert len(rebuilt.key_value_cache) == 0
