@@ -10,6 +10,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from .api import Model, Run, load
+from .architectures.registry import register_adapter, supported_architectures
 from .errors import (
     GroupingError,
     InputError,
@@ -20,9 +21,8 @@ from .errors import (
     UnsupportedArchitectureError,
 )
 from .groups import GROUPINGS, Source, SourceTable
+from .loading.builtin import DEFAULT_MODEL
 from .methods.registry import available_methods, list_methods, register_method
-from .model.builtin import DEFAULT_MODEL
-from .model.registry import register_adapter, supported_architectures
 from .result import TopToken, TraceResult
 
 __all__ = [

@@ -13,16 +13,16 @@ import numpy as np
 import torch
 
 from . import inputs
+from .architectures.registry import adapter_for, text_causal_lm
 from .capture import Capture, capture_residuals
 from .contract import ArchitectureAdapter
 from .errors import InputError, SpanError, SpanTraceError
-from .layers.dispatch import KeyValueCache
+from .layers.softmax import KeyValueCache
 from .methods.hops import RECURSIVE_SPANS, trace_hops
 from .methods.registry import get_method
-from .model.registry import adapter_for, text_causal_lm
-from .model.selfcheck import SelfCheck, self_check
 from .render.heat import is_special
 from .result import TraceResult
+from .selfcheck import SelfCheck, self_check
 from .spans import resolve_span, turn_start
 
 DEFAULT_CHUNK_SIZE = 128
@@ -405,7 +405,7 @@ def load(
     must rebuild each layer's attention output from its per-source parts, or the model is refused with
     ``UnsupportedArchitectureError`` naming the layer. ``check=False`` skips that (at your own risk).
     """
-    from .model.loading import load_hf
+    from .loading.hub import load_hf
 
     loaded = load_hf(source, tokenizer=tokenizer, dtype=dtype, device=device)
     return Model(loaded.model, loaded.tokenizer, loaded.model_id, check=check)

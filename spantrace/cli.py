@@ -28,13 +28,13 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from .api import DEFAULT_CHUNK_SIZE, load
+from .architectures.catalog import NOTES, REFUSED
+from .architectures.registry import supported_architectures
 from .errors import InputError, SpanTraceError
 from .groups import GROUPINGS
+from .loading import builtin
 from .methods.hops import RECURSIVE_SPANS
 from .methods.registry import available_methods, describe_methods, list_methods
-from .model import builtin
-from .model.catalog import NOTES, REFUSED
-from .model.registry import supported_architectures
 from .spans import SPAN_FORMS
 
 USAGE_ERROR = 2  # exit code of every error the user can fix (Click's own usage errors use it too)

@@ -6,10 +6,10 @@ import pytest
 import torch
 from tiny_models import ARCHITECTURES, make_tiny_model, random_ids
 
+from spantrace.architectures.registry import adapter_for
 from spantrace.capture import capture_residuals
 from spantrace.kernels.rows import attention_rows
 from spantrace.layers.softmax import layer_inputs
-from spantrace.model.registry import adapter_for
 
 N_TOKENS = 17
 

@@ -9,6 +9,7 @@ import torch
 from tiny_models import make_tiny_model, random_ids
 
 import spantrace.layers.softmax as softmax_module
+from spantrace.architectures.registry import adapter_for
 from spantrace.capture import capture_residuals
 from spantrace.contract import AttentionRule
 from spantrace.kernels.proximity import Workspace
@@ -21,7 +22,6 @@ from spantrace.kernels.rows import (
     weighted_row_sum,
 )
 from spantrace.layers.softmax import layer_inputs
-from spantrace.model.registry import adapter_for
 
 
 def slow_rows(queries: torch.Tensor, keys: torch.Tensor, sinks: torch.Tensor, rule: AttentionRule) -> torch.Tensor:

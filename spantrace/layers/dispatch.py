@@ -1,4 +1,4 @@
-"""Which mixing layer each decoder layer is, and the Run's per-layer cache of what can be reused between traces.
+"""Which mixing layer each decoder layer is, and how much of the hybrids' layers the Run's cache keeps.
 
 ``mixing_layer`` gives layer ``index`` split over its sources: softmax attention (``LayerInputs``), or the
 adapter's own ``MixingLayer`` for its other layer kinds (a hybrid's gated attention, Gated DeltaNet, Mamba-2).
@@ -12,11 +12,7 @@ import torch
 
 from ..capture import Capture
 from ..contract import ArchitectureAdapter, MixingLayer
-from .softmax import key_value_layer, key_values, layer_inputs
-
-# Per layer index, what a Run keeps between traces: a softmax-attention layer's keys and values, or the
-# whole decomposition of a hybrid's gated-attention, DeltaNet or Mamba-2 layer.
-KeyValueCache = dict[int, "tuple[torch.Tensor, torch.Tensor] | MixingLayer"]
+from .softmax import KeyValueCache, layer_inputs
 
 
 def mixing_layer(
@@ -25,13 +21,7 @@ def mixing_layer(
     """Layer ``index`` split over its sources: softmax attention (``LayerInputs``), or whatever the adapter's
     optional ``mixing_layer(index, capture)`` returns for its other layer kinds (kept in ``cache``)."""
     if layer_kind(adapter, index) == "attention":
-        if cache is None:
-            return layer_inputs(adapter, capture, index)
-        # a softmax layer's keys and values are cached under the layer they come from (Gemma 4 shares them)
-        source = key_value_layer(adapter, index)
-        if source not in cache:
-            cache[source] = key_values(adapter, capture, index)
-        return layer_inputs(adapter, capture, index, cache[source])  # type: ignore[arg-type]
+        return layer_inputs(adapter, capture, index, cache)
     if cache is not None and index in cache:
         return cache[index]  # type: ignore[return-value]
     layer = adapter.mixing_layer(index, capture)  # type: ignore[attr-defined]

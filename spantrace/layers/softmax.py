@@ -14,7 +14,7 @@ from functools import cached_property
 import torch
 
 from ..capture import Capture
-from ..contract import ArchitectureAdapter, AttentionRule, SpanPart
+from ..contract import ArchitectureAdapter, AttentionRule, MixingLayer, SpanPart
 from ..kernels.proximity import Workspace, head_value_vectors
 from ..kernels.rows import (
     attention_logits,
@@ -169,30 +169,32 @@ def weighted_sinks(
     return positions[order], weights[order]
 
 
-@torch.inference_mode()
-def key_values(adapter: ArchitectureAdapter, capture: Capture, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The keys and values layer ``index`` attends to, computed from their own layer's ``x_in`` (see
-    ``key_value_layer``), on that layer's device: keys ``[G, N, d]``, values ``[G, N, d]``."""
-    source = key_value_layer(adapter, index)
-    parameter = next(adapter.layer(source).parameters())
-    source_x_in = capture.x_in[source].to(device=parameter.device, dtype=parameter.dtype)
-    return adapter.keys_values(source, source_x_in)
+# Per layer index, what a Run keeps between traces: a softmax-attention layer's keys and values (under the index
+# of the layer they come from, see ``key_value_layer``), or the whole decomposition of a hybrid's gated-attention,
+# DeltaNet or Mamba-2 layer (``spantrace.layers.dispatch.mixing_layer`` decides which fit).
+KeyValueCache = dict[int, "tuple[torch.Tensor, torch.Tensor] | MixingLayer"]
 
 
 @torch.inference_mode()
 def layer_inputs(
-    adapter: ArchitectureAdapter,
-    capture: Capture,
-    index: int,
-    computed: tuple[torch.Tensor, torch.Tensor] | None = None,
+    adapter: ArchitectureAdapter, capture: Capture, index: int, cache: KeyValueCache | None = None
 ) -> LayerInputs:
-    """Recompute layer ``index``'s keys and values from the captured ``x_in`` (or take the ``computed`` ones, what
-    ``key_values`` returned for this layer before, e.g. from a Run's cache)."""
+    """Recompute layer ``index``'s keys and values from the captured ``x_in`` (or take them from ``cache``)."""
     parameter = next(adapter.layer(index).parameters())
     model_x_in = capture.x_in[index].to(device=parameter.device, dtype=parameter.dtype)
     # A layer may attend to an earlier layer's keys and values (Gemma 4's KV sharing): they are that layer's,
-    # computed from its own x_in (``key_values``), so a cache keeps them under its index for both layers.
-    keys, values = computed if computed is not None else key_values(adapter, capture, index)
+    # computed from its own x_in, and cached under its index so both layers share one copy.
+    source = key_value_layer(adapter, index)
+    if cache is not None and source in cache:
+        keys, values = cache[source]
+    elif source == index:
+        keys, values = adapter.keys_values(index, model_x_in)
+    else:
+        source_parameter = next(adapter.layer(source).parameters())
+        source_x_in = capture.x_in[source].to(device=source_parameter.device, dtype=source_parameter.dtype)
+        keys, values = adapter.keys_values(source, source_x_in)
+    if cache is not None:
+        cache[source] = (keys, values)
     keys, values = keys.to(parameter.device), values.to(parameter.device)  # no-op unless the source sits elsewhere
     out_weight, out_bias = adapter.output_projection(index)
     out_weight = out_weight.float()

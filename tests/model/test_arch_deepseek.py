@@ -18,11 +18,11 @@ from tiny_models import make_tiny_model, random_ids
 
 import spantrace
 from spantrace import UnsupportedArchitectureError
+from spantrace.architectures import registry
+from spantrace.architectures.deepseek import DeepseekV3Adapter
+from spantrace.architectures.registry import adapter_for
 from spantrace.capture import capture_residuals
 from spantrace.layers.softmax import layer_inputs
-from spantrace.model import registry
-from spantrace.model.deepseek import DeepseekV3Adapter
-from spantrace.model.registry import adapter_for
 
 ARCH = "deepseek_v3"
 HEADS, NOPE, ROPE, VALUE, WIDTH = 4, 10, 6, 8, 48  # the tiny config's sizes (tests/tiny_models.py)

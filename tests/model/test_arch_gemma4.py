@@ -19,12 +19,12 @@ from tiny_models import make_config, make_tiny_model, random_ids
 from transformers import AutoModelForCausalLM
 
 import spantrace
+from spantrace.architectures.gemma4 import Gemma4Adapter
+from spantrace.architectures.registry import adapter_for, register_adapter
 from spantrace.capture import capture_residuals
 from spantrace.contract import AttentionRule
 from spantrace.errors import UnsupportedArchitectureError
-from spantrace.layers.dispatch import mixing_layer
-from spantrace.model.gemma4 import Gemma4Adapter
-from spantrace.model.registry import adapter_for, register_adapter
+from spantrace.layers.softmax import layer_inputs
 
 TYPES = ("gemma4_text", "gemma4")
 N_TOKENS = 16
@@ -105,7 +105,7 @@ def test_shared_layers_attend_to_their_source_keys_and_values(arch: str) -> None
     assert [adapter.key_value_layer(i) for i in range(adapter.num_layers())] == [0, 1, 2, 2, 1]
     capture = capture_residuals(adapter, random_ids(N_TOKENS))
     cache: dict = {}
-    layers = [mixing_layer(adapter, capture, i, cache) for i in range(adapter.num_layers())]
+    layers = [layer_inputs(adapter, capture, i, cache) for i in range(adapter.num_layers())]
     assert sorted(cache) == [0, 1, 2]
     assert layers[3].keys is layers[2].keys and layers[3].values is layers[2].values
     assert layers[4].keys is layers[1].keys and layers[4].values is layers[1].values

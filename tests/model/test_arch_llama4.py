@@ -22,12 +22,12 @@ from reference import reference_terms, trace
 from tiny_models import make_tiny_model, random_ids
 
 import spantrace
+from spantrace.architectures.llama4 import Llama4Adapter
+from spantrace.architectures.registry import adapter_for, register_adapter
 from spantrace.capture import capture_residuals
 from spantrace.contract import AttentionRule
 from spantrace.errors import UnsupportedArchitectureError
 from spantrace.layers.softmax import layer_inputs
-from spantrace.model.llama4 import Llama4Adapter
-from spantrace.model.registry import adapter_for, register_adapter
 
 N_TOKENS = 16
 CHUNK = 5

@@ -17,12 +17,12 @@ import torch
 from tiny_models import make_tiny_model, random_ids
 
 import spantrace
+from spantrace.architectures.olmo import PostNormAdapter
+from spantrace.architectures.registry import adapter_for, register_adapter
 from spantrace.capture import capture_residuals
 from spantrace.contract import AttentionRule, SandwichNorm
 from spantrace.errors import UnsupportedArchitectureError
 from spantrace.layers.softmax import layer_inputs
-from spantrace.model.olmo import PostNormAdapter
-from spantrace.model.registry import adapter_for, register_adapter
 
 TYPES = ("olmo2", "olmo3", "exaone4")
 N_TOKENS = 16

@@ -9,8 +9,8 @@ from tiny_models import ARCHITECTURES, HYBRID_ARCHITECTURES
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import spantrace
-from spantrace.model.catalog import NOTES, REFUSED
-from spantrace.model.registry import supported_architectures
+from spantrace.architectures.catalog import NOTES, REFUSED
+from spantrace.architectures.registry import supported_architectures
 
 DOCS = (Path(__file__).resolve().parents[2] / "docs" / "architectures.md").read_text()
 

@@ -1,10 +1,11 @@
-"""Qwen3-Next / Qwen3.5 hybrid layers (spantrace/model/deltanet.py, spantrace/model/gated_attention.py).
+"""Qwen3-Next / Qwen3.5 hybrid layers (spantrace/layers/deltanet.py, spantrace/layers/gated_attention.py).
 
 Tiny random models of each type, 4 layers (three Gated DeltaNet layers, then one gated full-attention
 layer), every detail away from its initial value: norms (the zero-centred ones and the gated output
 norm), attention biases, ``A_log`` and ``dt_bias`` (decays spread over (0, 1)), the β and gate
 projections scaled up (β and σ(gate) spread away from 1/2), conv weights ×3. Each layer is checked two
-ways: (1) its parts plus residual rebuild the model's own x_mid (float32 and float64); (2) a slow float64
+ways: (1) its parts plus residual rebuild the model's own x_mid (float32 and float64), as the load-time
+self-check measures it on what ``capture_residuals`` kept and the adapter built; (2) a slow float64
 reference that builds the per-head N×N mixing matrix from explicit products of transition matrices
 (DeltaNet) or takes the probabilities the model's eager attention applied (gated attention) agrees with
 ``rows``, ``token_parts`` and ``span_values`` for random sink weights.
@@ -21,16 +22,14 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from spantrace.architectures.qwen_hybrid import QwenHybridAdapter, text_stack
+from spantrace.capture import Capture, capture_residuals
 from spantrace.errors import UnsupportedArchitectureError
 from spantrace.kernels.proximity import proximity, span_edges
-from spantrace.model.deltanet import (
-    GatedDeltaNetLayer,
-    capture_layers,
-    decompose_layer,
-    reconstruction_errors,
-    text_stack,
-)
-from spantrace.model.gated_attention import GatedAttentionLayer
+from spantrace.layers.deltanet import GatedDeltaNetLayer
+from spantrace.layers.gated_attention import GatedAttentionLayer
+from spantrace.layers.split import SplitLayer
+from spantrace.selfcheck import capture_errors, layer_error
 
 TYPES = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
 N_TOKENS = 14
@@ -77,8 +76,20 @@ def ids(seed: int = 0) -> torch.Tensor:
 
 
 @functools.cache
-def captured(arch: str, dtype: torch.dtype = torch.float32) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    return capture_layers(tiny(arch, dtype), ids())
+def captured(arch: str, dtype: torch.dtype = torch.float32) -> Capture:
+    return capture_residuals(QwenHybridAdapter(tiny(arch, dtype)), ids())
+
+
+def split_of(model: nn.Module, capture: Capture, index: int) -> GatedDeltaNetLayer | GatedAttentionLayer:
+    """Layer ``index``'s exact split as the adapter builds it for a trace."""
+    return QwenHybridAdapter(model).mixing_layer(index, capture).split
+
+
+def rebuild_error(split: GatedDeltaNetLayer | GatedAttentionLayer, capture: Capture, index: int) -> float:
+    """The load-time self-check's measure on ``split`` served as a ``SplitLayer``: Σ parts + residual against
+    the captured x_mid, every sink."""
+    x_in, x_mid = capture.x_in[index], capture.x_mid[index]
+    return layer_error(SplitLayer(index, "split", split, split.token_values, x_in, x_mid))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -247,23 +258,24 @@ def assert_close(actual, expected, rtol: float = 1e-9) -> None:
 def test_layer_kinds(arch: str) -> None:
     model = tiny(arch)
     assert model.config.layer_types == ["linear_attention"] * 3 + ["full_attention"]
-    x_in, _ = captured(arch)
-    kinds = [type(decompose_layer(model, i, x_in[i])) for i in range(4)]
+    capture = captured(arch)
+    kinds = [type(split_of(model, capture, i)) for i in range(4)]
     assert kinds == [GatedDeltaNetLayer] * 3 + [GatedAttentionLayer]
     # the randomisation bites: decays, β and the attention gates spread, not at their initial values
-    decays = torch.cat([decompose_layer(model, i, x_in[i]).decay.flatten() for i in range(3)])
-    betas = torch.cat([decompose_layer(model, i, x_in[i]).beta.flatten() for i in range(3)])
+    decays = torch.cat([split_of(model, capture, i).decay.flatten() for i in range(3)])
+    betas = torch.cat([split_of(model, capture, i).beta.flatten() for i in range(3)])
     assert decays.min() < 0.3 and decays.max() > 0.95
     assert betas.min() < 0.25 and betas.max() > 0.8
-    gates = decompose_layer(model, 3, x_in[3]).queries_gates(torch.arange(N_TOKENS))[1]
+    gates = split_of(model, capture, 3).queries_gates(torch.arange(N_TOKENS))[1]
     assert gates.min() < 0.1 and gates.max() > 0.9
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("arch", TYPES)
 def test_parts_rebuild_the_layer_output(arch: str, dtype: torch.dtype) -> None:
-    """Σ_{h,j} part + residual = x_mid as the model computed it (captured), every layer and sink."""
-    errors = reconstruction_errors(tiny(arch, dtype), ids())
+    """Σ_{h,j} part + residual = x_mid as the model computed it (captured), every layer and sink: the
+    load-time self-check's measure on the adapter's layers."""
+    errors = capture_errors(QwenHybridAdapter(tiny(arch, dtype)), captured(arch, dtype))
     assert max(errors) <= 1e-5, errors
 
 
@@ -278,26 +290,28 @@ def test_multimodal_wrapper() -> None:
                                   video_token_id=4, vision_start_token_id=5, vision_end_token_id=6)
     torch.manual_seed(0)
     model = randomise(AutoModelForImageTextToText.from_config(config)).eval()
-    x_in, _ = capture_layers(model, ids())
-    kinds = [type(decompose_layer(model, i, x_in[i])) for i in range(4)]
+    adapter = QwenHybridAdapter(model)
+    capture = capture_residuals(adapter, ids())
+    kinds = [type(adapter.mixing_layer(i, capture).split) for i in range(4)]
     assert kinds == [GatedDeltaNetLayer] * 3 + [GatedAttentionLayer]
-    assert max(reconstruction_errors(model, ids())) <= 1e-5
+    assert max(capture_errors(adapter, capture)) <= 1e-5
 
 
 def test_bfloat16_within_the_self_check_tolerance() -> None:
     """In bfloat16 the model rounds its own mixer output to 8 bits; the split stays within the load-time
     self-check's bf16 tolerance (3e-2) with float32 arithmetic."""
-    model = copy.deepcopy(tiny("qwen3_next")).to(torch.bfloat16)
-    assert max(reconstruction_errors(model, ids())) <= 3e-2
+    adapter = QwenHybridAdapter(copy.deepcopy(tiny("qwen3_next")).to(torch.bfloat16))
+    assert max(capture_errors(adapter, capture_residuals(adapter, ids()))) <= 3e-2
 
 
 @pytest.mark.parametrize("arch", ["qwen3_next", "qwen3_5_text"])
-def test_parts_rebuild_the_modules_own_output(arch: str) -> None:
-    """Without a captured x_mid, ``reconstruct`` runs the model's own mixer module (the loop recurrences here)."""
+def test_loop_recurrence_rebuilds_the_layer_output(arch: str) -> None:
+    """The token-loop recurrences (``recurrence="loop"``) rebuild the captured x_mid too."""
     model = tiny(arch)
-    x_in, _ = captured(arch)
-    for index in range(4):
-        assert decompose_layer(model, index, x_in[index], recurrence="loop").reconstruct() <= 1e-5
+    capture = captured(arch)
+    for index in range(3):
+        layer = GatedDeltaNetLayer(text_stack(model).layers[index], capture.x_in[index], recurrence="loop")
+        assert rebuild_error(layer, capture, index) <= 1e-5
 
 
 # --------------------------------------------------------------------------------------------------
@@ -313,8 +327,8 @@ TOLERANCE = {"loop": 1e-9, "chunked": 1e-8}
 @functools.cache
 def deltanet_case(arch: str, index: int, recurrence: str) -> tuple[GatedDeltaNetLayer, dict[str, np.ndarray]]:
     model = tiny(arch, torch.float64)
-    x_in, x_mid = captured(arch, torch.float64)
-    layer = GatedDeltaNetLayer(text_stack(model).layers[index], x_in[index], x_mid=x_mid[index], recurrence=recurrence)
+    x_in = captured(arch, torch.float64).x_in
+    layer = GatedDeltaNetLayer(text_stack(model).layers[index], x_in[index], recurrence=recurrence)
     return layer, reference(arch, index)
 
 
@@ -344,7 +358,7 @@ def test_deltanet_rows_and_token_parts(arch: str, recurrence: str) -> None:
     assert_close(layer.sink_scale, ref["scale"], rtol)
     for sink in (0, 5, N_TOKENS - 1):
         assert_close(layer.token_parts(sink), ref["parts"][sink], rtol)
-    assert_close(layer.residual(sinks), captured(arch, torch.float64)[0][1].numpy())
+    assert_close(layer.residual(sinks), captured(arch, torch.float64).x_in[1].numpy())
 
 
 @pytest.mark.parametrize("recurrence", ["loop", "chunked"])
@@ -367,8 +381,8 @@ def test_deltanet_span_values(arch: str, recurrence: str) -> None:
 def test_deltanet_position_attribution() -> None:
     """``conv_attribution="position"``: the whole v_j at position j, Σ_i w_i A[i, j] s_i ⊙ v_j; same totals."""
     model = tiny("qwen3_5_text", torch.float64)
-    x_in, x_mid = captured("qwen3_5_text", torch.float64)
-    layer = GatedDeltaNetLayer(text_stack(model).layers[0], x_in[0], x_mid=x_mid[0], conv_attribution="position",
+    capture = captured("qwen3_5_text", torch.float64)
+    layer = GatedDeltaNetLayer(text_stack(model).layers[0], capture.x_in[0], conv_attribution="position",
                                recurrence="loop")
     ref = reference("qwen3_5_text", 0)
     sinks, weights = sink_set(3)
@@ -378,7 +392,7 @@ def test_deltanet_position_attribution() -> None:
         expected += w * ref["A"][:, i, :, None] * ref["scale"][:, i, None, :] * ref["values"]
     assert_close(values, expected)
     assert_close(torch.bmm(values, layer.out_weight).sum(1), aggregate(ref["parts"], sinks, weights).sum(1))
-    assert layer.reconstruct() <= 1e-5
+    assert rebuild_error(layer, capture, 0) <= 1e-5
 
 
 def test_deltanet_biases_stay_with_the_residual() -> None:
@@ -388,17 +402,18 @@ def test_deltanet_biases_stay_with_the_residual() -> None:
     generator = torch.Generator().manual_seed(7)
     mixer.conv1d.bias = nn.Parameter(torch.randn(mixer.conv_dim, generator=generator, dtype=torch.float64) * 0.5)
     mixer.out_proj.bias = nn.Parameter(torch.randn(48, generator=generator, dtype=torch.float64) * 0.5)
-    x_in, x_mid = capture_layers(model, ids())
+    capture = capture_residuals(QwenHybridAdapter(model), ids())
+    x_in = capture.x_in
     ref = reference_deltanet(model, 1)
     assert_close(ref["parts"].sum((1, 2)) + ref["residual"], ref["output"], rtol=1e-6)
     for attribution in ("token", "position"):
         for recurrence in ("loop", "chunked"):
-            layer = GatedDeltaNetLayer(text_stack(model).layers[1], x_in[1], x_mid=x_mid[1],
-                                       conv_attribution=attribution, recurrence=recurrence)
-            assert layer.reconstruct() <= 1e-5
+            layer = GatedDeltaNetLayer(text_stack(model).layers[1], x_in[1], conv_attribution=attribution,
+                                       recurrence=recurrence)
+            assert rebuild_error(layer, capture, 1) <= 1e-5
             assert_close(layer.residual(torch.arange(N_TOKENS)) - x_in[1], ref["residual"], TOLERANCE[recurrence])
     for recurrence in ("loop", "chunked"):
-        layer = GatedDeltaNetLayer(text_stack(model).layers[1], x_in[1], x_mid=x_mid[1], recurrence=recurrence)
+        layer = GatedDeltaNetLayer(text_stack(model).layers[1], x_in[1], recurrence=recurrence)
         sinks, weights = sink_set(5)
         values, out_weight = layer.span_values(sinks, weights)
         assert_close(torch.bmm(values, out_weight), aggregate(ref["parts"], sinks, weights), TOLERANCE[recurrence])
@@ -410,7 +425,7 @@ def test_deltanet_refuses_other_activations() -> None:
     layer = text_stack(model).layers[0]
     layer.linear_attn.activation = "gelu"
     with pytest.raises(UnsupportedArchitectureError, match="silu"):
-        GatedDeltaNetLayer(layer, captured("qwen3_5_text")[0][0])
+        GatedDeltaNetLayer(layer, captured("qwen3_5_text").x_in[0])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -421,8 +436,7 @@ def test_deltanet_refuses_other_activations() -> None:
 @functools.cache
 def attention_case(arch: str) -> tuple[GatedAttentionLayer, dict[str, np.ndarray]]:
     model = tiny(arch, torch.float64)
-    x_in, x_mid = captured(arch, torch.float64)
-    layer = decompose_layer(model, 3, x_in[3], x_mid=x_mid[3])
+    layer = split_of(model, captured(arch, torch.float64), 3)
     layer.chunk_size = 3  # several sink chunks in span_values
     return layer, reference_attention(model, 3)
 
@@ -448,7 +462,7 @@ def test_gated_attention_refuses_plain_attention() -> None:
     layer = text_stack(model).layers[3]
     layer.self_attn.q_proj = nn.Linear(48, 4 * 16)
     with pytest.raises(UnsupportedArchitectureError, match="not a gated layer"):
-        decompose_layer(model, 3, captured("qwen3_5_text")[0][3])
+        split_of(model, captured("qwen3_5_text"), 3)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -460,8 +474,9 @@ def test_gated_attention_refuses_plain_attention() -> None:
 def test_span_edges_on_effective_values(index: int) -> None:
     arch = "qwen3_next"
     model = tiny(arch, torch.float64)
-    x_in, x_mid = captured(arch, torch.float64)
-    layer = decompose_layer(model, index, x_in[index], x_mid=x_mid[index])
+    capture = captured(arch, torch.float64)
+    x_mid = capture.x_mid
+    layer = split_of(model, capture, index)
     ref = reference_attention(model, index) if index == 3 else reference_deltanet(model, index)
     sinks, weights = sink_set(2)
     values, out_weight = layer.span_values(sinks, weights)

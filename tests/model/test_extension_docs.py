@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 import spantrace
+from spantrace.architectures import registry as adapter_registry
 from spantrace.methods import registry as method_registry
-from spantrace.model import registry as adapter_registry
 
 PAGE = Path(__file__).resolve().parents[2] / "docs" / "adding-an-architecture.md"
 

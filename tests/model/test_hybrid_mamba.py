@@ -1,4 +1,5 @@
-"""The Mamba-2 hybrids end to end (spantrace/model/mamba_hybrid.py): Nemotron-H, Granite 4.0-H, Bamba, Falcon-H1.
+"""The Mamba-2 hybrids end to end (spantrace/architectures/mamba_hybrid.py): Nemotron-H, Granite 4.0-H, Bamba,
+Falcon-H1.
 
 The tiny random models of ``test_mamba2.py`` (every Mamba-2 detail randomised), plus a few variants here: Granite
 with rotary and attention biases, Falcon-H1 with attention biases, Nemotron-H with a MoE block and attention
@@ -30,10 +31,11 @@ from test_reference import assert_trace_close
 from torch import nn
 
 import spantrace
+from spantrace.architectures import mamba_hybrid
+from spantrace.architectures.mamba_hybrid import Mamba2HybridAdapter
+from spantrace.architectures.registry import adapter_for
 from spantrace.errors import UnsupportedArchitectureError
-from spantrace.model import mamba2
-from spantrace.model.mamba_hybrid import Mamba2HybridAdapter
-from spantrace.model.registry import adapter_for
+from spantrace.layers.mamba2 import Mamba2Branch
 
 N_TOKENS = 16
 PROMPT_LENGTH = 8
@@ -175,7 +177,7 @@ def case(arch: str) -> Case:
             sharpness = max(sharpness, float(store["alpha"][:, 4:].max()))
             pieces.append(parts)
             residual = residual + bias
-        if mamba2.is_mamba2_layer(layer):
+        if mamba_hybrid.is_mamba2_layer(layer):
             _, parts, with_x_in = mamba_reference(layer, x_in)
             pieces.append(parts)
             residual = residual + (with_x_in - x_in)
@@ -249,12 +251,12 @@ def test_granite_residual_multiplier_matters(monkeypatch: pytest.MonkeyPatch, br
     if branch == "attention":
         monkeypatch.setattr(Mamba2HybridAdapter, "_attention_output_scale", lambda self, index: 1.0)
     else:
-        original = mamba2._BRANCHES["GraniteMoeHybridDecoderLayer"]
+        original = mamba_hybrid._BRANCHES["GraniteMoeHybridDecoderLayer"]
 
-        def unscaled(layer: nn.Module) -> mamba2.Mamba2Branch:
+        def unscaled(layer: nn.Module) -> Mamba2Branch:
             return dataclasses.replace(original(layer), output_scale=1.0)
 
-        monkeypatch.setitem(mamba2._BRANCHES, "GraniteMoeHybridDecoderLayer", unscaled)
+        monkeypatch.setitem(mamba_hybrid._BRANCHES, "GraniteMoeHybridDecoderLayer", unscaled)
     _refused("granitemoehybrid")
 
 

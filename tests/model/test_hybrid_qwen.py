@@ -18,8 +18,8 @@ from reference import LayerTerms, trace
 from test_deltanet import captured, ids, reference, reference_attention, tiny
 
 import spantrace
+from spantrace.architectures import qwen_hybrid as hybrid
 from spantrace.errors import UnsupportedArchitectureError
-from spantrace.model import hybrid
 
 ARCHS = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
 PROMPT_LENGTH = 6
@@ -30,7 +30,8 @@ RTOL, ATOL = 1e-4, 1e-6
 @functools.cache
 def reference_terms(arch: str) -> list[LayerTerms]:
     """Float64 per-layer terms: contrib [H, N(sink), N(source), D], residual [N, D], x_mid [N, D]."""
-    x_in, x_mid = captured(arch, torch.float64)
+    capture = captured(arch, torch.float64)
+    x_in, x_mid = capture.x_in, capture.x_mid
     terms = []
     for index in range(len(x_in)):
         if index == 3:  # the gated full-attention layer
@@ -86,7 +87,7 @@ def test_reference_is_not_trivially_satisfied() -> None:
 
 def test_a_missed_gate_is_refused_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
     """An adapter that forgets the attention gate (σ(gate) taken as 1) does not reproduce the layer."""
-    from spantrace.model import gated_attention
+    from spantrace.layers import gated_attention
 
     original = gated_attention.GatedAttentionLayer.queries_gates
 

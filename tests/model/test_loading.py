@@ -17,8 +17,8 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 from spantrace.errors import ModelLoadError
-from spantrace.model import builtin
-from spantrace.model.loading import DEFAULT_MODEL, LoadedModel, clear_memo, load_hf, looks_like_path
+from spantrace.loading import builtin
+from spantrace.loading.hub import DEFAULT_MODEL, LoadedModel, clear_memo, load_hf, looks_like_path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILTIN_INSTALLED = importlib.util.find_spec(builtin.PACKAGE_NAME) is not None
@@ -321,7 +321,7 @@ def test_two_processes_filling_an_empty_cache_build_once_and_both_succeed(tmp_pa
         from pathlib import Path
         from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
         from tokenizers import Tokenizer, models
-        from spantrace.model import builtin
+        from spantrace.loading import builtin
 
         def build():
             time.sleep(1.0)
@@ -426,7 +426,7 @@ def test_cached_load_in_a_fresh_process_needs_no_gguf(first_load):
         import sys, time
         sys.modules["gguf"] = None  # the cache must load without the gguf package
         import transformers.models.llama.modeling_llama  # import cost is not load cost
-        from spantrace.model.loading import load_hf
+        from spantrace.loading.hub import load_hf
         start = time.perf_counter()
         loaded = load_hf()
         seconds = time.perf_counter() - start
@@ -445,7 +445,7 @@ def test_cached_load_in_a_fresh_process_needs_no_gguf(first_load):
 @pytest.mark.slow
 def test_two_processes_loading_the_builtin_into_an_empty_cache_both_succeed(tmp_path):
     code = """
-        from spantrace.model.loading import load_hf
+        from spantrace.loading.hub import load_hf
         loaded = load_hf()
         ids = loaded.tokenizer("The capital of France is", return_tensors="pt").input_ids
         print(loaded.tokenizer.decode(loaded.model(ids).logits[0, -1].argmax()).strip())

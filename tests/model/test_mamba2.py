@@ -1,4 +1,4 @@
-"""Mamba-2 mixers split over source tokens (spantrace/model/mamba2.py).
+"""Mamba-2 mixers split over source tokens (spantrace/layers/mamba2.py, spantrace/kernels/ssd_scan.py).
 
 Tiny random hybrids of Nemotron-H, Granite 4.0-H (granitemoehybrid), Bamba and Falcon-H1 (three variants
 of its gated norm), every detail of the mixer switched on and moved away from its initial value: A_log
@@ -28,8 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from spantrace.architectures.mamba_hybrid import is_mamba2_layer, mamba2_branch
 from spantrace.errors import UnsupportedArchitectureError
-from spantrace.model.mamba2 import Mamba2Mixing, is_mamba2_layer, mamba2_branch
+from spantrace.layers.mamba2 import Mamba2Mixing
 
 N_TOKENS = 14
 _COMMON = dict(vocab_size=97, hidden_size=32, pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
@@ -162,7 +163,7 @@ def test_parts_sum_to_the_layer_output(arch: str, dtype: torch.dtype) -> None:
         captured = capture(model)
     assert mamba_layers(model)
     for index, (x_in, x_out) in captured.items():
-        mixing = Mamba2Mixing.from_layer(model.model.layers[index], x_in, chunk=4)
+        mixing = Mamba2Mixing.from_branch(mamba2_branch(model.model.layers[index]), x_in, chunk=4)
         assert mixing.values.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
         assert mixing.max_relative_error(x_out) <= 1e-5, (arch, index)
         assert mixing.max_relative_error() <= 1e-5  # against the mixer's own forward
@@ -178,7 +179,7 @@ def test_details_are_exercised() -> None:
     for arch in ("nemotron_h", "granitemoehybrid"):
         model = tiny(arch)
         index, (x_in, _) = next(iter(capture(model).items()))
-        mixing = Mamba2Mixing.from_layer(model.model.layers[index], x_in)
+        mixing = Mamba2Mixing.from_branch(mamba2_branch(model.model.layers[index]), x_in)
         floor = float(mamba2_branch(model.model.layers[index]).mixer.time_step_limit[0])
         assert (mixing.dt == floor).any() and (mixing.dt > floor).any()
         assert mixing.conv_bias is not None and mixing.out_bias is not None
@@ -192,7 +193,7 @@ def test_falcon_h1_layer_is_the_union_of_its_two_branches() -> None:
     captured = capture(model)
     assert set(captured) == {0, 1}
     for index, (x_in, mamba_out) in captured.items():
-        mixing = Mamba2Mixing.from_layer(model.model.layers[index], x_in)
+        mixing = Mamba2Mixing.from_branch(mamba2_branch(model.model.layers[index]), x_in)
         assert mixing.branch.parallel_attention and mixing.branch.output_scale == pytest.approx(1.7)
         assert mixing.max_relative_error(mamba_out) <= 1e-5
         alone = mixing.residual(torch.arange(N_TOKENS), include_x_in=False)
@@ -202,7 +203,7 @@ def test_falcon_h1_layer_is_the_union_of_its_two_branches() -> None:
 def test_bfloat16_within_the_self_check_tolerance() -> None:
     model = copy.deepcopy(tiny("nemotron_h")).to(torch.bfloat16)
     for index, (x_in, x_out) in capture(model).items():
-        mixing = Mamba2Mixing.from_layer(model.model.layers[index], x_in)
+        mixing = Mamba2Mixing.from_branch(mamba2_branch(model.model.layers[index]), x_in)
         assert mixing.values.dtype == torch.float32
         assert mixing.max_relative_error(x_out) <= 3e-2
 
@@ -213,7 +214,7 @@ def test_bfloat16_within_the_self_check_tolerance() -> None:
 def reference(layer: nn.Module, x_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Explicit loops in float64: ``M [H, N, N]``, ``parts [H, N(sink), N(source), D]``, ``residual [N, D]``.
 
-    Written from the Hugging Face modules' definitions, independently of spantrace.model.mamba2.
+    Written from the Hugging Face modules' definitions, independently of spantrace.layers.mamba2.
     """
     kind = type(layer).__name__
     mixer = layer.mixer if kind == "NemotronHBlock" else layer.mamba
@@ -307,7 +308,7 @@ def test_slow_reference_agrees(arch: str) -> None:
     assert float((parts.sum((0, 2)) + residual - x_out).abs().max() / (x_out - x_in).abs().max()) <= 1e-5
     layer = model.model.layers[index]
     for chunk in (3, 64):
-        mixing = Mamba2Mixing.from_layer(layer, x_in, chunk=chunk)
+        mixing = Mamba2Mixing.from_branch(mamba2_branch(layer), x_in, chunk=chunk)
         sinks = torch.arange(N_TOKENS)
         assert relative(mixing.mixing_rows(sinks), mix) <= 1e-12
         assert relative(mixing.residual(sinks), residual) <= 1e-12
@@ -334,7 +335,7 @@ def test_float32_span_values_match_the_reference(arch: str) -> None:
     weights = torch.linspace(-1.0, 2.0, N_TOKENS)
     want = torch.einsum("m,hmnd->hnd", weights.double(), parts)
     for chunk in (3, 64):
-        mixing = Mamba2Mixing.from_layer(model.model.layers[index], x_in, chunk=chunk)
+        mixing = Mamba2Mixing.from_branch(mamba2_branch(model.model.layers[index]), x_in, chunk=chunk)
         values, out_weight = mixing.span_values(torch.arange(N_TOKENS), weights)
         assert relative(torch.einsum("hnp,hpd->hnd", values, out_weight).double(), want) <= 1e-5
         assert relative(mixing.residual(torch.arange(N_TOKENS)).double(), residual) <= 1e-5

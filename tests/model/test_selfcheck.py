@@ -9,9 +9,9 @@ import torch
 from tiny_models import make_tiny_model, random_ids
 
 import spantrace
-from spantrace.model import registry
-from spantrace.model.llama import LlamaStyleAdapter
-from spantrace.model.selfcheck import TOLERANCE_BY_DTYPE
+from spantrace.architectures import registry
+from spantrace.architectures.llama import LlamaStyleAdapter
+from spantrace.selfcheck import TOLERANCE_BY_DTYPE
 
 
 @pytest.fixture

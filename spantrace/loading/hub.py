@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import torch
 
 from spantrace.errors import ModelLoadError
-from spantrace.model import builtin
-from spantrace.model.builtin import DEFAULT_MODEL
+from spantrace.loading import builtin
+from spantrace.loading.builtin import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

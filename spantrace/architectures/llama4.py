@@ -38,7 +38,8 @@ from torch import nn
 
 from ..contract import AttentionRule
 from ..errors import UnsupportedArchitectureError
-from .llama import LlamaStyleAdapter, _require
+from .llama import LlamaStyleAdapter, require
+from .registry import register_adapter
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -59,15 +60,15 @@ class Llama4Adapter(LlamaStyleAdapter):
         causal, where = model, "model"
         if hasattr(model, "language_model") and not hasattr(model, "model"):
             causal, where = model.language_model, "model.language_model"
-        self._base = _require(causal, "model", self.name, where)
+        self._base = require(causal, "model", self.name, where)
         where = f"{where}.model"
-        self._layers = _require(self._base, "layers", self.name, where)
-        self._rotary = _require(self._base, "rotary_emb", self.name, where)
-        first = _require(self._layers[0], "self_attn", self.name, f"{where}.layers[0]")
+        self._layers = require(self._base, "layers", self.name, where)
+        self._rotary = require(self._base, "rotary_emb", self.name, where)
+        first = require(self._layers[0], "self_attn", self.name, f"{where}.layers[0]")
         for part in ("q_proj", "k_proj", "v_proj", "o_proj", "use_rope", "attn_temperature_tuning"):
-            _require(first, part, self.name, f"{where}.layers[0].self_attn")
-        _require(self._layers[0], "input_layernorm", self.name, f"{where}.layers[0]")
-        self._rotate: Callable = _require(
+            require(first, part, self.name, f"{where}.layers[0].self_attn")
+        require(self._layers[0], "input_layernorm", self.name, f"{where}.layers[0]")
+        self._rotate: Callable = require(
             sys.modules[type(first).__module__], "apply_rotary_emb", self.name, "modeling module"
         )
         self._sandwich_norms = {}
@@ -143,3 +144,6 @@ class Llama4Adapter(LlamaStyleAdapter):
         if not attention.attn_temperature_tuning or self._uses_rotary(index):
             return None
         return torch.log1p(torch.floor((positions.float() + 1.0) / attention.floor_scale)) * attention.attn_scale + 1.0
+
+
+register_adapter("llama4_text", Llama4Adapter)

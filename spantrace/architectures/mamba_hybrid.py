@@ -2,7 +2,7 @@
 
 Their token mixing is softmax attention (Llama-like: GQA, optional rotary, read through ``keys_values`` /
 ``queries`` / ``output_projection`` as kind "attention", so the attention-reading baselines see it too) and
-Mamba-2 mixers, split exactly by ``spantrace.model.mamba2`` (docs/hybrids.md) and served as a ``SplitLayer``
+Mamba-2 mixers, split exactly by ``spantrace.layers.mamba2`` (docs/hybrids.md) and served as a ``SplitLayer``
 of kind "mamba2". Where each family keeps what:
 
 - Nemotron-H: ``model.layers[i]`` is a ``NemotronHBlock`` holding ONE mixer (``block_type`` "linear_attention"
@@ -32,19 +32,19 @@ listed here, an attention module without separate q/k/v/o projections, and whate
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from ..contract import AttentionRule, SandwichNorm, SpanPart
+from ..contract import AttentionRule, SandwichNorm
 from ..errors import UnsupportedArchitectureError
-from ..kernels.proximity import Workspace
-from ..layers.softmax import LayerInputs, layer_inputs
-from .hybrid import SplitLayer, float32
+from ..layers.mamba2 import Mamba2Branch, Mamba2Mixing, checked_branch
+from ..layers.softmax import layer_inputs
+from ..layers.split import ParallelLayer, SplitLayer, float32
 from .llama import LlamaStyleAdapter
-from .mamba2 import Mamba2Mixing, is_mamba2_layer, mamba2_branch
+from .registry import register_adapter
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -57,61 +57,78 @@ _NEMOTRON_MIXING = ("linear_attention", "full_attention")  # Nemotron-H blocks t
 _NEMOTRON_CHANNEL = ("mlp", "moe")  # Nemotron-H blocks that do not (not layers for spantrace)
 
 
-@dataclass(eq=False)
-class ParallelLayer:
-    """Falcon-H1: softmax attention and a Mamba-2 mixer added to the same residual, as one ``MixingLayer``.
+# ----------------------------------------------------------------------------------------------------
+# Where the Mamba-2 mixer sits in each family's decoder layer
+# ----------------------------------------------------------------------------------------------------
 
-    Heads are the attention heads followed by the Mamba heads; the residual is ``x_in`` (once), the attention
-    output bias and the Mamba branch's bias terms.
-    """
 
-    index: int
-    attention: LayerInputs
-    mamba: SplitLayer
-    kind = "attention + mamba2"
-
-    @property
-    def num_heads(self) -> int:
-        return self.attention.num_heads + self.mamba.num_heads
-
-    @property
-    def x_in(self) -> torch.Tensor:
-        return self.attention.x_in
-
-    @property
-    def x_mid(self) -> torch.Tensor:
-        return self.attention.x_mid
-
-    def residual(self, sinks: torch.Tensor) -> torch.Tensor:
-        sinks = sinks.to(self.x_in.device)
-        biases = self.mamba.split.residual(sinks, include_x_in=False).float()  # type: ignore[attr-defined]
-        return self.attention.residual(sinks) + biases.to(self.x_in.device)
-
-    def span_parts(
-        self, sinks: torch.Tensor, weights: torch.Tensor, width: int, chunk_size: int, workspace: object = None
-    ) -> list[SpanPart]:
-        return self.attention.span_parts(sinks, weights, width, chunk_size, workspace) + self.mamba.span_parts(
-            sinks, weights, width, chunk_size, workspace
+def _nemotron_h(layer: nn.Module) -> Mamba2Branch:
+    if getattr(layer, "block_type", None) != "linear_attention":
+        raise UnsupportedArchitectureError(
+            f"nemotron_h: this block is a {getattr(layer, 'block_type', '?')!r} block, not a Mamba-2 one"
         )
+    return Mamba2Branch("nemotron_h", layer.norm, layer.mixer, 1.0, 1.0, None, True, False, False)
 
-    def token_parts(self, sinks: torch.Tensor, width: int, workspace: object = None) -> torch.Tensor:
-        attention = self.attention.token_parts(sinks, width, workspace)  # [H_attn, C, width, D]
-        mamba = self.mamba.token_parts(sinks, width).to(attention.device)  # [H_mamba, C, width, D]
-        return torch.cat([attention, mamba])
 
-    # the attention half's probabilities, for readers that want softmax rows (the Mamba heads have none)
-    def rows(self, sinks: torch.Tensor, width: int | None = None) -> torch.Tensor:
-        return self.attention.rows(sinks, width)
+def _granite_hybrid(layer: nn.Module) -> Mamba2Branch:
+    if layer.mamba is None:
+        raise UnsupportedArchitectureError("granitemoehybrid: this layer is an attention layer, not a Mamba-2 one")
+    scale = float(layer.residual_multiplier)
+    return Mamba2Branch("granitemoehybrid", layer.input_layernorm, layer.mamba, scale, 1.0, None, True, False, False)
 
-    def summed_rows(
-        self,
-        sinks: torch.Tensor,
-        sink_weights: torch.Tensor,
-        width: int,
-        chunk_size: int,
-        workspace: Workspace | None = None,
-    ) -> torch.Tensor:
-        return self.attention.summed_rows(sinks, sink_weights, width, chunk_size, workspace)
+
+def _bamba(layer: nn.Module) -> Mamba2Branch:
+    if getattr(layer, "block_type", None) != "linear_attention":
+        raise UnsupportedArchitectureError("bamba: this layer is an attention layer, not a Mamba-2 one")
+    return Mamba2Branch("bamba", layer.input_layernorm, layer.mamba, 1.0, 1.0, None, True, False, False)
+
+
+def _falcon_h1(layer: nn.Module) -> Mamba2Branch:
+    mixer = layer.mamba
+    gated = bool(mixer.mamba_rms_norm)
+    return Mamba2Branch(
+        family="falcon_h1",
+        norm=layer.input_layernorm,
+        mixer=mixer,
+        output_scale=float(layer.ssm_out_multiplier),
+        input_scale=float(mixer.ssm_in_multiplier),
+        projection_scale=mixer.mup_vector.reshape(-1),
+        gated_norm=gated,
+        norm_before_gate=gated and bool(mixer.norm.norm_before_gate),
+        parallel_attention=True,
+    )
+
+
+# Decoder-layer classes whose Mamba-2 mixer this module reads (transformers 5.x), and how.
+_BRANCHES: dict[str, Callable[[nn.Module], Mamba2Branch]] = {
+    "NemotronHBlock": _nemotron_h,
+    "GraniteMoeHybridDecoderLayer": _granite_hybrid,
+    "BambaDecoderLayer": _bamba,
+    "FalconH1DecoderLayer": _falcon_h1,
+}
+
+
+def mamba2_branch(layer: nn.Module) -> Mamba2Branch:
+    """The Mamba-2 branch of a decoder layer; UnsupportedArchitectureError if there is none or it is unknown."""
+    kind = type(layer).__name__
+    reader = _BRANCHES.get(kind)
+    if reader is None:
+        raise UnsupportedArchitectureError(
+            f"{kind} is not a decoder layer whose Mamba-2 mixer spantrace knows (known: {', '.join(_BRANCHES)})"
+        )
+    return checked_branch(reader(layer))
+
+
+def is_mamba2_layer(layer: nn.Module) -> bool:
+    """Whether ``layer`` is a known decoder layer holding a Mamba-2 mixer."""
+    kind = type(layer).__name__
+    if kind not in _BRANCHES:
+        return False
+    if kind == "GraniteMoeHybridDecoderLayer":
+        return layer.mamba is not None
+    if kind == "FalconH1DecoderLayer":
+        return True
+    return getattr(layer, "block_type", None) == "linear_attention"
 
 
 class Mamba2HybridAdapter(LlamaStyleAdapter):
@@ -189,7 +206,7 @@ class Mamba2HybridAdapter(LlamaStyleAdapter):
     def mixing_layer(self, index: int, capture: Capture) -> SplitLayer | ParallelLayer:
         layer = self._layers[index]
         x_in, x_mid = capture.x_in[index], capture.x_mid[index]
-        split = Mamba2Mixing.from_layer(layer, x_in)
+        split = Mamba2Mixing.from_branch(mamba2_branch(layer), x_in)
         if self.layer_kind(index) == "mamba2":
             device = next(layer.parameters()).device
             return SplitLayer(index, "mamba2", split, split.token_values, *float32(device, x_in, x_mid))
@@ -232,3 +249,7 @@ class Mamba2HybridAdapter(LlamaStyleAdapter):
         if self._family == "FalconH1DecoderLayer":
             return float(layer.attn_out_multiplier)
         return 1.0
+
+
+for _model_type in ("nemotron_h", "granitemoehybrid", "bamba", "falcon_h1"):
+    register_adapter(_model_type, Mamba2HybridAdapter)

@@ -90,15 +90,14 @@ Scope: one unpadded sequence from position 0 (what a capture holds): no cache, n
 mask (the model's padding mask would zero whole positions, which this split does not model).
 
 Refused: conv activations other than SiLU (the split needs ``act(a) = a · φ(a)`` in a closed form), a mixer
-in training mode, and any layer this module does not recognise (the recognised ones are listed in
-``_BRANCHES``).
+in training mode (``checked_branch``); which decoder layers hold a Mamba-2 mixer, and where, is family wiring
+(``spantrace.architectures.mamba_hybrid``).
 
 All arithmetic is float32 (float64 for a float64 model), whatever the model dtype.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -106,14 +105,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UnsupportedArchitectureError
+from ..kernels.ssd_scan import DEFAULT_CHUNK, conv_to_sources, forward_scan, transposed_scan
 
-DEFAULT_CHUNK = 64  # positions per chunk of the forward / transposed scans
 _SILU = frozenset({"silu", "swish"})
-
-
-# ----------------------------------------------------------------------------------------------------
-# Where the mixer sits in its decoder layer
-# ----------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, eq=False)
@@ -144,61 +138,8 @@ class Mamba2Branch:
             return self.norm(x_in.to(device=self.mixer.A_log.device, dtype=dtype))
 
 
-def _nemotron_h(layer: nn.Module) -> Mamba2Branch:
-    if getattr(layer, "block_type", None) != "linear_attention":
-        raise UnsupportedArchitectureError(
-            f"nemotron_h: this block is a {getattr(layer, 'block_type', '?')!r} block, not a Mamba-2 one"
-        )
-    return Mamba2Branch("nemotron_h", layer.norm, layer.mixer, 1.0, 1.0, None, True, False, False)
-
-
-def _granite_hybrid(layer: nn.Module) -> Mamba2Branch:
-    if layer.mamba is None:
-        raise UnsupportedArchitectureError("granitemoehybrid: this layer is an attention layer, not a Mamba-2 one")
-    scale = float(layer.residual_multiplier)
-    return Mamba2Branch("granitemoehybrid", layer.input_layernorm, layer.mamba, scale, 1.0, None, True, False, False)
-
-
-def _bamba(layer: nn.Module) -> Mamba2Branch:
-    if getattr(layer, "block_type", None) != "linear_attention":
-        raise UnsupportedArchitectureError("bamba: this layer is an attention layer, not a Mamba-2 one")
-    return Mamba2Branch("bamba", layer.input_layernorm, layer.mamba, 1.0, 1.0, None, True, False, False)
-
-
-def _falcon_h1(layer: nn.Module) -> Mamba2Branch:
-    mixer = layer.mamba
-    gated = bool(mixer.mamba_rms_norm)
-    return Mamba2Branch(
-        family="falcon_h1",
-        norm=layer.input_layernorm,
-        mixer=mixer,
-        output_scale=float(layer.ssm_out_multiplier),
-        input_scale=float(mixer.ssm_in_multiplier),
-        projection_scale=mixer.mup_vector.reshape(-1),
-        gated_norm=gated,
-        norm_before_gate=gated and bool(mixer.norm.norm_before_gate),
-        parallel_attention=True,
-    )
-
-
-# Decoder-layer classes whose Mamba-2 mixer this module reads (transformers 5.x), and how.
-_BRANCHES: dict[str, Callable[[nn.Module], Mamba2Branch]] = {
-    "NemotronHBlock": _nemotron_h,
-    "GraniteMoeHybridDecoderLayer": _granite_hybrid,
-    "BambaDecoderLayer": _bamba,
-    "FalconH1DecoderLayer": _falcon_h1,
-}
-
-
-def mamba2_branch(layer: nn.Module) -> Mamba2Branch:
-    """The Mamba-2 branch of a decoder layer; UnsupportedArchitectureError if there is none or it is unknown."""
-    kind = type(layer).__name__
-    reader = _BRANCHES.get(kind)
-    if reader is None:
-        raise UnsupportedArchitectureError(
-            f"{kind} is not a decoder layer whose Mamba-2 mixer spantrace knows (known: {', '.join(_BRANCHES)})"
-        )
-    branch = reader(layer)
+def checked_branch(branch: Mamba2Branch) -> Mamba2Branch:
+    """``branch`` if its mixer is one the split covers; UnsupportedArchitectureError naming what is not."""
     mixer = branch.mixer
     activation = str(getattr(mixer, "activation", "?"))
     if activation not in _SILU:
@@ -214,116 +155,6 @@ def mamba2_branch(layer: nn.Module) -> Mamba2Branch:
     return branch
 
 
-def is_mamba2_layer(layer: nn.Module) -> bool:
-    """Whether ``layer`` is a known decoder layer holding a Mamba-2 mixer."""
-    kind = type(layer).__name__
-    if kind not in _BRANCHES:
-        return False
-    if kind == "GraniteMoeHybridDecoderLayer":
-        return layer.mamba is not None
-    if kind == "FalconH1DecoderLayer":
-        return True
-    return getattr(layer, "block_type", None) == "linear_attention"
-
-
-# ----------------------------------------------------------------------------------------------------
-# Scans (pure tensor maths)
-# ----------------------------------------------------------------------------------------------------
-
-
-def _segment_sums(log_decay: torch.Tensor) -> torch.Tensor:
-    """``[..., Q] -> [..., Q, Q]``: entry ``[i, j] = Σ_{t=j+1..i} λ_t`` for ``i ≥ j`` (0 on the diagonal), −inf
-    above it. Each entry is a direct sum of its own terms (no difference of two long cumulative sums)."""
-    width = log_decay.shape[-1]
-    below = torch.ones(width, width, dtype=torch.bool, device=log_decay.device).tril(-1)  # [t, j]: t > j
-    terms = log_decay[..., :, None].expand(*log_decay.shape, width).masked_fill(~below, 0.0)  # [..., t, j]
-    sums = terms.cumsum(dim=-2)  # [..., i, j] = Σ_{j<t≤i} λ_t
-    causal = torch.ones(width, width, dtype=torch.bool, device=log_decay.device).tril()
-    return sums.masked_fill(~causal, float("-inf"))
-
-
-def forward_scan(
-    values: torch.Tensor,
-    dt: torch.Tensor,
-    log_decay: torch.Tensor,
-    b: torch.Tensor,
-    c: torch.Tensor,
-    skip: torch.Tensor,
-    chunk: int = DEFAULT_CHUNK,
-) -> torch.Tensor:
-    """``y_i = Σ_{j≤i} M[i, j] x_j`` per head: values ``x [H, N, P]``, dt ``Δ [H, N]``, log_decay ``λ [H, N]``,
-    b, c ``[H, N, n]`` (already expanded from groups to heads), skip ``D [H]`` -> ``[H, N, P]``.
-
-    Carried state between chunks: ``S = Σ_{j<c0} exp(Σ_{t=j+1..c0−1} λ_t) Δ_j x_j B_jᵀ`` ``[H, P, n]``.
-    """
-    heads, length, width = values.shape
-    out = torch.empty_like(values)
-    state = values.new_zeros(heads, width, b.shape[-1])  # [H, P, n]
-    for start in range(0, length, chunk):
-        part = slice(start, min(start + chunk, length))
-        lam, step = log_decay[:, part], dt[:, part]  # [H, Q]
-        segments = _segment_sums(lam)  # [H, Q, Q]
-        mixing = torch.matmul(c[:, part], b[:, part].transpose(1, 2)) * segments.exp() * step[:, None, :]  # [H, i, j]
-        into = lam.cumsum(-1)  # [H, Q]: Σ_{t=c0..i} λ_t
-        carried = torch.matmul(c[:, part], state.transpose(1, 2)) * into.exp()[..., None]  # [H, Q, P]
-        out[:, part] = torch.matmul(mixing, values[:, part]) + carried
-        to_end = segments[:, -1, :]  # [H, Q]: Σ_{t=j+1..c1−1} λ_t
-        fresh = torch.matmul((values[:, part] * (to_end.exp() * step)[..., None]).transpose(1, 2), b[:, part])
-        state = into[:, -1, None, None].exp() * state + fresh
-    return out + skip[:, None, None] * values
-
-
-def transposed_scan(
-    sink_weights: torch.Tensor,
-    dt: torch.Tensor,
-    log_decay: torch.Tensor,
-    b: torch.Tensor,
-    c: torch.Tensor,
-    skip: torch.Tensor,
-    chunk: int = DEFAULT_CHUNK,
-) -> torch.Tensor:
-    """``R_j = Σ_{i≥j} M[i, j] q_i`` per head (the transpose of ``forward_scan``): sink_weights ``q [H, N, P]``
-    (zero off the sinks), other arguments as there -> ``[H, N, P]``.
-
-    Runs from the last chunk back, carrying ``V = Σ_{i≥c1} exp(Σ_{t=c1..i} λ_t) q_i C_iᵀ`` ``[H, P, n]``.
-    """
-    heads, length, width = sink_weights.shape
-    out = torch.empty_like(sink_weights)
-    state = sink_weights.new_zeros(heads, width, c.shape[-1])  # [H, P, n]
-    starts = list(range(0, length, chunk))
-    for start in reversed(starts):
-        part = slice(start, min(start + chunk, length))
-        lam, step = log_decay[:, part], dt[:, part]  # [H, Q]
-        segments = _segment_sums(lam)  # [H, Q, Q]
-        mixing = torch.matmul(c[:, part], b[:, part].transpose(1, 2)) * segments.exp()  # [H, i, j]
-        within = torch.matmul(mixing.transpose(1, 2), sink_weights[:, part])  # [H, j, P]
-        to_end = segments[:, -1, :]  # [H, Q]: Σ_{t=j+1..c1−1} λ_t
-        carried = torch.matmul(b[:, part], state.transpose(1, 2)) * to_end.exp()[..., None]  # [H, Q, P]
-        out[:, part] = (within + carried) * step[..., None]
-        into = lam.cumsum(-1)  # [H, Q]: Σ_{t=c0..i} λ_t
-        fresh = torch.matmul((sink_weights[:, part] * into.exp()[..., None]).transpose(1, 2), c[:, part])  # [H, P, n]
-        state = into[:, -1, None, None].exp() * state + fresh
-    return out + skip[:, None, None] * sink_weights
-
-
-def conv_to_sources(per_position: torch.Tensor, conv_weight: torch.Tensor) -> torch.Tensor:
-    """Spread per-position weights back over the conv window: ``[..., N, P] -> [..., N, P]`` with
-    ``out[t] = Σ_{k<K} conv_weight[:, k] ⊙ per_position[t + K − 1 − k]`` (0 past the end).
-
-    conv_weight: ``[H, P, K]`` when per_position is ``[H, …, N, P]`` (head first).
-    """
-    kernel = conv_weight.shape[-1]
-    length = per_position.shape[-2]
-    padded = F.pad(per_position, (0, 0, 0, kernel - 1))  # [..., N + K − 1, P]
-    shape = (conv_weight.shape[0],) + (1,) * (per_position.dim() - 3) + (conv_weight.shape[1],)
-    out = torch.zeros_like(per_position)
-    for k in range(kernel):
-        tap = conv_weight[..., k].reshape(shape)[..., None, :]  # [H, 1…, 1, P]
-        shift = kernel - 1 - k
-        out = out + tap * padded[..., shift : shift + length, :]
-    return out
-
-
 # ----------------------------------------------------------------------------------------------------
 # The decomposition of one layer
 # ----------------------------------------------------------------------------------------------------
@@ -333,7 +164,8 @@ def conv_to_sources(per_position: torch.Tensor, conv_weight: torch.Tensor) -> to
 class Mamba2Mixing:
     """One Mamba-2 layer split over source tokens, for one captured sequence (see the module docstring).
 
-    Build it with ``Mamba2Mixing.from_layer(layer, x_in)``. All tensors float32 (float64 for float64 models).
+    Build it with ``Mamba2Mixing.from_branch(branch, x_in)`` (the family's ``Mamba2Branch`` of the layer).
+    All tensors float32 (float64 for float64 models).
     """
 
     branch: Mamba2Branch
@@ -353,12 +185,6 @@ class Mamba2Mixing:
     scan_output: torch.Tensor  # y [H, N, P], the SSM output (conv bias included)
     bias_output: torch.Tensor  # the part of y that comes from the conv bias [H, N, P]
     chunk: int
-
-    @classmethod
-    @torch.inference_mode()
-    def from_layer(cls, layer: nn.Module, x_in: torch.Tensor, *, chunk: int = DEFAULT_CHUNK) -> Mamba2Mixing:
-        """Recompute everything from the decoder ``layer`` and the residual ``x_in [N, D]`` entering it."""
-        return cls.from_branch(mamba2_branch(layer), x_in, chunk=chunk)
 
     @classmethod
     @torch.inference_mode()

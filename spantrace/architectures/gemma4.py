@@ -37,6 +37,7 @@ import torch
 from ..contract import AttentionRule
 from ..errors import UnsupportedArchitectureError
 from .llama import LlamaStyleAdapter
+from .registry import register_adapter
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -144,3 +145,11 @@ class Gemma4Adapter(LlamaStyleAdapter):
         positions = positions.to(cos.device)
         queries = self._rotate_one(queries, cos[0, positions], sin[0, positions], unsqueeze_dim=1)
         return queries.transpose(0, 1)  # [H, C, d]
+
+
+# the model types this adapter reads (docs/architectures.md lists the checkpoints and details of each)
+for _model_type in (
+    "gemma4_text",
+    "gemma4",
+):
+    register_adapter(_model_type, Gemma4Adapter)

@@ -88,7 +88,7 @@ from torch import nn
 
 from ..errors import UnsupportedArchitectureError
 from ..kernels.delta_rule import DeltaRule
-from .gated_attention import GatedAttentionLayer, compute_dtype, relative_error, rotary_tables
+from .gated_attention import compute_dtype
 
 ConvAttribution = Literal["token", "position"]
 Recurrence = Literal["loop", "chunked"]
@@ -102,8 +102,7 @@ class GatedDeltaNetLayer:
     """One Gated DeltaNet layer, split exactly over value heads and source tokens.
 
     ``layer`` is the decoder layer (``input_layernorm`` and ``linear_attn``), ``x_in [N, D]`` the residual
-    entering it; ``x_mid`` (optional) is the captured residual after the mixer, else ``reconstruct`` runs
-    the model's own module. ``conv_attribution``: "token" (default) or "position"; ``recurrence``: "chunked"
+    entering it. ``conv_attribution``: "token" (default) or "position"; ``recurrence``: "chunked"
     (default) or "loop"; see the module docstring.
     """
 
@@ -112,7 +111,6 @@ class GatedDeltaNetLayer:
         layer: nn.Module,
         x_in: torch.Tensor,
         *,
-        x_mid: torch.Tensor | None = None,
         conv_attribution: ConvAttribution = "token",
         recurrence: Recurrence = "chunked",
     ) -> None:
@@ -147,7 +145,6 @@ class GatedDeltaNetLayer:
         self.dtype = dtype = compute_dtype(parameter.dtype)
         self.model_x_in = x_in.detach().to(device=parameter.device, dtype=parameter.dtype)  # [N, D]
         self.x_in = self.model_x_in.to(dtype)  # [N, D]
-        self.x_mid = None if x_mid is None else x_mid.detach().to(device=parameter.device, dtype=dtype)
         self.length = n = int(x_in.shape[0])  # N
         hv, hk, dk, dv = self.num_v_heads, self.num_k_heads, self.key_dim, self.value_dim
 
@@ -326,15 +323,15 @@ class GatedDeltaNetLayer:
 
     @torch.inference_mode()
     def token_values(self, sinks: torch.Tensor) -> torch.Tensor:
-        """Each sink's own effective values ``[C, H_v, N, d_v]`` (``@ out_weight`` gives its parts)."""
+        """Each sink's own effective values ``[H_v, C, N, d_v]`` (``@ out_weight`` gives its parts)."""
         sinks = sinks.to(self.keys.device)
         rows = self.rows(sinks).transpose(0, 1)  # [C, H_v, N]
         scale = self.sink_scale[:, sinks].transpose(0, 1)  # s_i: [C, H_v, d_v]
-        return self._split(rows[..., None] * scale[:, :, None, :])  # [C, H_v, N, d_v]
+        return self._split(rows[..., None] * scale[:, :, None, :]).transpose(0, 1)  # [H_v, C, N, d_v]
 
     def token_parts(self, sink: int) -> torch.Tensor:
         """Per-head, per-source parts of one sink's update: ``[H_v, N, D]``."""
-        values = self.token_values(torch.tensor([int(sink)]))[0]  # [H_v, N, d_v]
+        values = self.token_values(torch.tensor([int(sink)]))[:, 0]  # [H_v, N, d_v]
         return torch.bmm(values, self.out_weight)  # [H_v, N, D]
 
     def residual(self, sinks: torch.Tensor) -> torch.Tensor:
@@ -355,20 +352,6 @@ class GatedDeltaNetLayer:
             self._bias_update = torch.einsum("hnv,hvd->nd", read * self.sink_scale, self.out_weight)
         return self._bias_update
 
-    @torch.inference_mode()
-    def own_output(self) -> torch.Tensor:
-        """``x_mid`` as the model computes it: the captured one, else ``x_in`` + the model's own mixer."""
-        if self.x_mid is not None:
-            return self.x_mid
-        return self.x_in + self.mixer(self._hidden[None])[0].to(self.dtype)
-
-    def reconstruct(self, sinks: torch.Tensor | None = None) -> float:
-        """Worst relative error of ``Σ_{h,t} token_parts + residual`` against the layer's own ``x_mid``."""
-        sinks = torch.arange(self.length) if sinks is None else sinks
-        values = self.token_values(sinks)  # [C, H_v, N, d_v]
-        rebuilt = torch.einsum("chnv,hvd->cd", values, self.out_weight) + self.residual(sinks)
-        return relative_error(rebuilt, self.own_output()[sinks], self.x_in[sinks])
-
 
 def _outer(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """Per-head outer products: ``[H, a] × [H, b] -> [H, a, b]``."""
@@ -378,75 +361,3 @@ def _outer(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
 def _read(state: torch.Tensor, vector: torch.Tensor) -> torch.Tensor:
     """``stateᵀ vector`` per head: ``[H, d_k, d_v] × [H, d_k] -> [H, d_v]``."""
     return torch.einsum("hkv,hk->hv", state, vector)
-
-
-# --------------------------------------------------------------------------------------------------
-# The hybrid stack: which layer is which
-# --------------------------------------------------------------------------------------------------
-
-HYBRID_TYPES = frozenset({"qwen3_next", "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text"})
-HybridLayer = GatedAttentionLayer | GatedDeltaNetLayer
-
-
-def text_stack(model: nn.Module) -> nn.Module:
-    """The decoder stack (``layers``, ``rotary_emb``) of a causal LM or of its multimodal wrapper."""
-    base = getattr(model, "model", model)
-    base = getattr(base, "language_model", base)
-    if not hasattr(base, "layers") or not hasattr(base, "rotary_emb"):
-        raise UnsupportedArchitectureError(f"{type(model).__name__}: no decoder stack with layers and rotary_emb")
-    return base
-
-
-def decompose_layer(
-    model: nn.Module,
-    index: int,
-    x_in: torch.Tensor,
-    *,
-    x_mid: torch.Tensor | None = None,
-    conv_attribution: ConvAttribution = "token",
-    recurrence: Recurrence = "chunked",
-) -> HybridLayer:
-    """Layer ``index`` of a Qwen3-Next / Qwen3.5 model, decomposed from its input residual ``x_in [N, D]``."""
-    stack = text_stack(model)
-    layer = stack.layers[index]
-    kind = getattr(layer, "block_type", getattr(layer, "layer_type", None))
-    if hasattr(layer, "linear_attn"):
-        return GatedDeltaNetLayer(layer, x_in, x_mid=x_mid, conv_attribution=conv_attribution, recurrence=recurrence)
-    if hasattr(layer, "self_attn"):
-        parameter = layer.self_attn.q_proj.weight
-        cos, sin = rotary_tables(stack.rotary_emb, x_in.to(device=parameter.device, dtype=parameter.dtype), len(x_in))
-        return GatedAttentionLayer(layer, x_in, cos, sin, x_mid=x_mid)
-    raise UnsupportedArchitectureError(f"layer {index} ({kind}) has neither linear_attn nor self_attn")
-
-
-@torch.inference_mode()
-def capture_layers(model: nn.Module, input_ids: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """One forward pass over ``input_ids [N]``: per layer, ``x_in`` and ``x_mid`` ``[N, D]`` (hooks on the
-    decoder layer and on its ``post_attention_layernorm``)."""
-    stack = text_stack(model)
-    x_in: list[torch.Tensor] = []
-    x_mid: list[torch.Tensor] = []
-    handles = []
-    for layer in stack.layers:
-        handles.append(layer.register_forward_pre_hook(lambda _m, args, kw: x_in.append(_first(args, kw)[0]),
-                                                       with_kwargs=True))
-        handles.append(layer.post_attention_layernorm.register_forward_pre_hook(
-            lambda _m, args: x_mid.append(args[0][0])))
-    try:
-        device = next(model.parameters()).device
-        model(input_ids[None].to(device), use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return x_in, x_mid
-
-
-def _first(args: tuple, kwargs: dict) -> torch.Tensor:
-    return args[0] if args and isinstance(args[0], torch.Tensor) else kwargs["hidden_states"]
-
-
-def reconstruction_errors(model: nn.Module, input_ids: torch.Tensor, **options) -> list[float]:
-    """Per layer: the worst relative error of Σ parts + residual against the captured ``x_mid`` (self-check).
-    ``options`` go to ``decompose_layer`` (``conv_attribution``, ``recurrence``)."""
-    x_in, x_mid = capture_layers(model, input_ids)
-    return [decompose_layer(model, i, x_in[i], x_mid=x_mid[i], **options).reconstruct() for i in range(len(x_in))]

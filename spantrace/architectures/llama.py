@@ -22,12 +22,13 @@ from torch import nn
 
 from ..contract import AttentionRule, SandwichNorm
 from ..errors import UnsupportedArchitectureError
+from .registry import register_adapter
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-def _require(obj: object, attribute: str, architecture: str, where: str) -> object:
+def require(obj: object, attribute: str, architecture: str, where: str) -> object:
     if not hasattr(obj, attribute):
         raise UnsupportedArchitectureError(
             f"{architecture}: expected `{where}.{attribute}` but the model has none; "
@@ -42,14 +43,14 @@ class LlamaStyleAdapter:
     def __init__(self, model: PreTrainedModel) -> None:
         where = self._locate_stack(model)
         first = self._layers[0]
-        attention = _require(first, "self_attn", self.name, f"{where}.layers[0]")
+        attention = require(first, "self_attn", self.name, f"{where}.layers[0]")
         if not (hasattr(attention, "qkv_proj") or all(hasattr(attention, p) for p in ("q_proj", "k_proj"))):
             raise UnsupportedArchitectureError(
                 f"{self.name}: the attention module has neither q_proj/k_proj/v_proj nor a fused qkv_proj."
             )
-        _require(attention, "o_proj", self.name, f"{where}.layers[0].self_attn")
-        _require(first, "input_layernorm", self.name, f"{where}.layers[0]")
-        self._rotate: Callable = _require(
+        require(attention, "o_proj", self.name, f"{where}.layers[0].self_attn")
+        require(first, "input_layernorm", self.name, f"{where}.layers[0]")
+        self._rotate: Callable = require(
             sys.modules[type(attention).__module__], "apply_rotary_pos_emb", self.name, "modeling module"
         )
 
@@ -60,12 +61,12 @@ class LlamaStyleAdapter:
         # The text stack and its config: a multimodal wrapper holds them one level down.
         self.config = model.config.get_text_config()
         self.text_type = getattr(self.config, "model_type", self.name)
-        self._base = _require(model, "model", self.name, type(model).__name__)
+        self._base = require(model, "model", self.name, type(model).__name__)
         where = "model.model"
         if hasattr(self._base, "language_model"):
             self._base, where = self._base.language_model, "model.model.language_model"
-        self._layers = _require(self._base, "layers", self.name, where)
-        self._rotary = _require(self._base, "rotary_emb", self.name, where)
+        self._layers = require(self._base, "layers", self.name, where)
+        self._rotary = require(self._base, "rotary_emb", self.name, where)
         self._sandwich_norms: dict[int, SandwichNorm | None] = {}
         self._cos_sin: dict[tuple[str | None, int, torch.device, torch.dtype], tuple] = {}
         return where
@@ -84,7 +85,7 @@ class LlamaStyleAdapter:
         layer = self._layers[index]
         if hasattr(layer, "pre_feedforward_layernorm"):  # Gemma: sandwich norms
             return layer.pre_feedforward_layernorm
-        return _require(layer, "post_attention_layernorm", self.name, f"model.model.layers[{index}]")
+        return require(layer, "post_attention_layernorm", self.name, f"model.model.layers[{index}]")
 
     def sandwich_norm(self, index: int) -> SandwichNorm | None:
         # Read once per layer: every trace asks for it on every layer and hop.
@@ -256,3 +257,42 @@ def _is_offset_rms_norm(norm: nn.Module) -> bool:
 
 def _rotary_takes_layer_type(rotary: nn.Module) -> bool:
     return hasattr(rotary, "layer_types") and hasattr(rotary, "rope_type") and isinstance(rotary.rope_type, dict)
+
+
+# the model types this adapter reads (docs/architectures.md lists the checkpoints and details of each)
+for _model_type in (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "gemma",
+    "gemma2",
+    "gemma3_text",
+    "phi3",
+    # softmax attention with a twist the Llama-style adapter reads from the modules (docs/architectures.md)
+    "gpt_oss",
+    "smollm3",
+    "glm4",
+    "granite",
+    "granitemoe",
+    "ministral3",
+    "mistral3",
+    "gemma3",
+    # only the MLP differs (mixture of experts): attention attribution is the Llama-style one
+    "qwen3_moe",
+    "glm4_moe",
+    "seed_oss",
+    "hy_v3",
+    "mixtral",
+    "qwen2_moe",
+    "phimoe",
+    "ernie4_5",
+    "ernie4_5_moe",
+    "exaone",
+    "starcoder2",
+    "nemotron",
+    "olmo",
+    "hunyuan_v1_dense",
+    "hunyuan_v1_moe",
+):
+    register_adapter(_model_type, LlamaStyleAdapter)

@@ -41,7 +41,7 @@ from ..contract import AttentionRule
 from ..errors import UnsupportedArchitectureError
 from ..kernels.proximity import Workspace
 from ..kernels.rows import attention_rows, weighted_row_sum
-from ..layers.softmax import weighted_sinks
+from .softmax import weighted_sinks
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -62,26 +62,12 @@ def rotary_tables(rotary: nn.Module, like: torch.Tensor, length: int) -> tuple[t
     return rotary(like.new_zeros(1, length, like.shape[-1]), positions)
 
 
-def relative_error(rebuilt: torch.Tensor, x_mid: torch.Tensor, x_in: torch.Tensor) -> float:
-    """``max |rebuilt − x_mid| / max |x_mid − x_in|`` (the load-time self-check's measure)."""
-    rebuilt, x_mid, x_in = rebuilt.double(), x_mid.double(), x_in.double()
-    update = (x_mid - x_in).abs().max().clamp_min(1e-30)
-    return float((rebuilt - x_mid).abs().max() / update)
-
-
-def causal_mask(length: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """An additive causal mask ``[1, 1, N, N]`` (0 on and below the diagonal, the dtype's minimum above)."""
-    mask = torch.full((length, length), torch.finfo(dtype).min, dtype=dtype, device=device).triu(1)
-    return mask[None, None]
-
-
 class GatedAttentionLayer:
     """One gated full-attention layer, split exactly over heads and source tokens.
 
     ``layer`` is the decoder layer (``input_layernorm`` and ``self_attn``), ``x_in [N, D]`` the residual
     entering it, ``cos``/``sin`` the rotary tables ``[1, N, d_rot]`` of its positions (see
-    ``rotary_tables``). ``x_mid`` (optional) is the captured residual after the mixer; without it
-    ``reconstruct`` runs the model's own attention module.
+    ``rotary_tables``).
     """
 
     def __init__(
@@ -91,7 +77,6 @@ class GatedAttentionLayer:
         cos: torch.Tensor,
         sin: torch.Tensor,
         *,
-        x_mid: torch.Tensor | None = None,
         chunk_size: int = 256,
     ) -> None:
         attention = getattr(layer, "self_attn", None)
@@ -117,7 +102,6 @@ class GatedAttentionLayer:
         self.dtype = compute_dtype(parameter.dtype)
         self.model_x_in = x_in.detach().to(device=parameter.device, dtype=parameter.dtype)  # [N, D]
         self.x_in = self.model_x_in.to(self.dtype)  # [N, D]
-        self.x_mid = None if x_mid is None else x_mid.detach().to(device=parameter.device, dtype=self.dtype)
         self.length = int(x_in.shape[0])  # N
         self.cos, self.sin = cos.to(parameter.device), sin.to(parameter.device)  # [1, N, d_rot]
         self.chunk_size = chunk_size
@@ -216,18 +200,3 @@ class GatedAttentionLayer:
         """Per-head, per-source parts of one sink's attention update: ``[H, N, D]``."""
         values = self.token_values(torch.tensor([int(sink)], device=self.x_in.device))[:, 0]  # [H, N, d]
         return torch.bmm(values, self.out_weight)  # [H, N, D]
-
-    @torch.inference_mode()
-    def own_output(self) -> torch.Tensor:
-        """``x_mid`` as the model computes it: the captured one, else ``x_in`` + the model's own attention."""
-        if self.x_mid is not None:
-            return self.x_mid
-        mask = causal_mask(self.length, self.model_dtype, self.model_x_in.device)
-        output, _ = self.attention(self._hidden[None], position_embeddings=(self.cos, self.sin), attention_mask=mask)
-        return self.x_in + output[0].to(self.dtype)
-
-    def reconstruct(self, sinks: torch.Tensor | None = None) -> float:
-        """Worst relative error of ``Σ_{h,j} token_parts + residual`` against the layer's own ``x_mid``."""
-        sinks = torch.arange(self.length) if sinks is None else sinks
-        rebuilt = torch.stack([self.token_parts(int(i)).sum((0, 1)) for i in sinks]) + self.residual(sinks)
-        return relative_error(rebuilt, self.own_output()[sinks], self.x_in[sinks])

@@ -41,7 +41,8 @@ from torch import nn
 
 from ..contract import AttentionRule
 from ..errors import UnsupportedArchitectureError
-from .llama import LlamaStyleAdapter, _require
+from .llama import LlamaStyleAdapter, require
+from .registry import register_adapter
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -62,14 +63,14 @@ class DeepseekV3Adapter(LlamaStyleAdapter):
         modeling = None
         for index, layer in enumerate(self._layers):
             where = f"{stack}.layers[{index}]"
-            _require(layer, "input_layernorm", self.name, where)
-            _require(layer, "post_attention_layernorm", self.name, where)
-            attention = _require(layer, "self_attn", self.name, where)
+            require(layer, "input_layernorm", self.name, where)
+            require(layer, "post_attention_layernorm", self.name, where)
+            attention = require(layer, "self_attn", self.name, where)
             for part in _ATTENTION_PARTS:
-                _require(attention, part, self.name, f"{where}.self_attn")
+                require(attention, part, self.name, f"{where}.self_attn")
             self._check_attention(attention, index)
             modeling = sys.modules[type(attention).__module__]
-        self._rotate: Callable = _require(
+        self._rotate: Callable = require(
             modeling, "apply_rotary_pos_emb_interleave" if self.config.rope_interleave else "apply_rotary_pos_emb",
             self.name, "modeling module",
         )
@@ -155,3 +156,6 @@ class DeepseekV3Adapter(LlamaStyleAdapter):
         per_head = weight.T.reshape(attention.num_heads, attention.v_head_dim, weight.shape[0])  # [H, d_v, D]
         bias = attention.o_proj.bias
         return per_head, bias.detach() if bias is not None else None
+
+
+register_adapter("deepseek_v3", DeepseekV3Adapter)

@@ -16,15 +16,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
-from ..contract import ArchitectureAdapter
-from ..errors import UnsupportedArchitectureError
-
-if TYPE_CHECKING:
-    from ..capture import Capture
+from .capture import Capture, capture_residuals
+from .contract import ArchitectureAdapter, MixingLayer
+from .errors import UnsupportedArchitectureError
+from .layers.dispatch import mixing_layer
 
 SELF_CHECK_TOKENS = 16
 # Worst tolerated error, relative to the largest entry of the layer's attention update x_mid − x_in.
@@ -61,34 +59,29 @@ def check_tokens(vocab_size: int, length: int = SELF_CHECK_TOKENS) -> torch.Tens
 @torch.inference_mode()
 def layer_errors(adapter: ArchitectureAdapter, input_ids: torch.Tensor) -> list[float]:
     """Per layer: max |reconstructed x_mid − x_mid| / max |x_mid − x_in| over the tokens ``input_ids [N]``."""
-    from ..capture import capture_residuals
-
     return capture_errors(adapter, capture_residuals(adapter, input_ids))
 
 
 @torch.inference_mode()
 def capture_errors(adapter: ArchitectureAdapter, capture: Capture) -> list[float]:
     """``layer_errors`` on a capture already made."""
-    from ..layers.dispatch import mixing_layer
+    return [layer_error(mixing_layer(adapter, capture, index)) for index in range(capture.num_layers)]
 
-    length = capture.num_tokens
-    sinks = torch.arange(length)
-    errors = []
-    for index in range(capture.num_layers):
-        layer = mixing_layer(adapter, capture, index)
-        positions = sinks.to(layer.x_in.device)
-        rebuilt = layer.token_parts(positions, length).sum((0, 2)) + layer.residual(positions)  # [N, D]
-        update = (layer.x_mid - layer.x_in).abs().max().clamp_min(1e-30)
-        errors.append(float((rebuilt - layer.x_mid).abs().max() / update))
-    return errors
+
+@torch.inference_mode()
+def layer_error(layer: MixingLayer) -> float:
+    """One layer's max |Σ_{h, j} token_parts + residual − x_mid| / max |x_mid − x_in| over all its sinks."""
+    length = layer.x_in.shape[0]
+    positions = torch.arange(length, device=layer.x_in.device)
+    rebuilt = layer.token_parts(positions, length).sum((0, 2)) + layer.residual(positions)  # [N, D]
+    update = (layer.x_mid - layer.x_in).abs().max().clamp_min(1e-30)
+    return float((rebuilt - layer.x_mid).abs().max() / update)
 
 
 def self_check(
     adapter: ArchitectureAdapter, vocab_size: int, dtype: torch.dtype, *, tokens: int = SELF_CHECK_TOKENS
 ) -> SelfCheck:
     """Check every layer of ``adapter``'s model; raise UnsupportedArchitectureError naming the worst layer."""
-    from ..capture import capture_residuals
-
     started = time.perf_counter()
     try:
         capture = capture_residuals(adapter, check_tokens(vocab_size, tokens))

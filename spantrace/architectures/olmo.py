@@ -34,7 +34,8 @@ from torch import nn
 
 from ..contract import AttentionRule, SandwichNorm
 from ..errors import UnsupportedArchitectureError
-from .llama import LlamaStyleAdapter, _require
+from .llama import LlamaStyleAdapter, require
+from .registry import register_adapter
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -62,11 +63,11 @@ class PostNormAdapter(LlamaStyleAdapter):
                     f"{self.name}: layer {index} has a norm before attention (input_layernorm), so it is not laid "
                     "out like OLMo 2; register it with the Llama-style adapter instead."
                 )
-            attention = _require(layer, "self_attn", self.name, where)
+            attention = require(layer, "self_attn", self.name, where)
             for part in ("q_proj", "k_proj", "v_proj", "o_proj"):
-                _require(attention, part, self.name, f"{where}.self_attn")
-            _require(layer, "post_attention_layernorm", self.name, where)
-            _require(layer, "mlp", self.name, where)
+                require(attention, part, self.name, f"{where}.self_attn")
+            require(layer, "post_attention_layernorm", self.name, where)
+            require(layer, "mlp", self.name, where)
             layer_type = self._layer_type(index)
             if layer_type is not None and layer_type not in _LAYER_TYPES:
                 raise UnsupportedArchitectureError(
@@ -76,7 +77,7 @@ class PostNormAdapter(LlamaStyleAdapter):
             rule = self.attention_rule(index)
             self._norm_placement(index, "q", rule.num_heads, rule.head_dim)
             self._norm_placement(index, "k", rule.num_kv_heads, rule.head_dim)
-        self._rotate = _require(
+        self._rotate = require(
             _modeling_module(self._layers[0].self_attn), "apply_rotary_pos_emb", self.name, "modeling module"
         )
 
@@ -160,3 +161,12 @@ class PostNormAdapter(LlamaStyleAdapter):
 
 def _modeling_module(attention: nn.Module) -> object:
     return sys.modules[type(attention).__module__]
+
+
+# the model types this adapter reads (docs/architectures.md lists the checkpoints and details of each)
+for _model_type in (
+    "olmo2",
+    "olmo3",
+    "exaone4",
+):
+    register_adapter(_model_type, PostNormAdapter)

@@ -9,6 +9,7 @@ from torch import nn
 
 from ..contract import AttentionRule, SandwichNorm
 from ..errors import UnsupportedArchitectureError
+from .registry import register_adapter
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -80,3 +81,6 @@ class GPT2Adapter:
         weight = attention.c_proj.weight.detach()  # Conv1D: [H*d, D]
         per_head = weight.reshape(attention.num_heads, attention.head_dim, weight.shape[1])  # [H, d, D]
         return per_head, attention.c_proj.bias.detach()
+
+
+register_adapter("gpt2", GPT2Adapter)
