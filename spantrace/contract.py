@@ -115,8 +115,8 @@ class MixingLayer(Protocol):
     """One layer's token mixing, split exactly over source positions (what FlashTrace and IFR read).
 
     For every sink i: ``x_mid_i = Σ_{h, j} part[h, i, j] + residual(i)``. Softmax attention
-    (``spantrace.attention.LayerInputs``) is one implementation; the hybrids' gated attention, Gated
-    DeltaNet and Mamba-2 layers are others (``spantrace.model.hybrid``). An adapter that has such layers
+    (``spantrace.layers.softmax.LayerInputs``) is one implementation; the hybrids' gated attention, Gated
+    DeltaNet and Mamba-2 layers are others (``spantrace.layers.split``). An adapter that has such layers
     implements ``layer_kind(index) -> str`` and, for every kind but "attention" (softmax attention, read
     through ``keys_values``/``queries``), ``mixing_layer(index, capture) -> MixingLayer``.
     """
@@ -137,4 +137,4 @@ class MixingLayer(Protocol):
 
     def token_parts(self, sinks: torch.Tensor, width: int, workspace: object = None) -> torch.Tensor:
         """Each sink's own per-head, per-source parts: ``[H, C, width, D]`` float32 (callers may overwrite it;
-        an implementation may build it in ``workspace``, a ``spantrace.kernels.Workspace``)."""
+        an implementation may build it in ``workspace``, a ``spantrace.kernels.proximity.Workspace``)."""

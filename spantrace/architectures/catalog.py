@@ -78,7 +78,7 @@ NOTES: dict[str, ArchitectureNote] = {
     "exaone4": ArchitectureNote(
         "EXAONE-4.0 (1.2B, 32B)", "no pre-attention norm, per-head q/k norm, sliding layers, no rotary on global layers"
     ),
-    # hybrids (spantrace/model/hybrid.py; the maths in docs/hybrids.md)
+    # hybrids (spantrace/architectures/qwen_hybrid.py; the maths in docs/hybrids.md)
     **{
         qwen: ArchitectureNote(
             checkpoints,
@@ -94,7 +94,7 @@ NOTES: dict[str, ArchitectureNote] = {
             ("qwen3_next", "Qwen3-Next-80B-A3B (Instruct, Thinking)"),
         )
     },
-    # Mamba-2 hybrids (spantrace/model/mamba_hybrid.py, spantrace/model/mamba2.py)
+    # Mamba-2 hybrids (spantrace/architectures/mamba_hybrid.py, spantrace/layers/mamba2.py)
     "nemotron_h": ArchitectureNote(
         "Nemotron-H (8B/47B/56B), NVIDIA Nemotron Nano 9B/12B v2, Nemotron 3 Nano 30B-A3B",
         "one mixer per block: Mamba-2 blocks split exactly per source (B, C, Δ, decays, conv SiLU ratio and gated "

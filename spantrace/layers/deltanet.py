@@ -64,7 +64,7 @@ over a chunk of sinks (``rows``); ``token_values`` builds each sink's parts from
 
 **Two ways to run the recurrences** (``recurrence=``). ``"loop"``: the recurrences above, one token per
 step, in the compute dtype (float64 for a float64 model): the exact, obviously-correct path, but N small
-steps per layer. ``"chunked"`` (default): ``v ↦ o = A v`` is linear, and ``delta_rule.DeltaRule`` writes
+steps per layer. ``"chunked"`` (default): ``v ↦ o = A v`` is linear, and ``kernels.delta_rule.DeltaRule`` writes
 it in the model's own 64-token blocks with everything that does not depend on v (the blocks' triangular
 inverses, decayed queries and keys) computed once per layer; ``Aᵀ y`` runs the same steps backwards. ``E``
 (y = ``w_i s_i`` at the sinks) and the rows (one one-hot column of y per sink) then cost a few matmuls per
@@ -248,7 +248,7 @@ class GatedDeltaNetLayer:
         return out
 
     def _chunked(self, values: torch.Tensor) -> torch.Tensor:
-        """``o = A v`` per head in chunked form (``delta_rule.DeltaRule``): ``[H_v, N, W]`` -> ``[H_v, N, W]``."""
+        """``o = A v`` per head in chunked form (``DeltaRule``): ``[H_v, N, W]`` -> ``[H_v, N, W]``."""
         return self._operator.forward(values.to(self.dtype))
 
     def _chunked_transpose(self, cotangent: torch.Tensor) -> torch.Tensor:

@@ -24,9 +24,9 @@ sum over sinks, but it does factor per source:
     Σ_i w_i part[h, i, j] = ((Σ_i w_i α_hij σ(gate_ih)) ⊙ v_j) W_O^h = effective_values[h, j] W_O^h,
 
 one ``[S, C] × [C, d]`` matmul per head and block of C sinks over the S sources they see (the causal
-tiling of ``spantrace.attention.weighted_row_sum``): O(M·N·H·d) for M sinks, memory
+tiling of ``spantrace.kernels.rows.weighted_row_sum``): O(M·N·H·d) for M sinks, memory
 O(C·N·H). ``effective_values`` with ``alpha_bar = ones`` is exactly what
-``spantrace.kernels.span_edges`` takes.
+``spantrace.kernels.proximity.span_edges`` takes.
 """
 
 from __future__ import annotations

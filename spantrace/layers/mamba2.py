@@ -73,7 +73,8 @@ no N×N matrix. It runs in chunks of ``Q`` positions from the last chunk back: i
 cumulative sum), between chunks the carried ``V = Σ_{i≥c1} exp(Σ_{t=c1..i} λ_t) q_i C_iᵀ``. The forward
 scan (``y``, needed for the norm scale, and the conv-bias stream) is the same in the other direction.
 ``span_values`` returns ``effective_values[h, t] = u_{h,t} ⊙ Σ_k …`` ``[H, N, P]`` with
-``out_weight = ρ W_out^h`` ``[H, P, D]``, ready for ``kernels.span_edges(ones, effective_values, out_weight…)``.
+``out_weight = ρ W_out^h`` ``[H, P, D]``, ready for
+``kernels.proximity.span_edges(ones, effective_values, out_weight…)``.
 
 Falcon-H1
 ---------

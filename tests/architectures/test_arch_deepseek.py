@@ -1,7 +1,7 @@
 """DeepSeek-V3 / R1 and Kimi K2 (Multi-head Latent Attention): every detail of the adapter matters, and what
 it cannot reproduce is refused at load.
 
-The library-vs-reference tests (tests/test_reference.py, tests/test_attention.py with ``-k deepseek_v3``)
+The library-vs-reference tests (tests/test_reference.py, tests/layers/test_softmax.py with ``-k deepseek_v3``)
 check the full tiny config; here each detail is switched off in turn (the self-check must then refuse the
 adapter, naming a layer) and the configurations the tiny model does not cover are loaded and checked.
 """

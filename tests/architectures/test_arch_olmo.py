@@ -1,4 +1,4 @@
-"""OLMo 2, OLMo 3 and EXAONE 4 (spantrace/model/olmo.py): each special detail is needed, and checked.
+"""OLMo 2, OLMo 3 and EXAONE 4 (spantrace/architectures/olmo.py): each special detail is needed, and checked.
 
 Each test drops or changes one detail of ``PostNormAdapter`` and shows that the load-time self-check
 refuses the model with the layer named; the tiny models come from ``tests/tiny_models.py`` (norms and

@@ -1,4 +1,5 @@
-"""Gemma 4 (spantrace/model/gemma4.py): every special detail is switched on in the tiny models, and each is needed.
+"""Gemma 4 (spantrace/architectures/gemma4.py): every special detail is switched on in the tiny models, and each
+is needed.
 
 The tiny ``gemma4_text`` (and the same stack inside the ``gemma4`` wrapper) has full layers with another head
 dim and kv-head count than the sliding ones, keys = values on the full layers, ``v_norm``, q/k/v/o biases,

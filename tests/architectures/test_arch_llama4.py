@@ -1,4 +1,4 @@
-"""Llama 4 (spantrace/model/llama4.py): each special detail is needed, and checked.
+"""Llama 4 (spantrace/architectures/llama4.py): each special detail is needed, and checked.
 
 The tiny ``llama4_text`` model (tests/tiny_models.py) has layers 1 and 3 without rotary and with the
 query temperature (floor_scale 3, so positions 2, 5, 8, … step it up), layers 0 and 2 with interleaved

@@ -17,7 +17,7 @@ DOCS = (Path(__file__).resolve().parents[2] / "docs" / "architectures.md").read_
 
 def test_every_supported_type_has_a_note_a_docs_row_and_a_tiny_test_model():
     for model_type in supported_architectures():
-        assert model_type in NOTES, f"{model_type}: no entry in spantrace/model/catalog.py"
+        assert model_type in NOTES, f"{model_type}: no entry in spantrace/architectures/catalog.py"
         assert f"`{model_type}`" in DOCS, f"{model_type}: not in docs/architectures.md"
         tested = ARCHITECTURES + HYBRID_ARCHITECTURES
         assert model_type in tested or model_type == "gemma", f"{model_type}: no tiny model in the tests"
