@@ -289,7 +289,7 @@ def child_prepare(length: int, output: Path, prompt_share: float, span_tokens: i
 
     import spantrace
     from spantrace.eval.tasks.files import data_file
-    from spantrace.model import builtin
+    from spantrace.loading import builtin
 
     entry = builtin.cache_entry()
     if not builtin.is_complete(entry):

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from spantrace.attention import fused_row_sum, weighted_row_sum
-from spantrace.model.adapter import AttentionRule
+from spantrace.contract import AttentionRule
+from spantrace.kernels.rows import fused_row_sum, weighted_row_sum
 
 
 def best_of(function: Callable[[], object], repeats: int) -> float:

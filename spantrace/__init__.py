@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from .api import Model, Run, load
+from .architectures.registry import register_adapter, supported_architectures
 from .errors import (
     GroupingError,
     InputError,
@@ -18,9 +19,8 @@ from .errors import (
     UnsupportedArchitectureError,
 )
 from .groups import GROUPINGS, Source, SourceTable
+from .loading.builtin import DEFAULT_MODEL
 from .methods.registry import available_methods, list_methods, register_method
-from .model.builtin import DEFAULT_MODEL
-from .model.registry import register_adapter, supported_architectures
 from .result import TopToken, TraceResult
 from .version import __version__
 

@@ -11,16 +11,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .attention import KeyValueCache
+from .architectures.registry import adapter_for, text_causal_lm
 from .capture import Capture, capture_residuals
+from .contract import ArchitectureAdapter
 from .errors import InputError, SpanTraceError
 from .inputs import Prepared, complete_layout, prepare
+from .layers.softmax import KeyValueCache
 from .methods.hops import RECURSIVE_SPANS, trace_hops
 from .methods.registry import get_method
-from .model.adapter import ArchitectureAdapter
-from .model.registry import adapter_for, text_causal_lm
-from .model.selfcheck import SelfCheck, self_check
 from .result import TraceResult
+from .selfcheck import SelfCheck, self_check
 from .spans import check_span, resolve_span, turn_start
 from .text.layout import Layout, layout_from_tokens
 from .text.tokens import is_special, is_stop_token, special_ids, token_strings
@@ -38,7 +38,7 @@ class Model:
     def __init__(
         self, model: PreTrainedModel, tokenizer: Any | None = None, model_id: str | None = None, *, check: bool = True
     ) -> None:
-        """``check=False`` skips the load-time self-check (``spantrace.model.selfcheck``): only for a model
+        """``check=False`` skips the load-time self-check (``spantrace.selfcheck``): only for a model
         whose adapter you have verified otherwise, since an unchecked adapter may give scores that are not
         the model's."""
         self.hf_model = text_causal_lm(model).eval()
@@ -393,7 +393,7 @@ def load(
     must rebuild each layer's attention output from its per-source parts, or the model is refused with
     ``UnsupportedArchitectureError`` naming the layer. ``check=False`` skips that (at your own risk).
     """
-    from .model.loading import load_hf
+    from .loading.hub import load_hf
 
     loaded = load_hf(source, tokenizer=tokenizer, dtype=dtype, device=device)
     return Model(loaded.model, loaded.tokenizer, loaded.model_id, check=check)

@@ -7,7 +7,7 @@ Attention probabilities are never requested: they are recomputed per layer when 
 forward pass computes anyway is kept where it is free: a float32 model on the CPU whose layer calls sdpa
 with a plain causal mask gets, from the same flash-attention kernel sdpa itself runs, each row's
 log-sum-exp (``logsumexp[l]``, [H, N]), which lets the trace sum rows over sinks in one fused call
-(``attention.fused_row_sum``). The layer's output is bit for bit what sdpa returns.
+(``kernels.rows.fused_row_sum``). The layer's output is bit for bit what sdpa returns.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .model.adapter import ArchitectureAdapter
+from .contract import ArchitectureAdapter
+from .kernels.rows import CPU_FLASH_ATTENTION
 
 
 @dataclass(frozen=True)
@@ -145,8 +146,6 @@ def recording_logsumexp(recorder: _LogSumExpRecorder) -> Iterator[None]:
     flash-attention kernel (float32, batch 1, causal, no mask, no dropout, as many keys as queries) go to that
     kernel directly, which returns the same output and each row's log-sum-exp; every other call is untouched.
     """
-    from .attention import CPU_FLASH_ATTENTION
-
     functional = torch.nn.functional
     original = functional.scaled_dot_product_attention
 

@@ -11,9 +11,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from .attention import KeyValueCache
 from .capture import Capture
-from .model.adapter import ArchitectureAdapter
+from .contract import ArchitectureAdapter
+from .layers.softmax import KeyValueCache
 from .text.layout import Layout
 
 

@@ -24,7 +24,7 @@ def tokenizer():
     """The built-in model's tokenizer (no model weights loaded when its cache is complete)."""
     from transformers import AutoTokenizer
 
-    from spantrace.model import builtin
+    from spantrace.loading import builtin
 
     entry = builtin.cache_entry()
     if builtin.is_complete(entry):

@@ -9,9 +9,10 @@ import torch
 from tiny_models import make_tiny_model, random_ids
 
 import spantrace.capture as capture_module
-from spantrace.attention import layer_inputs, visible_sources
+from spantrace.architectures.registry import adapter_for
 from spantrace.capture import capture_residuals
-from spantrace.model.registry import adapter_for
+from spantrace.kernels.rows import visible_sources
+from spantrace.layers.softmax import layer_inputs
 
 
 def recomputed_logsumexp(adapter, capture, index: int) -> torch.Tensor:

@@ -9,8 +9,8 @@ import pytest
 from tiny_models import make_tiny_model, random_ids
 
 import spantrace
+from spantrace.loading import builtin
 from spantrace.methods.registry import describe_methods, get_method, list_methods
-from spantrace.model import builtin
 
 REQUIRED = {
     "flashtrace",

@@ -17,12 +17,12 @@ ARCHITECTURES = (
     "gemma4_text", "gemma4",
     "deepseek_v3",
     "olmo2", "olmo3", "exaone4",
-    "llama4_text",  # Llama 4's image-text wrapper ("llama4") is tested in tests/model/test_arch_llama4.py
+    "llama4_text",  # Llama 4's image-text wrapper ("llama4") is tested in tests/architectures/test_arch_llama4.py
     "mixtral", "qwen2_moe", "phimoe", "ernie4_5", "ernie4_5_moe", "exaone", "starcoder2", "nemotron", "olmo",
     "hunyuan_v1_dense", "hunyuan_v1_moe",
 )
 # Hybrids (attention with Gated DeltaNet / Mamba-2 layers) have their own tiny models and float64 references:
-# tests/model/test_deltanet.py and test_hybrid_qwen.py (Qwen), test_mamba2.py and test_hybrid_mamba.py (Mamba-2).
+# tests/layers/test_deltanet.py and test_hybrid_qwen.py (Qwen), test_mamba2.py and test_hybrid_mamba.py (Mamba-2).
 HYBRID_ARCHITECTURES = (
     "qwen3_5", "qwen3_5_text", "qwen3_5_moe", "qwen3_5_moe_text", "qwen3_next",
     "nemotron_h", "granitemoehybrid", "bamba", "falcon_h1",

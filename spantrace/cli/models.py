@@ -6,10 +6,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ..architectures.catalog import NOTES, REFUSED
+from ..architectures.registry import supported_architectures
 from ..errors import SpanTraceError
-from ..model import builtin
-from ..model.catalog import NOTES, REFUSED
-from ..model.registry import supported_architectures
+from ..loading import builtin
 
 EXAMPLES = "\b\nExample:\n  spantrace models"
 

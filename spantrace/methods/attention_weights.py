@@ -16,8 +16,8 @@ from typing import ClassVar
 
 import torch
 
-from ..attention import layer_kind, mixing_layer
 from ..errors import UnsupportedArchitectureError
+from ..layers.dispatch import layer_kind, mixing_layer
 from ..protocols import RunView
 from .base import AttributionMethod, SinkScores
 from .registry import register_method

@@ -28,16 +28,27 @@ from typing import ClassVar
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ..architectures.llama import LlamaStyleAdapter
+from ..contract import AttentionRule
 from ..errors import UnsupportedArchitectureError
-from ..model.adapter import AttentionRule
-from ..model.llama import LlamaStyleAdapter
 from ..protocols import RunView
 from . import lrp_rules as rules
 from .base import AttributionMethod, SinkScores
 from .objective import Objective, input_embeddings, objective_for, scores_over_run
 from .registry import register_method
 
-SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "seed_oss", "ministral3", "mistral3")
+# The architectures AttnLRP has a rule for every piece of: config.model_type -> the adapter (class name) that reads
+# them as Llama-style layers. A model of another type, or read by another adapter (one registered over these
+# types, unless it extends the Llama-style one), is refused.
+SUPPORTED_ARCHITECTURES: dict[str, str] = {
+    model_type: "LlamaStyleAdapter"
+    for model_type in ("llama", "mistral", "qwen2", "qwen3", "smollm3", "seed_oss", "ministral3", "mistral3")
+}
+
+
+def reads_as(adapter: object, adapter_name: str) -> bool:
+    """Whether ``adapter`` is the adapter class ``adapter_name`` or extends it."""
+    return any(cls.__name__ == adapter_name for cls in type(adapter).__mro__)
 
 
 @dataclass(frozen=True)
@@ -55,7 +66,7 @@ def check_supported(run: RunView) -> None:
     """Raise UnsupportedArchitectureError unless AttnLRP has a rule for every piece of the run's model."""
     adapter, name = run.adapter, run.adapter.name
     problem = None
-    if name not in SUPPORTED_ARCHITECTURES or not isinstance(adapter, LlamaStyleAdapter):
+    if name not in SUPPORTED_ARCHITECTURES or not reads_as(adapter, SUPPORTED_ARCHITECTURES[name]):
         problem = f"its architecture is {name!r}"
     else:
         pieces = {

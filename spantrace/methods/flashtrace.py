@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from ..attention import iter_layers
-from ..kernels import Workspace, normalised_edges, span_proximities
+from ..kernels.proximity import Workspace, normalised_edges, span_proximities
+from ..layers.dispatch import iter_layers
 from ..protocols import RunView
 from .base import AttributionMethod, SinkScores
 from .registry import register_method

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from ..attention import iter_layers, sink_chunks
-from ..kernels import DEFAULT_BLOCK_ELEMENTS, Workspace, part_edges
+from ..kernels.proximity import DEFAULT_BLOCK_ELEMENTS, Workspace, part_edges
+from ..kernels.rows import sink_chunks
+from ..layers.dispatch import iter_layers
 from ..protocols import RunView
 from .base import AttributionMethod, SinkScores
 from .registry import register_method

@@ -17,7 +17,8 @@ from typing import ClassVar
 
 import torch
 
-from ..attention import mixing_layer, sink_chunks
+from ..kernels.rows import sink_chunks
+from ..layers.dispatch import mixing_layer
 from ..protocols import RunView
 from .attention_weights import attention_layers
 from .base import AttributionMethod, SinkScores

@@ -29,7 +29,7 @@ def load_tiny_model() -> spantrace.Model:
     """``tiny_model`` with the built-in tokenizer (a zero-argument loader, as Ray workers need)."""
     from transformers import AutoTokenizer
 
-    from spantrace.model import builtin
+    from spantrace.loading import builtin
 
     return tiny_model(AutoTokenizer.from_pretrained(builtin.cache_entry()))
 

@@ -16,7 +16,7 @@ from runner_job import CONFIG, tiny_model
 
 from spantrace.errors import SpanTraceError
 from spantrace.eval.runner import EvalConfig, ResultsFile, run_eval
-from spantrace.model import builtin
+from spantrace.loading import builtin
 
 JOB = Path(__file__).with_name("runner_job.py")
 

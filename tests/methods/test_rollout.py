@@ -6,7 +6,8 @@ import pytest
 import torch
 from method_cases import SINK_WEIGHTS, SINKS
 
-from spantrace.attention import attention_rows, layer_inputs
+from spantrace.kernels.rows import attention_rows
+from spantrace.layers.softmax import layer_inputs
 from spantrace.methods.registry import get_method
 from spantrace.methods.rollout import rollout_rows
 

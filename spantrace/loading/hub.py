@@ -1,0 +1,302 @@
+"""Loading a causal LM and its tokenizer from what the user has at hand.
+
+``load_hf`` takes the built-in model (the default), a ``.gguf`` file, a model folder saved with
+``save_pretrained``, a Hugging Face hub id, or a ``PreTrainedModel`` already in memory, and returns a
+``LoadedModel``: the model in eval mode with its default attention implementation, its tokenizer, and
+a name for reports. Every failure is a ``ModelLoadError`` that says what to do.
+
+transformers is imported inside the functions that need it: importing it costs seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+
+from spantrace.errors import ModelLoadError
+from spantrace.loading import builtin
+from spantrace.loading.builtin import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+__all__ = ["DEFAULT_MODEL", "LoadedModel", "clear_memo", "load_hf"]
+
+logger = logging.getLogger(__name__)
+
+GGUF_MAGIC = b"GGUF"
+GGUF_MIN_HEADER_BYTES = 24  # magic, version, tensor count, metadata count
+DTYPES_BY_NAME = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "float64": torch.float64,
+    "fp64": torch.float64,
+    "double": torch.float64,
+}
+# "name" or "owner/name": the shape of a hub id. Anything else with a separator is taken as a path.
+HUB_ID_PATTERN = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+SOURCE_HELP = (
+    "Pass nothing (the built-in model), a path to a .gguf file, a folder saved with save_pretrained "
+    "(it holds config.json), a Hugging Face hub id, or a transformers PreTrainedModel."
+)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A causal LM in eval mode, its tokenizer (None when none came with it) and its name for reports."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase | None
+    model_id: str
+
+
+# The built-in model per (dtype, device): a second load in the same process returns the same object.
+_BUILTIN_MEMO: dict[tuple[torch.dtype, str], LoadedModel] = {}
+_BUILTIN_MEMO_LOCK = threading.Lock()
+
+
+def load_hf(
+    source: str | os.PathLike[str] | PreTrainedModel | None = None,
+    *,
+    tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase | None = None,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer.
+
+    ``source``: None or ``DEFAULT_MODEL`` for the built-in model; a ``.gguf`` file; a model folder with
+    ``config.json``; a hub id (``"owner/name"``); or a ``PreTrainedModel``, used as is.
+    ``tokenizer``: a tokenizer, or a path / hub id / ``DEFAULT_MODEL`` to load one; replaces the model's own.
+    ``dtype``: None keeps float32 for files and the given model's dtype; else a torch dtype or its name.
+    ``device``: None loads files onto the CPU and leaves a given model where it is.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device)
+    want_tokenizer = tokenizer is None
+    if source is None or (isinstance(source, str) and source == DEFAULT_MODEL):
+        loaded = load_builtin(torch_dtype or torch.float32, torch_device or torch.device("cpu"))
+    elif isinstance(source, (str, os.PathLike)):
+        loaded = load_named(os.fspath(source), torch_dtype or torch.float32, want_tokenizer)
+        loaded = dataclasses.replace(loaded, model=place(loaded.model, None, torch_device))
+    else:
+        loaded = wrap_model(source, torch_dtype, torch_device)
+    if tokenizer is not None:
+        loaded = dataclasses.replace(loaded, tokenizer=load_tokenizer(tokenizer))
+    return loaded
+
+
+def clear_memo() -> None:
+    """Forget the built-in models this process has loaded (the next load reads the disk cache)."""
+    with _BUILTIN_MEMO_LOCK:
+        _BUILTIN_MEMO.clear()
+
+
+# --- options -------------------------------------------------------------------------------------------
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """The floating-point torch dtype that ``dtype`` names (None stays None)."""
+    if dtype is None:
+        return None
+    if isinstance(dtype, str):
+        name = dtype.strip().lower().removeprefix("torch.")
+        if name not in DTYPES_BY_NAME:
+            raise ModelLoadError(f"Unknown dtype {dtype!r}: use one of {', '.join(DTYPES_BY_NAME)}.")
+        return DTYPES_BY_NAME[name]
+    if isinstance(dtype, torch.dtype) and dtype.is_floating_point:
+        return dtype
+    raise ModelLoadError(f"dtype must be a floating-point torch.dtype or its name, not {dtype!r}.")
+
+
+def resolve_device(device: torch.device | str | None) -> torch.device | None:
+    """The torch device that ``device`` names (None stays None)."""
+    if device is None or isinstance(device, torch.device):
+        return device
+    if isinstance(device, str):
+        try:
+            return torch.device(device)
+        except RuntimeError as exc:
+            raise ModelLoadError(f"Unknown device {device!r}: use e.g. 'cpu', 'cuda' or 'cuda:1'.") from exc
+    raise ModelLoadError(f"device must be a torch.device or a string such as 'cpu', not {device!r}.")
+
+
+def place(model: PreTrainedModel, dtype: torch.dtype | None, device: torch.device | None) -> PreTrainedModel:
+    """``model`` cast to ``dtype`` and moved to ``device`` (None: leave as is), in eval mode."""
+    if dtype is not None:
+        model = model.to(dtype)
+    if device is not None:
+        try:
+            model = model.to(device)
+        except Exception as exc:
+            raise ModelLoadError(f"Could not move the model to {device} ({type(exc).__name__}: {exc}).") from exc
+    return model.eval()
+
+
+# --- sources -------------------------------------------------------------------------------------------
+
+
+def load_builtin(dtype: torch.dtype, device: torch.device) -> LoadedModel:
+    """The built-in model in ``dtype`` on ``device``, loaded once per process for each pair."""
+    key = (dtype, str(device))
+    with _BUILTIN_MEMO_LOCK:
+        if key not in _BUILTIN_MEMO:
+            model, tokenizer = builtin.load_builtin(dtype)
+            _BUILTIN_MEMO[key] = LoadedModel(place(model, None, device), tokenizer, DEFAULT_MODEL)
+        return _BUILTIN_MEMO[key]
+
+
+def load_named(name: str, dtype: torch.dtype, want_tokenizer: bool) -> LoadedModel:
+    """A model from a string: a .gguf file, a model folder, or else a hub id."""
+    path = local_path(name)
+    if path.is_file():
+        return load_gguf(path, dtype, want_tokenizer)
+    if path.is_dir():
+        return load_folder(path, dtype, want_tokenizer)
+    return load_hub(name, dtype, want_tokenizer)
+
+
+def local_path(name: str) -> Path:
+    """The local path ``name`` stands for; ModelLoadError if it looks like a path but does not exist."""
+    if not name.strip():
+        raise ModelLoadError(f"Empty model name. {SOURCE_HELP}")
+    path = Path(name).expanduser()
+    if not path.exists() and looks_like_path(name):
+        raise ModelLoadError(f"No such file or folder: {path} (resolved to {path.absolute()}).")
+    return path
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether ``name`` is meant as a path rather than a hub id.
+
+    ``owner/name`` is read as a hub id even though it contains a '/': every namespaced hub id does.
+    """
+    if name.startswith((".", "~")) or name.lower().endswith(".gguf") or os.path.isabs(name):
+        return True
+    return HUB_ID_PATTERN.fullmatch(name) is None
+
+
+def load_gguf(path: Path, dtype: torch.dtype, want_tokenizer: bool) -> LoadedModel:
+    """A model, and the tokenizer stored beside it, from the GGUF file at ``path`` (dequantised)."""
+    check_gguf_header(path)
+    try:
+        model = builtin.read_gguf_model(path, dtype)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"Could not load {path}: it is not a valid GGUF file (truncated or corrupt?) or holds a model "
+            f"transformers cannot read from GGUF. Cause: {type(exc).__name__}: {exc}"
+        ) from exc
+    found = optional(lambda: builtin.read_gguf_tokenizer(path), str(path), want_tokenizer)
+    return LoadedModel(model, found, str(path))
+
+
+def check_gguf_header(path: Path) -> None:
+    """Raise ModelLoadError unless the file at ``path`` starts like a GGUF file."""
+    with path.open("rb") as stream:
+        header = stream.read(GGUF_MIN_HEADER_BYTES)
+    if header[:4] != GGUF_MAGIC:
+        raise ModelLoadError(f"{path} is not a valid GGUF file: it does not start with the bytes 'GGUF'. {SOURCE_HELP}")
+    if len(header) < GGUF_MIN_HEADER_BYTES:
+        raise ModelLoadError(f"{path} is not a valid GGUF file: it ends inside its header (truncated).")
+
+
+def load_folder(path: Path, dtype: torch.dtype, want_tokenizer: bool) -> LoadedModel:
+    """A model, and its tokenizer if the folder has one, from a folder saved with ``save_pretrained``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "config.json").is_file():
+        ggufs = sorted(child.name for child in path.glob("*.gguf"))
+        hint = f" To load a GGUF file in it, pass its path, e.g. {path / ggufs[0]}." if ggufs else ""
+        raise ModelLoadError(f"{path} is a folder without config.json, so not a model folder.{hint} {SOURCE_HELP}")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except Exception as exc:
+        raise ModelLoadError(f"Could not load the model in {path}: {type(exc).__name__}: {exc}") from exc
+    found = optional(lambda: AutoTokenizer.from_pretrained(path), str(path), want_tokenizer)
+    return LoadedModel(model, found, str(path))
+
+
+def load_hub(repo_id: str, dtype: torch.dtype, want_tokenizer: bool) -> LoadedModel:
+    """A model, and its tokenizer if it has one, from the Hugging Face hub (or its local cache)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype)
+    except Exception as exc:
+        raise ModelLoadError(
+            f"Could not fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). It is not "
+            f"a local file or folder either (looked in {Path.cwd()}). Without hub access, pass a local model "
+            "folder saved with save_pretrained or a .gguf file, or pass nothing to use the built-in model."
+        ) from exc
+    found = optional(lambda: AutoTokenizer.from_pretrained(repo_id), repo_id, want_tokenizer)
+    return LoadedModel(model, found, repo_id)
+
+
+def wrap_model(model: Any, dtype: torch.dtype | None, device: torch.device | None) -> LoadedModel:
+    """A ``PreTrainedModel`` the caller built, cast and moved only when asked, named from its config."""
+    from transformers import PreTrainedModel
+
+    if not isinstance(model, PreTrainedModel):
+        raise ModelLoadError(f"Cannot load a model from a {type(model).__name__}. {SOURCE_HELP}")
+    architectures = model.config.architectures or [type(model).__name__]
+    model_id = model.config._name_or_path or architectures[0]
+    return LoadedModel(place(model, dtype, device), None, model_id)
+
+
+# --- tokenizers ----------------------------------------------------------------------------------------
+
+
+def load_tokenizer(spec: str | os.PathLike[str] | PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
+    """The tokenizer ``spec`` is or names: itself, ``DEFAULT_MODEL``, a .gguf file, a folder or a hub id."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+    if isinstance(spec, PreTrainedTokenizerBase):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise ModelLoadError(f"tokenizer must be a tokenizer or a path or hub id, not {type(spec).__name__}.")
+    name = os.fspath(spec)
+    if name == DEFAULT_MODEL:
+        return load_builtin(torch.float32, torch.device("cpu")).tokenizer
+    path = local_path(name)
+    if path.is_file():
+        check_gguf_header(path)
+        return required(lambda: builtin.read_gguf_tokenizer(path), f"No tokenizer in {path}")
+    if path.is_dir():
+        return required(lambda: AutoTokenizer.from_pretrained(path), f"No tokenizer in {path}")
+    hub_failure = f"Could not fetch the tokenizer {name!r} from the hub: pass a local folder or .gguf file"
+    return required(lambda: AutoTokenizer.from_pretrained(name), hub_failure)
+
+
+def optional(load: Callable[[], T], where: str, wanted: bool = True) -> T | None:
+    """``load()``, or None (logged) if it fails or is not ``wanted``: for tokenizers a model may lack."""
+    if not wanted:
+        return None
+    try:
+        return load()
+    except Exception as exc:
+        logger.info("No tokenizer in %s (%s: %s); continuing without one", where, type(exc).__name__, exc)
+        return None
+
+
+def required(load: Callable[[], T], message: str) -> T:
+    """``load()``, with any failure turned into ModelLoadError(``message``) that names the cause."""
+    try:
+        return load()
+    except Exception as exc:
+        raise ModelLoadError(f"{message} ({type(exc).__name__}: {exc}).") from exc
