@@ -715,11 +715,16 @@ def prepare(
     documents_message: int | None = None,
     output: str | None = None,
     chat: bool = True,
+    answer_prefix: str = "",
 ) -> Prepared:
     """Render and tokenise a prompt or a conversation (with documents and tools) for ``Model.run``.
 
     ``documents_message`` (with ``messages``) is the index in ``messages`` of the user or system message the
     documents open (negative: from the end); None puts them in the last user message.
+
+    ``answer_prefix`` (with ``prompt``) is text the assistant's turn starts with, appended to the rendered
+    context after the generation prompt; it is scaffolding (a ``"scaffold"`` segment, template tokens), so
+    the output that follows it is the model's own.
 
     A conversation whose last message is the assistant's is traced as given: that message is the output
     (rendered by the template as it would be generated); otherwise the output is ``output`` or generated."""
@@ -731,12 +736,15 @@ def prepare(
         if documents_message is not None:
             raise InputError("`documents_message` picks a message of `messages=`; a plain prompt's documents open it")
         context = render_prompt(tokenizer, prompt, documents=docs, chat=chat)  # type: ignore[arg-type]
+        context = _with_answer_prefix(context, answer_prefix)
         chat_rendered = chat and has_chat_template(tokenizer)
         ids, offsets = encode_rendered(tokenizer, context, add_special_tokens=not chat_rendered)
         prepared = Prepared(context, ids, offsets, special, "chat" if chat_rendered else "text", output_message=1)
         return _with_output(tokenizer, prepared, output, [])
     if prompt is not None:
         raise InputError("give either `prompt` or `messages`, not both")
+    if answer_prefix:
+        raise InputError("`answer_prefix` goes with `prompt=`; a conversation is traced as its messages give it")
     if not chat:
         raise InputError("messages are rendered with the model's chat template; chat=False is for a plain prompt")
     if tools is not None and (not isinstance(tools, Sequence) or not all(isinstance(t, Mapping) for t in tools)):
@@ -756,6 +764,17 @@ def prepare(
         return _with_output(tokenizer, prepared, output, [])
     text, segments = _given_turn(tokenizer, parsed, tools, docs, target, context)
     return _with_output(tokenizer, prepared, text, segments)
+
+
+def _with_answer_prefix(context: Rendered, answer_prefix: str) -> Rendered:
+    """``context`` followed by ``answer_prefix``, the start of the assistant's turn, as a scaffold segment."""
+    if not isinstance(answer_prefix, str):
+        raise InputError(f"`answer_prefix` must be text; got {type(answer_prefix).__name__}")
+    if not answer_prefix:
+        return context
+    start = len(context.text)
+    prefix = Segment("scaffold", "answer prefix", (start, start + len(answer_prefix)))
+    return Rendered(context.text + answer_prefix, [*context.segments, prefix])
 
 
 def _given_turn(

@@ -1,0 +1,1 @@
+"""Text and layout types: what everything above reads; imports nothing of spantrace but errors."""
