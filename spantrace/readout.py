@@ -56,7 +56,10 @@ def cached_token_log_probs(
     return values, getattr(output, "cache", None) or getattr(output, "past_key_values", None)
 
 
-def _read(model: torch.nn.Module, positions: torch.Tensor, targets: torch.Tensor, **forward: Any) -> tuple[Any, Any]:
+def _read(
+    model: torch.nn.Module, positions: torch.Tensor, targets: torch.Tensor, **forward: Any
+) -> tuple[torch.Tensor, Any]:
+    """The forward with ``forward`` as its arguments: the log-probs ``[B, M]`` and the model's output."""
     given = forward["input_ids"] if forward.get("input_ids") is not None else forward["inputs_embeds"]
     device = given.device
     shared = positions.dim() == 1  # every row reads the same positions
