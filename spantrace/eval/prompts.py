@@ -7,8 +7,9 @@ the task's answer prefix as the start of the assistant turn, ``answer_prefix=``)
 places its tokens by the one char→token rule of ``spantrace.inputs`` (a token belongs to the range that
 holds its first non-space character, ``inputs.assign``):
 
-- ``user_positions``: the tokens of the user's message that the layout does not mark as template (never
-  chat-template tokens, document headers or the answer prefix),
+- ``user_positions``: the tokens of the user's message, i.e. of the sample's text (never chat-template
+  tokens, special tokens or the answer prefix; a documents task's text holds its documents with their
+  ``Document N`` headers, as the task wrote it),
 - ``gold_positions``: the tokens placed in a gold span,
 
 and both index the very ids the model runs on and every method scores.
@@ -124,7 +125,7 @@ def eval_prompt(tokenizer: Any, sample: Sample, *, chat: bool = True) -> EvalPro
     if user is None or text[user.chars[0] : user.chars[1]] != sample.text:
         raise InputError("the chat template changed the user's text; evaluate with chat=False")
     inside = range(*user.tokens) if user.tokens is not None else range(0)
-    user_positions = np.array([p for p in inside if not layout.template[p]], dtype=np.int64)
+    user_positions = np.array([p for p in inside if not special[p]], dtype=np.int64)
     gold = _disjoint([(user.chars[0] + a, user.chars[0] + b) for a, b in sample.gold_spans])
     owners = assign(text, prepared.offsets, gold)
     gold_positions = np.array([p for p, owner in enumerate(owners) if owner is not None], dtype=np.int64)
