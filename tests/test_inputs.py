@@ -228,3 +228,27 @@ def test_prepare_rejects_mixed_inputs(tokenizer) -> None:
         prepare(tokenizer, messages=CHAT, chat=False)
     with pytest.raises(InputError, match="nothing before the assistant"):
         prepare(tokenizer, messages=[{"role": "assistant", "content": "hi"}])
+
+
+def test_answer_prefix_starts_the_assistant_turn_as_scaffolding(tokenizer) -> None:
+    plain = prepare(tokenizer, prompt="Where is the cat?", documents=["The cat is on the mat."])
+    prepared = prepare(tokenizer, prompt="Where is the cat?", documents=["The cat is on the mat."],
+                       answer_prefix=" The cat is", output=" on the mat.")
+    text = prepared.context.text
+    assert text == plain.context.text + " The cat is" and text.endswith("assistant\n The cat is")
+    assert prepared.ids == tokenizer(text, add_special_tokens=False)["input_ids"]  # one string, tokenised once
+    assert prepared.context.segments[:-1] == plain.context.segments  # the given pieces stay where they were
+    prefix = prepared.context.segments[-1]
+    assert (prefix.kind, prefix.name) == ("scaffold", "answer prefix") and text[slice(*prefix.chars)] == " The cat is"
+    layout = complete_layout(tokenizer, prepared, prepared.output_ids)
+    context = len(prepared.ids)
+    prefix_tokens = [p for p in range(context) if layout.offsets[p][0] >= prefix.chars[0]]
+    assert tokenizer.decode([prepared.ids[p] for p in prefix_tokens]) == " The cat is"
+    assert all(layout.template[p] for p in prefix_tokens)  # nobody gave it: template, never scored as a source
+    assert not any(layout.template[p] for p in range(*layout.of_kind("document")[0].tokens))
+    assert text_of(layout, layout.of_kind("message")[-1]) == " on the mat."  # the output follows the prefix
+    assert prepare(tokenizer, prompt="Q?", answer_prefix="A:", chat=False).context.text == "Q?A:"
+    with pytest.raises(InputError, match="goes with `prompt=`"):
+        prepare(tokenizer, messages=CHAT[:2], answer_prefix="A:")
+    with pytest.raises(InputError, match="must be text"):
+        prepare(tokenizer, prompt="Q?", answer_prefix=3)

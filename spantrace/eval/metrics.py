@@ -240,12 +240,3 @@ def ablation_auc(ks: Any, values: Any) -> float:
         raise ValueError("an ablation AUC needs a grid with at least one k > 0")
     area = float(np.sum(np.diff(grid) * (drops[1:] + drops[:-1]) / 2.0))
     return area / float(grid[-1])
-
-
-def __getattr__(name: str) -> Any:
-    # ``deletion_curve`` needs torch and a model; it lives in ``curves`` and is imported on first use.
-    if name in ("deletion_curve", "insertion_curve"):
-        from . import curves
-
-        return getattr(curves, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

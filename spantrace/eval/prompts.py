@@ -1,12 +1,16 @@
-"""One prompt builder for attribution and evaluation: the same chat template, the same token boundaries.
+"""A task sample as the prompt the model reads, built by ``spantrace.inputs`` (the pipeline ``Model.run`` uses).
 
 A task ``Sample`` holds the user's text and, where the task has them, the character spans of the gold
-evidence (needles) in that text. ``build_prompt`` wraps the text in the model's chat template (plus
-the task's answer prefix at the start of the assistant turn), tokenises the whole string once, and
-maps characters to tokens with the tokenizer's offsets, so that
+evidence (needles) in that text. ``prepare_sample`` renders it as a one-turn prompt with
+``inputs.prepare`` (in the model's chat template; a documents task's documents through ``documents=``;
+the task's answer prefix as the start of the assistant turn, ``answer_prefix=``), and ``eval_prompt``
+places its tokens by the one char→token rule of ``spantrace.inputs`` (a token belongs to the range that
+holds its first non-space character, ``inputs.assign``):
 
-- ``user_positions`` are the tokens that lie wholly inside the user's text (never template tokens),
-- ``gold_positions`` are the tokens that overlap a gold span,
+- ``user_positions``: the tokens of the user's message, i.e. of the sample's text (never chat-template
+  tokens, special tokens or the answer prefix; a documents task's text holds its documents with their
+  ``Document N`` headers, as the task wrote it),
+- ``gold_positions``: the tokens placed in a gold span,
 
 and both index the very ids the model runs on and every method scores.
 
@@ -18,13 +22,15 @@ applied identically to every method of one evaluation.
 
 from __future__ import annotations
 
-import unicodedata
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
+from ..inputs import Layout, Prepared, assign, build_layout, prepare
+from ..text.tokens import is_stop_token
 
 SCOPES = ("user", "prompt")
 STOP_TOKEN_RULES = ("keep", "drop")
@@ -49,20 +55,33 @@ class Sample:
 
 
 @dataclass(frozen=True)
-class BuiltPrompt:
-    """The tokenised prompt. ids: [P] token ids; user_positions, gold_positions: sorted positions in 0 … P − 1;
-    offsets: each token's character range in ``text``; user_offset: where the sample's text starts in ``text``."""
+class EvalPrompt:
+    """A sample's prepared prompt with its layout (prompt tokens only) and the positions the metrics read.
 
-    text: str
-    ids: list[int]
+    user_positions, gold_positions: sorted positions in 0 … P − 1; user_offset: where the sample's text
+    starts in ``text``."""
+
+    prepared: Prepared
+    layout: Layout
+    user_offset: int
     user_positions: np.ndarray
     gold_positions: np.ndarray
-    offsets: tuple[tuple[int, int], ...] = ()
-    user_offset: int = 0
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prepared.ids
+
+    @property
+    def text(self) -> str:
+        return self.prepared.context.text
+
+    @property
+    def offsets(self) -> list[tuple[int, int]]:
+        return self.prepared.offsets
 
     @property
     def prompt_length(self) -> int:
-        return len(self.ids)
+        return len(self.prepared.ids)
 
 
 @dataclass(frozen=True)
@@ -78,7 +97,7 @@ class EvalTokens:
         if self.stop_tokens not in STOP_TOKEN_RULES:
             raise InputError(f"stop_tokens must be one of {STOP_TOKEN_RULES}; got {self.stop_tokens!r}")
 
-    def positions(self, prompt: BuiltPrompt, tokens: list[str]) -> np.ndarray:
+    def positions(self, prompt: EvalPrompt, tokens: list[str]) -> np.ndarray:
         """The ranked positions of ``prompt``; ``tokens`` are the run's token strings (for stop tokens)."""
         chosen = prompt.user_positions if self.scope == "user" else np.arange(prompt.prompt_length)
         if self.stop_tokens == "drop":
@@ -86,56 +105,48 @@ class EvalTokens:
         return chosen
 
 
-def is_stop_token(token: str) -> bool:
-    """A token made only of punctuation and whitespace."""
-    return all(ch.isspace() or unicodedata.category(ch).startswith("P") for ch in token)
+def prepare_sample(tokenizer: Any, sample: Sample, *, chat: bool = True) -> Prepared:
+    """``sample`` as a one-turn prompt by ``inputs.prepare``: its text (or, for a documents task, its question
+    with ``metadata["documents"]``), followed by its answer prefix."""
+    documents = sample.metadata.get("documents")
+    if documents is not None:
+        return prepare(tokenizer, prompt=sample.metadata["question"], documents=list(documents), chat=chat,
+                       answer_prefix=sample.answer_prefix)
+    return prepare(tokenizer, prompt=sample.text, chat=chat, answer_prefix=sample.answer_prefix)
 
 
-def render_prompt(tokenizer: Any, sample: Sample, *, chat: bool = True) -> tuple[str, int]:
-    """The full prompt string and the character offset of ``sample.text`` in it."""
-    if chat and getattr(tokenizer, "chat_template", None):
-        wrapped = tokenizer.apply_chat_template(
-            [{"role": "user", "content": sample.text}], add_generation_prompt=True, tokenize=False
-        )
-        start = wrapped.find(sample.text)
-        if start < 0:
-            raise InputError("the chat template changed the user's text; evaluate with chat=False")
-        return wrapped + sample.answer_prefix, start
-    return sample.text + sample.answer_prefix, 0
+def eval_prompt(tokenizer: Any, sample: Sample, *, chat: bool = True) -> EvalPrompt:
+    """Prepare the sample's prompt once and place its user tokens and gold tokens (see module doc)."""
+    prepared = prepare_sample(tokenizer, sample, chat=chat)
+    text = prepared.context.text
+    special = [i in prepared.special for i in prepared.ids]
+    layout = build_layout(text, prepared.offsets, prepared.context.segments, special, source=prepared.source)
+    user = next((s for s in layout.of_kind("message") if s.role == "user"), None)
+    if user is None or text[user.chars[0] : user.chars[1]] != sample.text:
+        raise InputError("the chat template changed the user's text; evaluate with chat=False")
+    inside = range(*user.tokens) if user.tokens is not None else range(0)
+    user_positions = np.array([p for p in inside if not special[p]], dtype=np.int64)
+    gold = _disjoint([(user.chars[0] + a, user.chars[0] + b) for a, b in sample.gold_spans])
+    owners = assign(text, prepared.offsets, gold)
+    gold_positions = np.array([p for p, owner in enumerate(owners) if owner is not None], dtype=np.int64)
+    return EvalPrompt(prepared, layout, user.chars[0], user_positions, gold_positions)
 
 
-def build_prompt(tokenizer: Any, sample: Sample, *, chat: bool = True) -> BuiltPrompt:
-    """Tokenise the sample's prompt once and locate its user tokens and gold tokens (see module doc)."""
-    text, offset = render_prompt(tokenizer, sample, chat=chat)
-    try:
-        encoded = tokenizer(text, add_special_tokens=not chat, return_offsets_mapping=True)
-    except (NotImplementedError, TypeError, ValueError) as error:
-        raise InputError(f"the evaluation needs a fast tokenizer with offsets ({error})") from error
-    ids = list(encoded["input_ids"])
-    spans = np.array(encoded["offset_mapping"], dtype=np.int64).reshape(-1, 2)  # [P, 2] characters of text
-    starts, ends = spans[:, 0], spans[:, 1]
-    real = ends > starts  # special tokens added by the tokenizer carry (0, 0)
-    user_end = offset + len(sample.text)
-    user = real & (starts >= offset) & (ends <= user_end)
-    gold = np.zeros(len(ids), dtype=bool)
-    for gold_start, gold_end in sample.gold_spans:
-        gold |= real & (starts < offset + gold_end) & (ends > offset + gold_start)
-    return BuiltPrompt(
-        text=text,
-        ids=ids,
-        user_positions=np.flatnonzero(user),
-        gold_positions=np.flatnonzero(gold),
-        offsets=tuple((int(a), int(b)) for a, b in spans),
-        user_offset=offset,
-    )
+def _disjoint(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``ranges`` sorted, overlapping ones merged (``inputs.assign`` takes sorted, disjoint ranges)."""
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(ranges):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
-def token_counter(tokenizer: Any, *, chat: bool = True):
-    """``count(text) -> int``: prompt tokens of ``text`` as the user's message (for length fitting)."""
+def token_counter(tokenizer: Any, *, chat: bool = True) -> Callable[[str, str], int]:
+    """``count(text, answer_prefix) -> int``: prompt tokens of ``text`` as the user's message (for length fitting)."""
 
     def count(text: str, answer_prefix: str = "") -> int:
-        sample = Sample(task="", sample_id="", text=text, answers=(), answer_prefix=answer_prefix)
-        rendered, _ = render_prompt(tokenizer, sample, chat=chat)
-        return len(tokenizer(rendered, add_special_tokens=not chat)["input_ids"])
+        return len(prepare(tokenizer, prompt=text, chat=chat, answer_prefix=answer_prefix).ids)
 
     return count

@@ -1,8 +1,9 @@
 """The resumable evaluation runner: model × task × methods × n samples → one JSONL row per (sample, method).
 
-For each sample: build the prompt (``prompts.build_prompt``), let the model answer greedily, capture
-one ``Run``, score the answer, then for each method trace the chosen span and measure the deletion
-and insertion curves on the ranked tokens (``prompts.EvalTokens``, the same for every method).
+For each sample: prepare the prompt once through ``spantrace.inputs`` (``prompts.eval_prompt``: the user
+and gold positions, and the documents' token ranges), let the model answer greedily once, capture one
+``Run`` of those very ids, score the answer, then for each method trace the chosen span and measure the
+deletion and insertion curves on the ranked tokens (``prompts.EvalTokens``, the same for every method).
 
 Rows are appended, flushed and fsync'ed one at a time. On start the runner reads the file back,
 cuts off a torn last line (a crash mid-write), and skips every (sample_id, method) already there,
@@ -11,7 +12,7 @@ the configuration's fingerprint; resuming into a file written with other setting
 
 Source-level measures (``sources``; ``measures="all"`` or ``"source"``) are added for the tasks that
 have sources: HotpotQA (context sentences: sentence recovery and the ablation curve) and docs_needle
-(documents, run in the library's ``documents=`` layout: whether the top document holds the needle).
+(documents, prepared in the library's ``documents=`` layout: whether the top document holds the needle).
 Those tasks also get a ``random`` row per sample: the same measures for a seeded random order of the
 sources. ``measures="source"`` leaves out the token-level curves (the costly part on long prompts).
 """
@@ -35,7 +36,7 @@ import torch
 from ..errors import InputError, SpanTraceError
 from . import metrics, sources
 from .curves import deletion_curve, insertion_curve
-from .prompts import BuiltPrompt, EvalTokens, Sample, build_prompt
+from .prompts import EvalPrompt, EvalTokens, Sample, eval_prompt
 from .tasks import make_samples, score_answer, source_kind
 
 if TYPE_CHECKING:
@@ -154,7 +155,7 @@ def evaluate_sample(
 ) -> Iterable[dict[str, Any]]:
     """Rows of ``sample`` for each of ``methods`` (a generator: one row as soon as it is measured)."""
     tokenizer = model.tokenizer
-    prompt = build_prompt(tokenizer, sample, chat=config.chat)
+    prompt = eval_prompt(tokenizer, sample, chat=config.chat)
     base = {"task": sample.task, "sample_id": sample.sample_id, "model": model.model_id, "config": config.fingerprint()}
     generated = model.generate(prompt.ids, max_new_tokens=config.max_new_tokens, progress=False)
     output = tokenizer.decode(generated, skip_special_tokens=True)
@@ -164,10 +165,9 @@ def evaluate_sample(
             yield {**base, "method": method, "error": "the model generated nothing"}
         return
     kind = source_kind(sample.task) if config.source_measures else None
-    if kind == "document":
-        run = _document_run(model, sample, prompt, generated, config)
-    else:
-        run = model.run(input_ids=prompt.ids + generated, prompt_length=prompt.prompt_length, progress=False)
+    # The one run: the prepared prompt's ids and their greedy answer (generated once, above, so an empty answer is
+    # a row rather than an error); every position below indexes them, and sources come from ``prompt.layout``.
+    run = model.run(input_ids=prompt.ids + generated, prompt_length=prompt.prompt_length, progress=False)
     positions = EvalTokens(config.scope, config.stop_tokens).positions(prompt, run.tokens)
     gold = np.isin(positions, prompt.gold_positions)
     base.update(prompt_tokens=prompt.prompt_length, ranked_tokens=int(positions.size), target_tokens=len(generated),
@@ -211,33 +211,23 @@ def evaluate_sample(
         yield row
 
 
-def _document_run(model: Model, sample: Sample, prompt: BuiltPrompt, generated: list[int], config: EvalConfig) -> Any:
-    """The run of a documents sample through ``Model.run(prompt=..., documents=...)`` (its layout knows each
-    document), checked to be the very ids of the evaluation prompt and its greedy answer."""
-    documents = list(sample.metadata["documents"])
-    run = model.run(prompt=sample.metadata["question"], documents=documents, chat=config.chat,
-                    max_new_tokens=len(generated), progress=False)
-    if run.token_ids != prompt.ids + generated:
-        raise SpanTraceError(f"{sample.sample_id}: the documents= layout and the evaluation prompt disagree on "
-                             "the token ids (or on the greedy answer)")
-    return run
-
-
 def _source_measurer(
-    model: Model, sample: Sample, prompt: BuiltPrompt, generated: list[int], config: EvalConfig
+    model: Model, sample: Sample, prompt: EvalPrompt, generated: list[int], config: EvalConfig
 ) -> Callable[[Any], dict[str, Any]]:
     """``fields(result)``: a trace result's source-level row fields (``result`` None: the random order)."""
     if source_kind(sample.task) == "document":
-        count, needle = len(sample.metadata["documents"]), int(sample.metadata["needle_document"])
+        documents, needle = sources.document_token_ranges(prompt), int(sample.metadata["needle_document"])
+        if len(documents) != len(sample.metadata["documents"]):
+            raise SpanTraceError(f"{sample.sample_id}: the prompt's layout does not hold every document")
 
         def document_fields(result: Any) -> dict[str, Any]:
-            scores = (sources.random_scores(count, sample.sample_id, config.seed) if result is None
-                      else sources.document_scores(result, count))
+            scores = (sources.random_scores(len(documents), sample.sample_id, config.seed) if result is None
+                      else sources.pooled_scores(result, documents))
             return sources.document_measures(scores, needle)
 
         return document_fields
     ranges = sources.sentence_token_ranges(prompt, sample.metadata["sentences"])
-    ablation = sources.SentenceAblation(model, sample, generated, chat=config.chat)
+    ablation = sources.SentenceAblation(model, sample, prompt.ids, generated, chat=config.chat)
     gold = sample.metadata["gold_sentences"]
 
     def sentence_fields(result: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import SpanTraceError, UnsupportedArchitectureError
 from ..protocols import RunView
+from ..readout import token_log_probs
 
 # Activation elements one batched forward + backward may hold (~1 GiB in float32).
 ACTIVATION_BUDGET_ELEMENTS = 1 << 28
@@ -67,26 +68,14 @@ def weighted_log_prob(
 ) -> torch.Tensor:
     """``f`` for each sequence of a batch: input_ids [B, T] or inputs_embeds [B, T, D] -> [B] float32.
 
-    Only the logits at ``objective.readout`` are computed (``logits_to_keep``), never ``[T, V]``.
+    Only the logits at ``objective.readout`` are computed (``readout.token_log_probs``), never ``[T, V]``.
     """
     given = input_ids if input_ids is not None else inputs_embeds
-    device = given.device
-    # Clones: the objective may have been made under inference_mode, and autograd cannot save such tensors.
-    readout = objective.readout.to(device).clone()
-    attention_mask = torch.ones(given.shape[:2], dtype=torch.long, device=device)  # no padding: every token is real
-    output = model(
-        input_ids=input_ids,
-        inputs_embeds=inputs_embeds,
-        attention_mask=attention_mask,
-        use_cache=False,
-        logits_to_keep=readout,
-        return_dict=True,
-    )
-    logits = output.logits.float()  # [B, M', V]
-    targets = objective.targets.to(device).clone()[None, :, None].expand(logits.shape[0], -1, 1)
-    # log p = logit − logsumexp: no [B, M', V] log-softmax is kept for the backward pass, only the logits
-    chosen = logits.gather(-1, targets)[..., 0] - torch.logsumexp(logits, dim=-1)  # [B, M']
-    return chosen @ objective.weights.to(device).clone()
+    attention_mask = torch.ones(given.shape[:2], dtype=torch.long, device=given.device)  # no padding: all real
+    chosen = token_log_probs(model, objective.readout, objective.targets, input_ids=input_ids,
+                             inputs_embeds=inputs_embeds, attention_mask=attention_mask)  # [B, M']
+    # A clone: the objective may have been made under inference_mode, and autograd cannot save such tensors.
+    return chosen @ objective.weights.to(given.device).clone()
 
 
 def neutral_token_id(run: RunView) -> int:

@@ -13,11 +13,12 @@ from runner_job import tiny_model
 from spantrace import inputs
 from spantrace.errors import InputError
 from spantrace.eval import metrics, sources
-from spantrace.eval.prompts import build_prompt, token_counter
+from spantrace.eval.prompts import eval_prompt, prepare_sample, token_counter
 from spantrace.eval.report import markdown_report
 from spantrace.eval.runner import EvalConfig, run_eval
 from spantrace.eval.tasks import make_samples, source_kind
 from spantrace.eval.tasks.docs import docs_needle_documents
+from spantrace.readout import answer_log_probs
 
 # --- metrics on hand-made inputs ---------------------------------------------------------------------
 
@@ -113,13 +114,13 @@ def test_ablation_drops_exactly_the_chosen_sentences(hotpot, tokenizer):
             sample.text[start:end]
         ) > 1
     assert sample.text[-60:] == ablated.text[-60:]  # the question stays
-    prompt = build_prompt(tokenizer, ablated)
-    assert ablated.text in prompt.text and sources.ablated_sample(sample, []).text == sample.text
+    prompt = prepare_sample(tokenizer, ablated)
+    assert ablated.text in prompt.context.text and sources.ablated_sample(sample, []).text == sample.text
 
 
 def test_sentence_token_ranges_hold_each_sentence(hotpot, tokenizer):
     sample = hotpot[0]
-    prompt = build_prompt(tokenizer, sample)
+    prompt = eval_prompt(tokenizer, sample)
     ranges = sources.sentence_token_ranges(prompt, sample.metadata["sentences"])
     for (start, end), tokens in zip(sample.metadata["sentences"], ranges, strict=True):
         assert tokens is not None
@@ -131,8 +132,8 @@ def test_answer_log_probs_batched_equals_one_by_one(tokenizer):
     model = tiny_model(tokenizer)
     prompts = [[5, 6, 7, 8, 9, 10, 11], [5, 6, 7], [12, 13, 14, 15, 16], [17]]
     answer = [20, 21, 22]
-    batched = sources.answer_log_probs(model, prompts, answer)
-    single = [sources.answer_log_probs(model, [p], answer, batch_size=1)[0] for p in prompts]
+    batched = answer_log_probs(model.hf_model, prompts, answer)
+    single = [answer_log_probs(model.hf_model, [p], answer, batch_size=1)[0] for p in prompts]
     np.testing.assert_allclose(batched, single, rtol=1e-5)
     with torch.inference_mode():  # by hand: log-softmax of the full logits
         ids = torch.tensor([prompts[0] + answer])
@@ -160,8 +161,17 @@ def test_docs_needle_one_needle_deterministic_and_fitted(tokenizer):
         assert re.fullmatch(r"The special magic number for [a-z]+-[a-z]+ is: \d{7}\.", sample.text[start:end])
         assert sample.answers[0] in sample.text[start:end]
         assert 300 < count(sample.text) <= 400  # the largest documents that fit, not far below the length
-        prepared = inputs.prepare(tokenizer, prompt=sample.metadata["question"], documents=list(documents))
-        assert prepared.ids == build_prompt(tokenizer, sample).ids  # the library's documents= layout
+        prompt = eval_prompt(tokenizer, sample)  # the library's documents= layout, whose text is the sample's
+        assert prompt.ids == inputs.prepare(tokenizer, prompt=sample.text).ids
+        ranges = sources.document_token_ranges(prompt)
+        assert [s.index for s in prompt.layout.of_kind("document")] == list(range(10))
+        for text, (first, last) in zip(documents, ranges, strict=True):  # each document's own tokens
+            assert tokenizer.decode(prompt.ids[first:last]).strip() == text
+        gold = set(prompt.gold_positions.tolist())
+        assert gold and gold <= set(range(*ranges[needle])) and gold <= set(prompt.user_positions.tolist())
+        user_text = tokenizer.decode([prompt.ids[p] for p in prompt.user_positions])
+        assert " ".join(user_text.split()) == " ".join(sample.text.split())  # the sample's text, headers included
+        assert not any(prompt.layout.template[p] for p in prompt.gold_positions)
     assert docs_needle_documents("docs_needle_d4") == 4 and source_kind("docs_needle_d4") == "document"
     assert len(make_samples("docs_needle_d4", 1, tokenizer=tokenizer, length=200)[0].metadata["documents"]) == 4
     with pytest.raises(InputError, match="between 2"):
@@ -194,8 +204,7 @@ def test_docs_needle_matched_equal_words_one_needle_and_paired(tokenizer):
         assert all(a == b for i, (a, b) in enumerate(zip(documents, plain_documents, strict=True)) if i != needle)
         assert len(plain_documents[needle].split()) == len(documents[needle].split()) + 8
         assert count(sample.text) < count(twin.text) <= 400
-        prepared = inputs.prepare(tokenizer, prompt=sample.metadata["question"], documents=list(documents))
-        assert prepared.ids == build_prompt(tokenizer, sample).ids
+        assert eval_prompt(tokenizer, sample).ids == inputs.prepare(tokenizer, prompt=sample.text).ids
     four = make_samples("docs_needle_matched_d4", 2, tokenizer=tokenizer, length=200)
     assert [len(s.metadata["documents"]) for s in four] == [4, 4]
     assert source_kind("docs_needle_matched_d4") == "document"
@@ -282,7 +291,7 @@ def test_prefix_scorer_equals_whole_forwards(tokenizer):
         reference[:-1],
         reference[:10],
     ]
-    whole = sources.answer_log_probs(model, variants, answer)
+    whole = answer_log_probs(model.hf_model, variants, answer)
     np.testing.assert_allclose([scorer(v) for v in variants], whole, rtol=1e-5, atol=1e-5)
     assert scorer.reference_value == pytest.approx(whole[0], rel=1e-5)
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from spantrace.errors import InputError
-from spantrace.eval.prompts import EvalTokens, Sample, build_prompt
+from spantrace.eval.prompts import EvalTokens, Sample, eval_prompt
 from spantrace.eval.tasks import make_samples, score_answer
 from spantrace.eval.tasks.files import DATA_DIR_VARIABLE, TaskDataError, data_dir, gsm8k_samples, hotpotqa_samples
 from spantrace.eval.tasks.ruler import NEEDLE
@@ -31,7 +31,7 @@ def gold_text(tokenizer, prompt) -> str:
 @pytest.mark.parametrize("haystack", ["essay", "noise"])
 def test_niah_gold_positions_are_the_queried_needles(tokenizer, task, haystack):
     sample = make_samples(task, 1, tokenizer=tokenizer, length=600, seed=1, haystack=haystack)[0]
-    prompt = build_prompt(tokenizer, sample)
+    prompt = eval_prompt(tokenizer, sample)
     assert prompt.prompt_length <= 600
     assert set(prompt.gold_positions) <= set(prompt.user_positions)
     gold = gold_text(tokenizer, prompt)
@@ -51,7 +51,7 @@ def test_vt_gold_positions_are_the_first_chain(tokenizer, haystack):
     sample = make_samples("vt_h3_c2", 1, tokenizer=tokenizer, length=700, seed=2, haystack=haystack)[0]
     names = sample.answers
     assert len(names) == 4 and f"{len(names)} variables are assigned" in sample.answer_prefix
-    prompt = build_prompt(tokenizer, sample)
+    prompt = eval_prompt(tokenizer, sample)
     gold = gold_text(tokenizer, prompt)
     value = sample.answer_prefix.split("value ")[1].split(",")[0]
     assert f"VAR {names[0]} = {value}" in gold
@@ -63,7 +63,7 @@ def test_vt_gold_positions_are_the_first_chain(tokenizer, haystack):
 
 def test_user_positions_exclude_the_chat_template(tokenizer):
     sample = Sample("t", "t-0", "Where is the cat?", ("mat",), answer_prefix=" The cat is", gold_spans=((13, 16),))
-    prompt = build_prompt(tokenizer, sample)
+    prompt = eval_prompt(tokenizer, sample)
     assert tokenizer.decode([prompt.ids[p] for p in prompt.user_positions]) == "Where is the cat?"
     assert tokenizer.decode([prompt.ids[p] for p in prompt.gold_positions]).strip() == "cat"
     assert prompt.text.endswith("assistant\n The cat is")

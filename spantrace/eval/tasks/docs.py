@@ -36,7 +36,7 @@ from pathlib import Path
 from ...errors import InputError
 from ...inputs import Document, with_documents
 from ..prompts import Sample
-from .ruler import ADJECTIVES, NOUNS, _essay_words, _fit, _haystack, _insert
+from .haystack import ADJECTIVES, NOUNS, essay_words, fit_haystack, haystack_pieces, insert_needles
 
 DEFAULT_DOCUMENTS = 10
 MAX_DOCUMENTS = 50
@@ -77,14 +77,14 @@ def docs_needle_samples(
         raise InputError(f"{task!r} is not a docs_needle task (docs_needle[_matched] or docs_needle[_matched]_d<N>)")
     matched = docs_needle_matched(task)
     stream = task.replace("_matched", "", 1)  # the matched control draws what the plain task draws
-    words = _essay_words(haystack_path)
+    words = essay_words(haystack_path)
     for index in range(n):
 
         def make(size: int, index: int = index, matched: bool = False) -> Sample:
             rng = random.Random(f"{stream}|{seed}|{index}")
             return _sample(task, f"{task}-{seed}-{index}", count, size, words, rng, matched=matched)
 
-        plain = _fit(make, length, count_tokens, smallest=1)
+        plain = fit_haystack(make, length, count_tokens, smallest=1)
         if not matched:
             yield plain
             continue
@@ -113,11 +113,11 @@ def _sample(
     for number, start in enumerate(starts):
         if number == needle_document:
             kept = size - len(needle.split()) if matched else size
-            pieces = _haystack("essay", kept, words[start : start + kept])
-            text, spans = _insert(pieces, [needle], "essay", rng)
+            pieces = haystack_pieces("essay", kept, words[start : start + kept])
+            text, spans = insert_needles(pieces, [needle], "essay", rng)
             needle_span = spans[0]
         else:
-            text = " ".join(_haystack("essay", size, words[start : start + size]))
+            text = " ".join(haystack_pieces("essay", size, words[start : start + size]))
         texts.append(text)
     question = QUESTION.format(key=key)
     text, ranges = with_documents(question, [Document(t) for t in texts])

@@ -21,13 +21,12 @@ import re
 import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from ...errors import InputError
 from ..prompts import Sample
+from .haystack import ADJECTIVES, HAYSTACKS, NOUNS, essay_words, fit_haystack, haystack_pieces, insert_needles
 
-NOISE_LINE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NIAH_TEMPLATE = (
     "Some special magic {kind} are hidden within the following text. Make sure to memorize it. "
     "I will quiz you about the {kind} afterwards.\n{context}\n"
@@ -43,19 +42,7 @@ VT_PREFIX = (
     " Answer: According to the chain(s) of variable assignment in the text above, {count} variables are "
     "assigned the value {query}, they are: "
 )
-DEPTHS = tuple(round(100 * i / 39) for i in range(40))  # 0, 3, 5, 8, …, 97, 100
-HAYSTACKS = ("essay", "noise")
-ADJECTIVES = (
-    "amber brave calm dapper eager fancy gentle hollow icy jolly keen lively mellow nimble odd proud quiet "
-    "rapid shiny tidy upbeat vivid witty young zesty bold crisp dusty faint grand humble loyal misty noble "
-    "polite rusty silent tender velvet wooden"
-).split()
-NOUNS = (
-    "anchor basket candle dolphin engine falcon garden harbor island jacket kettle lantern meadow needle "
-    "orchard pebble quarry river saddle tunnel umbrella valley wagon yard zipper bench cliff drum feather "
-    "glacier hammer ladder mirror pillow rocket spoon tower violin window"
-).split()
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
+
 
 
 @dataclass(frozen=True)
@@ -112,84 +99,17 @@ def ruler_samples(
     haystack = haystack or spec.haystack
     if haystack not in HAYSTACKS:
         raise InputError(f"haystack must be one of {HAYSTACKS}; got {haystack!r}")
-    words = _essay_words(haystack_path) if haystack == "essay" else ()
+    words = essay_words(haystack_path) if haystack == "essay" else ()
     for index in range(n):
         def make(size: int, index: int = index) -> Sample:
             rng = random.Random(f"{task}|{seed}|{index}")
             builder = _niah if spec.kind == "niah" else _vt
-            pieces = _haystack(haystack, size, words)
+            pieces = haystack_pieces(haystack, size, words)
             return builder(task, f"{task}-{seed}-{index}", spec, haystack, pieces, rng)
 
         # Noise slots are drawn without replacement from len + 1 places: enough lines for every needle.
         smallest = max(1, spec.keys * spec.values - 1 if spec.kind == "niah" else spec.hops)
-        yield _fit(make, length, count_tokens, smallest)
-
-
-def _fit(make: Callable[[int], Sample], length: int, count_tokens: Callable[[str, str], int], smallest: int) -> Sample:
-    """The sample with the largest haystack (≥ ``smallest`` units) whose prompt has at most ``length`` tokens."""
-
-    def fits(size: int) -> bool:
-        sample = make(size)
-        return count_tokens(sample.text, sample.answer_prefix) <= length
-
-    if not fits(smallest):
-        raise InputError(f"a context length of {length} tokens is too short for this task; raise --length")
-    low, high = smallest, 2 * smallest
-    while fits(high):
-        low, high = high, high * 2
-    while high - low > 1:  # fits(low), not fits(high)
-        middle = (low + high) // 2
-        low, high = (middle, high) if fits(middle) else (low, middle)
-    return make(low)
-
-
-@lru_cache(maxsize=2)
-def _essay_words(path: Path | None) -> tuple[str, ...]:
-    from .files import data_file
-
-    path = path or data_file("haystack_public_domain.txt")
-    return tuple(path.read_text(encoding="utf-8").split())
-
-
-def _haystack(kind: str, size: int, words: tuple[str, ...]) -> list[str]:
-    """``size`` units of haystack as a list of pieces: noise lines, or essay sentences of ``size`` words."""
-    if kind == "noise":
-        return [NOISE_LINE] * size
-    text = " ".join(words[i % len(words)] for i in range(size))
-    return [piece for piece in _SENTENCE_END.split(text) if piece]
-
-
-def _insert(pieces: list[str], needles: list[str], kind: str, rng: random.Random) -> tuple[str, list[tuple[int, int]]]:
-    """Insert ``needles`` (in order) into the haystack pieces; the joined text and each needle's char span.
-
-    essay: at sentence boundaries drawn from ``DEPTHS`` without replacement, pieces joined by spaces;
-    noise: at line slots drawn without replacement, joined by newlines.
-    """
-    if kind == "essay":
-        depths = sorted(rng.sample(DEPTHS, len(needles)))
-        slots = [int(len(pieces) * depth / 100) for depth in depths]
-        separator = " "
-    else:
-        slots = sorted(rng.sample(range(len(pieces) + 1), len(needles)))
-        separator = "\n"
-    by_slot: dict[int, list[int]] = {}
-    for needle_index, slot in enumerate(slots):
-        by_slot.setdefault(slot, []).append(needle_index)
-    parts: list[tuple[str, int | None]] = []
-    for slot in range(len(pieces) + 1):
-        parts.extend((needles[i], i) for i in by_slot.get(slot, []))
-        if slot < len(pieces):
-            parts.append((pieces[slot], None))
-    text, spans, cursor = [], [(0, 0)] * len(needles), 0
-    for number, (piece, needle_index) in enumerate(parts):
-        if number:
-            text.append(separator)
-            cursor += len(separator)
-        if needle_index is not None:
-            spans[needle_index] = (cursor, cursor + len(piece))
-        text.append(piece)
-        cursor += len(piece)
-    return "".join(text), spans
+        yield fit_haystack(make, length, count_tokens, smallest)
 
 
 Spans = list[tuple[int, int]]
@@ -208,7 +128,7 @@ def _niah(task: str, sample_id: str, spec: RulerSpec, haystack: str, pieces: lis
     needles = [(key, value) for key in keys for value in values[key]]
     rng.shuffle(needles)
     queries = rng.sample(keys, spec.queries)
-    context, spans = _insert(pieces, [NEEDLE.format(key=k, value=v) for k, v in needles], haystack, rng)
+    context, spans = insert_needles(pieces, [NEEDLE.format(key=k, value=v) for k, v in needles], haystack, rng)
     template, prefix, kind = NIAH_TEMPLATE, NIAH_PREFIX, "numbers"
     if spec.values * spec.queries == 1:  # RULER's singular form, applied to the template only
         for old, new in (("Some", "A"), ("are all", "is"), ("are", "is"), ("answers", "answer")):
@@ -242,7 +162,7 @@ def _vt(task: str, sample_id: str, spec: RulerSpec, haystack: str, pieces: list[
         for chain in order:
             flat.append((chain, chains[chain][1][cursors[chain]] + "."))
             cursors[chain] += 1
-        context, spans = _insert(pieces, [statement for _, statement in flat], haystack, rng)
+        context, spans = insert_needles(pieces, [statement for _, statement in flat], haystack, rng)
         owners = [chain for chain, _ in flat]
     else:  # each chain at its own sorted line slots
         context, spans, owners = _insert_chains(pieces, [statements for _, statements in chains], rng)
