@@ -200,37 +200,19 @@ class TraceResult:
         }
 
     def to_json(self, *, indent: int | None = None) -> str:
-        return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+        """Strict JSON (no bare ``NaN``/``Infinity``): a result holding a non-finite number is refused."""
+        try:
+            return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False, allow_nan=False)
+        except ValueError as error:  # allow_nan=False: a NaN or an infinity somewhere in the result
+            raise ResultFormatError(
+                f"this result holds a non-finite number (NaN or ∞) and cannot be written as JSON ({error})"
+            ) from error
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TraceResult:
-        if not isinstance(data, dict) or data.get("format") != "spantrace.TraceResult":
-            raise ResultFormatError("not a spantrace TraceResult (missing 'format': 'spantrace.TraceResult')")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise ResultFormatError(
-                f"TraceResult format version {data.get('format_version')!r} is not {FORMAT_VERSION}; "
-                "it was written by another spantrace version"
-            )
-        try:
-            rows = data.get("rows")
-            return cls(
-                tokens=list(data["tokens"]),
-                token_ids=[int(t) for t in data["token_ids"]],
-                prompt_length=int(data["prompt_length"]),
-                span=(int(data["span"][0]), int(data["span"][1])),
-                method=str(data["method"]),
-                scores=np.asarray(data["scores"], dtype=np.float32),
-                hop_scores=[np.asarray(h, dtype=np.float32) for h in data["hop_scores"]],
-                rho=[float(r) for r in data["rho"]],
-                recursive_span=(int(data["recursive_span"][0]), int(data["recursive_span"][1])),
-                timings={str(k): float(v) for k, v in data.get("timings", {}).items()},
-                info=dict(data.get("info", {})),
-                rows=np.asarray(rows, dtype=np.float32) if rows is not None else None,
-                row_positions=data.get("row_positions"),
-                layout=Layout.from_dict(data["layout"]) if data.get("layout") else None,
-            )
-        except (KeyError, TypeError, ValueError, IndexError) as error:
-            raise ResultFormatError(f"malformed TraceResult JSON: {error}") from error
+        """A result from ``to_dict``'s JSON, every field checked (``check_result_data``): ResultFormatError
+        naming the field when one is missing, of the wrong type or length, non-finite or out of range."""
+        return cls(**check_result_data(data))
 
     @classmethod
     def from_json(cls, text: str) -> TraceResult:
@@ -241,10 +223,11 @@ class TraceResult:
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> Path:
-        """Write the result as JSON to ``path``; returns the path."""
+        """Write the result as strict JSON to ``path``; returns the path."""
         path = Path(path)
+        text = self.to_json()  # refused before the file is touched when it cannot be written as JSON
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_json(), encoding="utf-8")
+        path.write_text(text, encoding="utf-8")
         return path
 
     @classmethod
@@ -252,7 +235,150 @@ class TraceResult:
         path = Path(path)
         if not path.is_file():
             raise ResultFormatError(f"no such result file: {path}")
-        return cls.from_json(path.read_text(encoding="utf-8"))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            raise ResultFormatError(f"{path} is not a UTF-8 text file, so not a saved TraceResult") from error
+        return cls.from_json(text)
+
+
+# --- checking a result's JSON ------------------------------------------------------------------------
+
+
+def check_result_data(data: Any) -> dict[str, Any]:
+    """The ``TraceResult`` fields of a result's JSON (``to_dict``), each checked: types, lengths (one score
+    per token in ``scores`` and in every hop, one token id per token, one ρ per hop, at least hop 0), ranges
+    (``prompt_length`` in 1..N, the span inside the generation), finiteness and the format version.
+    Raises ResultFormatError naming the field; the viewer's results endpoint uses the same check."""
+    if not isinstance(data, Mapping) or data.get("format") != "spantrace.TraceResult":
+        raise ResultFormatError("not a spantrace TraceResult (missing 'format': 'spantrace.TraceResult')")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ResultFormatError(
+            f"TraceResult format version {data.get('format_version')!r} is not {FORMAT_VERSION}; "
+            "it was written by another spantrace version"
+        )
+    tokens = _field_list(data, "tokens")
+    if not tokens or not all(isinstance(token, str) for token in tokens):
+        raise _bad("tokens", "must be a non-empty list of strings")
+    n = len(tokens)
+    token_ids = [_field_int(t, "token_ids") for t in _field_list(data, "token_ids", n)]
+    prompt_length = _field_int(data.get("prompt_length"), "prompt_length")
+    if not 1 <= prompt_length <= n:
+        raise _bad("prompt_length", f"must be in 1..{n} (the number of tokens); got {prompt_length}")
+    span = _field_pair(data, "span")
+    if not prompt_length <= span[0] < span[1] <= n:
+        raise _bad("span", f"{span} is not inside the generation (positions {prompt_length}..{n - 1}, end exclusive)")
+    method = data.get("method")
+    if not isinstance(method, str) or not method:
+        raise _bad("method", "must be a method's name (a non-empty string)")
+    hop_lists = _field_list(data, "hop_scores")
+    if not hop_lists:
+        raise _bad("hop_scores", "needs at least hop 0 (hops ≥ 0)")
+    rho = _field_scores(_field_list(data, "rho", len(hop_lists)), "rho", len(hop_lists))
+    recursive_span = _field_pair(data, "recursive_span")
+    if not 0 <= recursive_span[0] <= recursive_span[1] <= n:
+        raise _bad("recursive_span", f"{recursive_span} is not inside the {n} tokens")
+    rows, row_positions = data.get("rows"), data.get("row_positions")
+    if rows is not None:
+        rows = np.stack([_field_scores(r, "rows", n) for r in _field_list(data, "rows")]) if rows else None
+    if row_positions is not None:
+        row_positions = [_field_int(p, "row_positions") for p in _field_list(data, "row_positions")]
+        if not all(0 <= p < n for p in row_positions) or len(row_positions) != (0 if rows is None else len(rows)):
+            raise _bad("row_positions", f"must be one position in 0..{n - 1} per row")
+    return {
+        "tokens": list(tokens),
+        "token_ids": token_ids,
+        "prompt_length": prompt_length,
+        "span": span,
+        "method": method,
+        "scores": _field_scores(data.get("scores"), "scores", n),
+        "hop_scores": [_field_scores(h, f"hop_scores[{k}]", n) for k, h in enumerate(hop_lists)],
+        "rho": [float(r) for r in rho],
+        "recursive_span": recursive_span,
+        "timings": _field_timings(data.get("timings")),
+        "info": _field_info(data.get("info")),
+        "rows": rows,
+        "row_positions": row_positions,
+        "layout": _field_layout(data.get("layout"), n),
+    }
+
+
+def _bad(field_name: str, what: str) -> ResultFormatError:
+    return ResultFormatError(f"malformed TraceResult: {field_name!r} {what}")
+
+
+def _field_list(data: Mapping[str, Any], name: str, length: int | None = None) -> list[Any]:
+    value = data.get(name)
+    if not isinstance(value, list):
+        raise _bad(name, f"must be a list; got {type(value).__name__}")
+    if length is not None and len(value) != length:
+        raise _bad(name, f"has {len(value)} entries where {length} are needed")
+    return value
+
+
+def _field_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise _bad(name, f"must hold whole numbers; got {value!r}"[:200])
+    return int(value)
+
+
+def _field_pair(data: Mapping[str, Any], name: str) -> tuple[int, int]:
+    first, second = _field_list(data, name, 2)
+    return _field_int(first, name), _field_int(second, name)
+
+
+def _field_scores(values: Any, name: str, length: int) -> np.ndarray:
+    """``values`` as [length] finite float32 (the precision scores are kept in)."""
+    if not isinstance(values, list) or len(values) != length:
+        got = f"{len(values)} values" if isinstance(values, list) else type(values).__name__
+        raise _bad(name, f"must be a list of {length} numbers (one per token, or per hop for rho); got {got}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise _bad(name, "must hold numbers only")
+    with np.errstate(over="ignore"):  # a number too large for float32 turns into ∞, refused below
+        array = np.asarray(values, dtype=np.float64).astype(np.float32)
+    if not np.isfinite(array).all():
+        raise _bad(name, "holds a non-finite value (NaN or ∞, or beyond float32)")
+    return array
+
+
+def _field_timings(value: Any) -> dict[str, float]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value.values()
+    ):
+        raise _bad("timings", "must map names to finite numbers of seconds")
+    return {str(k): float(v) for k, v in value.items()}
+
+
+def _field_info(value: Any) -> dict[str, Any]:
+    """``info`` as a dict whose entries the views read have the types they expect."""
+    if value is None:
+        return {}
+    kinds = {"options": Mapping, "versions": Mapping, "notes": list, "model": str, "architecture": str}
+    if not isinstance(value, Mapping) or any(
+        key in value and not isinstance(value[key], kind) for key, kind in kinds.items()
+    ):
+        raise _bad("info", "must be an object (options and versions objects, notes a list, model a string)")
+    return dict(value)
+
+
+def _field_layout(value: Any, n: int) -> Layout | None:
+    """The layout, checked against the tokens; None (rebuilt from the tokens) when the JSON has none."""
+    if not value:
+        return None
+    try:
+        layout = Layout.from_dict(value)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as error:
+        raise _bad("layout", f"is malformed ({type(error).__name__}: {error})"[:300]) from error
+    size = len(layout.text)
+    if len(layout.offsets) != n or len(layout.template) != n:
+        raise _bad("layout", f"must have one character range and one template flag per token ({n})")
+    if not all(0 <= a <= b <= size for a, b in layout.offsets + [s.chars for s in layout.segments]):
+        raise _bad("layout", f"has a character range outside its {size}-character text")
+    if not all(s.tokens is None or 0 <= s.tokens[0] <= s.tokens[1] <= n for s in layout.segments):
+        raise _bad("layout", f"has a segment whose tokens lie outside the {n} tokens")
+    return layout
 
 
 def _floats(values: np.ndarray) -> list[float]:

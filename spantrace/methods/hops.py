@@ -17,6 +17,7 @@ from ..protocols import RunView
 from .base import AttributionMethod
 
 RECURSIVE_SPANS = ("generation", "reasoning", "assistant")
+MAX_HOPS = 16  # the most recursive hops a trace takes, in the API, the CLI and the viewer alike
 
 
 @dataclass(frozen=True)

@@ -39,9 +39,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from ..api import Model, Run
-from ..errors import InputError, ResultFormatError, SpanTraceError
+from ..errors import InputError, SpanTraceError
 from ..groups import GROUPINGS
-from ..methods.hops import RECURSIVE_SPANS
+from ..methods.hops import MAX_HOPS, RECURSIVE_SPANS
 from ..methods.registry import describe_methods
 from ..render.heat import DARK_FROM, VISIBLE_FROM, heat_rgb
 from ..render.html import MAX_SOURCES_SHOWN, default_grouping
@@ -49,7 +49,7 @@ from ..result import TraceResult
 from ..spans import SPAN_FORMS
 from ..text.tokens import SPECIAL_TOKEN
 from ..version import __version__
-from .schemas import MAX_HOPS, MAX_SPEC_CHARS, Limits, RunRequest, TraceRequest
+from .schemas import MAX_SPEC_CHARS, Limits, RunRequest, TraceRequest
 from .store import LruStore, ModelQueue
 
 STATIC = Path(str(files("spantrace.serve") / "static"))
@@ -200,8 +200,7 @@ def create_app(model: Model, *, limits: Limits | None = None) -> FastAPI:
 
     @app.post("/api/results")
     def load_result(data: Annotated[dict[str, Any], Body()], top_k: int = 10) -> dict[str, Any]:
-        result = TraceResult.from_dict(data)
-        _check_result(result)
+        result = TraceResult.from_dict(data)  # every field checked (result.check_result_data): 422 when not
         return _trace_payload(result, traces.add(result), None, max(1, min(top_k, 200)))
 
     @app.get("/api/traces/{trace_id}.json")
@@ -269,19 +268,6 @@ def _check_length(prompt_tokens: int, generated_tokens: int, limits: Limits, *, 
         what = "max_new_tokens" if generating else "output tokens"
         raise HTTPException(413, f"the run would have {total} tokens ({prompt_tokens} prompt + {generated_tokens} "
                                  f"{what}); this server takes at most {limits.max_tokens} (--max-tokens)")
-
-
-def _check_result(result: TraceResult) -> None:
-    """An uploaded result must be whole: one score per token in every view, spans inside the tokens."""
-    n = result.num_tokens
-    arrays = [result.scores, *result.hop_scores]
-    if len(result.tokens) != n or any(a.shape != (n,) for a in arrays) or not result.hop_scores:
-        raise ResultFormatError(f"malformed TraceResult: {n} token ids, but tokens or scores of other lengths")
-    if not all(bool(np.isfinite(a).all()) for a in arrays) or len(result.rho) != len(result.hop_scores):
-        raise ResultFormatError("malformed TraceResult: non-finite scores, or not one ρ per hop")
-    start, end = result.span
-    if not (0 < result.prompt_length <= start < end <= n):
-        raise ResultFormatError(f"malformed TraceResult: span {result.span} is not inside the generation")
 
 
 def _run_payload(run_id: str, stored: StoredRun) -> dict[str, Any]:

@@ -13,9 +13,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from ..groups import GROUPINGS
-from ..methods.hops import RECURSIVE_SPANS
+from ..methods.hops import MAX_HOPS, RECURSIVE_SPANS
 
-MAX_HOPS = 16
 MAX_SPEC_CHARS = 1_000
 MAX_TOP_K = 200
 
