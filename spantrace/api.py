@@ -17,7 +17,7 @@ from .contract import ArchitectureAdapter
 from .errors import InputError, SpanTraceError
 from .inputs import Prepared, complete_layout, prepare
 from .layers.softmax import KeyValueCache
-from .methods.hops import RECURSIVE_SPANS, trace_hops
+from .methods.hops import MAX_HOPS, RECURSIVE_SPANS, trace_hops
 from .methods.registry import get_method
 from .result import TraceResult
 from .selfcheck import SelfCheck, self_check
@@ -30,6 +30,20 @@ DEFAULT_CHUNK_SIZE = 128
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+
+def whole_number(
+    value: Any, name: str, *, low: int = 1, high: int | None = None, error: type[SpanTraceError] = SpanTraceError
+) -> int:
+    """``value`` as a Python int in ``low..high`` (NumPy integers accepted; bools, floats and strings refused);
+    ``error`` with one line naming ``name`` otherwise."""
+    bound = f"{low}..{high}" if high is not None else f"≥ {low}"
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise error(f"{name} must be a whole number {bound}; got {value!r}")
+    number = value.__index__()  # a NumPy integer as a Python int
+    if number < low or (high is not None and number > high):
+        raise error(f"{name} must be a whole number {bound}; got {number}")
+    return number
 
 
 class Model:
@@ -168,7 +182,7 @@ class Model:
                 generated = prepared.output_ids
             ids, prompt_length = prepared.ids + generated, len(prepared.ids)
             layout = complete_layout(tokenizer, prepared, generated)
-        prompt_length = int(prompt_length)
+        prompt_length = whole_number(prompt_length, "prompt_length", error=InputError)
         if not ids:
             raise InputError("the token sequence is empty")
         if not 0 < prompt_length <= len(ids):
@@ -279,7 +293,8 @@ class Run:
         """Score every position for the generated ``span``: ``(start, end)`` (end exclusive) or a span spec
         such as ``"answer"``, ``"sentence:-1"``, ``"regex:PATTERN"`` (all forms: ``spantrace.spans``).
 
-        ``hops`` recursive hops trace the reasoning: ``recursive="generation"`` uses the generated
+        ``hops`` (0 … ``methods.hops.MAX_HOPS`` = 16) recursive hops trace the reasoning:
+        ``recursive="generation"`` uses the generated
         tokens up to the span end (T ∪ O) as the recursive sinks, ``"reasoning"`` those before it (T), and
         ``"assistant"`` T ∪ O plus every earlier assistant turn of a conversation (their scores then flow on
         to what those turns read, and they get no final score themselves).
@@ -296,12 +311,10 @@ class Run:
                     chunk_size=chunk_size, method_options=method_options,
                 )
         start, end = check_span(self, span)
-        if not isinstance(hops, int) or isinstance(hops, bool) or hops < 0:
-            raise SpanTraceError(f"hops must be a whole number ≥ 0; got {hops!r}")
+        hops = whole_number(hops, "hops", low=0, high=MAX_HOPS)
         if recursive not in RECURSIVE_SPANS:
             raise SpanTraceError(f"recursive must be one of {RECURSIVE_SPANS}; got {recursive!r}")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise SpanTraceError(f"chunk_size must be a positive whole number; got {chunk_size!r}")
+        chunk_size = whole_number(chunk_size, "chunk_size", low=1)
         attribution = get_method(method, **(method_options or {}))
         started = time.perf_counter()
         traced = trace_hops(

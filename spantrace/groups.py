@@ -301,7 +301,7 @@ def _custom_groups(layout: Layout, grouping: Any, context: int) -> list[Group]:
         key = "chars" if "chars" in entry else "tokens"
         try:
             start, end = (int(entry[key][0]), int(entry[key][1]))
-        except (TypeError, ValueError, IndexError) as error:
+        except (TypeError, ValueError, IndexError, OverflowError) as error:  # OverflowError: int(inf)
             raise GroupingError(f'group {index}: "{key}" must be two whole numbers (start, end)') from error
         limit = len(layout.text) if key == "chars" else len(layout.offsets)
         if not 0 <= start < end <= limit:

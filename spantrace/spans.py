@@ -28,14 +28,22 @@ end of the text. Sentences: a sentence ends at a newline, or after a run of ``.`
 followed by whitespace or the end of the text ("3.5" and "e.g.x" do not split); lines end at newlines.
 ``<think>`` and ``</think>`` tags end a sentence or line and belong to none; blank pieces are dropped.
 
+A ``regex:`` pattern runs on the ``regex`` package's engine (compatible with ``re``; its V0 mode) with a time
+limit of ``REGEX_TIMEOUT_S`` seconds: a pattern that backtracks without end (``(a+)+$`` over a long run of
+``a``s) is refused with a SpanError instead of hanging, and nothing keeps running after it. The match releases
+the interpreter's lock while it runs, so a server stays responsive meanwhile.
+
 Characters → tokens follow ``spantrace.text.charmap``; sentences and lines ``spantrace.text.pieces``.
 """
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Sequence
 from typing import Any
+
+import regex
 
 from .errors import SpanError
 from .protocols import RunView
@@ -63,6 +71,7 @@ _BOXED = re.compile(r"\\boxed\s*\{")
 _INDEX = re.compile(r"[+-]?\d+")
 _CHAR_RANGE = re.compile(r"(\d+)\s*-\s*(\d+)")
 _SHOWN_CHARS = 600  # how much generated text an error message shows (head and tail)
+REGEX_TIMEOUT_S = 1.0  # the longest a regex: span may search before it is refused
 
 
 def char_map(run: RunView) -> CharMap:
@@ -106,9 +115,11 @@ def check_span(run: RunView, span: Any) -> tuple[int, int]:
     inside its generation (a traced span never reaches into the prompt). SpanError (one line) otherwise."""
     if not isinstance(span, (tuple, list)) or len(span) != 2:
         raise SpanError(f"a span is (start, end) token positions, end exclusive; got {span!r}")
-    try:
-        start, end = (int(span[0]), int(span[1]))
-    except (TypeError, ValueError) as error:
+    try:  # operator.index: Python and NumPy integers, never a float or a string cut to an int
+        if any(isinstance(position, bool) for position in span):
+            raise TypeError("a bool is no position")
+        start, end = (operator.index(span[0]), operator.index(span[1]))
+    except TypeError as error:
         raise SpanError(f"span positions must be whole numbers; got {span!r}") from error
     if start >= end:
         raise SpanError(f"the span {start, end} is empty (end is exclusive)")
@@ -192,10 +203,16 @@ def _regex_range(text: str, pattern: str, spec: str) -> CharRange | None:
     if not pattern:
         raise SpanError(f"span {spec!r} has no pattern; write regex:PATTERN, e.g. regex:answer is (\\d+)")
     try:
-        compiled = re.compile(pattern)
-    except re.error as error:
+        compiled = regex.compile(pattern, flags=regex.V0)  # V0: the standard library's syntax and behaviour
+    except (regex.error, ValueError, OverflowError) as error:
         raise SpanError(f"span {spec!r}: {pattern!r} is not a valid regular expression ({error})") from error
-    match = compiled.search(text)
+    try:  # concurrent: the lock is released while it searches; timeout: the search stops, nothing runs on
+        match = compiled.search(text, timeout=REGEX_TIMEOUT_S, concurrent=True)
+    except TimeoutError as error:
+        raise SpanError(
+            f"span {spec!r}: the pattern did not finish within {REGEX_TIMEOUT_S:g} s on the {len(text)}-character "
+            "generation (it backtracks too much); simplify it, e.g. avoid nested repeats such as (a+)+"
+        ) from error
     if match is None:
         return None
     if compiled.groups and match.group(1):

@@ -30,6 +30,7 @@ from .objective import (
 from .registry import register_method
 
 DEFAULT_STEPS = 20
+MAX_STEPS = 1024  # the most trapezoid intervals (each a batched forward + backward) a trace may ask for
 
 
 @dataclass(frozen=True)
@@ -97,8 +98,9 @@ class IntegratedGradients(AttributionMethod):
     signed: ClassVar[bool] = True  # scores can be negative
 
     def __init__(self, steps: int = DEFAULT_STEPS, batch_size: int | None = None) -> None:
-        if not isinstance(steps, int) or steps < 1:
-            raise SpanTraceError(f"integrated-gradients needs steps ≥ 1; got {steps!r}")
+        if isinstance(steps, bool) or not hasattr(steps, "__index__") or not 1 <= steps.__index__() <= MAX_STEPS:
+            raise SpanTraceError(f"integrated-gradients needs steps in 1..{MAX_STEPS} (a whole number); got {steps!r}")
+        steps = steps.__index__()  # a NumPy integer as a Python int
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             raise SpanTraceError(f"batch_size must be a positive whole number or None (automatic); got {batch_size!r}")
         self.steps = steps
