@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -16,12 +17,15 @@ from ..api import DEFAULT_CHUNK_SIZE, load
 from ..errors import InputError, SpanTraceError
 from ..groups import GROUPINGS
 from ..inputs import parse_conversation
-from ..methods.hops import RECURSIVE_SPANS
+from ..methods.hops import MAX_HOPS, RECURSIVE_SPANS
 from ..spans import SPAN_FORMS
 from .common import check_method, fail, json_option, quiet_transformers, text_option, working
 
 DEFAULT_MAX_NEW_TOKENS = 256
 Recursive = Enum("Recursive", {name: name for name in RECURSIVE_SPANS}, type=str)  # --recursive choices
+# --span as token positions: START,END, or the same in parentheses or brackets ("(40, 52)", "[40, 52]")
+_POSITIONS = re.compile(r"\s*(?:\(\s*(?P<a>[^()]*?)\s*\)|\[\s*(?P<b>[^\[\]]*?)\s*\]|(?P<c>[^()\[\]:]*,[^()\[\]:]*))\s*")
+_WHOLE = re.compile(r"[+-]?\d+")
 
 
 EXAMPLES = """\b
@@ -98,7 +102,9 @@ def trace(
             "--span",
             "-s",
             metavar="SPEC",
-            help="What to trace: " + ", ".join(SPAN_FORMS[1:]) + ". [default: answer; message:-1 with --messages]",
+            help="What to trace: token positions START,END (end exclusive; also \"(START, END)\"), or "
+            + ", ".join(SPAN_FORMS[1:])
+            + ". [default: answer; message:-1 with --messages]",
         ),
     ] = None,
     by: Annotated[
@@ -116,7 +122,9 @@ def trace(
     method: Annotated[
         str, typer.Option(callback=check_method, metavar="NAME", help="Attribution method (see `spantrace methods`).")
     ] = "flashtrace",
-    hops: Annotated[int, typer.Option(min=0, help="Recursive hops through the reasoning.")] = 1,
+    hops: Annotated[
+        int, typer.Option(min=0, max=MAX_HOPS, help=f"Recursive hops through the reasoning (at most {MAX_HOPS}).")
+    ] = 1,
     recursive: Annotated[
         Recursive,
         typer.Option(
@@ -150,6 +158,8 @@ def trace(
     output_text = text_option(output, output_file, "--output", required=False)
     conversation = json_option(messages_file, "--messages") if messages_file is not None else None
     documents = json_option(documents_file, "--documents") if documents_file is not None else None
+    if span is not None:
+        span_argument(span)  # malformed positions fail here, before the model loads
     if by is not None and by not in GROUPINGS:
         raise typer.BadParameter(f"unknown grouping {by!r}; choose from {', '.join(GROUPINGS)}", param_hint="'--by'")
     progress = not quiet and sys.stderr.isatty()
@@ -178,7 +188,7 @@ def trace(
             span = "message:-1" if messages is not None else "answer"
         with working("tracing", progress):
             result = run.trace(
-                span,
+                span_argument(span),
                 method=method,
                 hops=hops,
                 recursive=recursive.value,
@@ -218,3 +228,18 @@ def conversation_parts(data: Any, documents: Any) -> tuple[Any, Any, Any]:
     if documents is not None and data.get("documents") is not None:
         raise InputError("documents are given twice: in --messages and with --documents; keep one")
     return data["messages"], tools, documents if documents is not None else data.get("documents")
+
+
+def span_argument(text: str) -> str | tuple[int, int]:
+    """``--span`` as ``Run.trace`` takes it: token positions ``(start, end)`` when the text is two whole numbers
+    (``40,52``, ``(40, 52)`` or ``[40, 52]``), else the span spec itself (``answer``, ``regex:…``, …)."""
+    found = _POSITIONS.fullmatch(text)
+    if found is None:
+        return text
+    parts = [part.strip() for part in (found["a"] or found["b"] or found["c"] or "").split(",")]
+    if len(parts) != 2 or not all(_WHOLE.fullmatch(part) for part in parts):
+        raise typer.BadParameter(
+            f"{text!r}: token positions are two whole numbers START,END (end exclusive), e.g. 40,52 or \"(40, 52)\"",
+            param_hint="'--span'",
+        )
+    return int(parts[0]), int(parts[1])
