@@ -274,7 +274,7 @@ def check_result_data(data: Any) -> dict[str, Any]:
     hop_lists = _field_list(data, "hop_scores")
     if not hop_lists:
         raise _bad("hop_scores", "needs at least hop 0 (hops ≥ 0)")
-    rho = _field_scores(_field_list(data, "rho", len(hop_lists)), "rho", len(hop_lists))
+    rho = _field_scores(_field_list(data, "rho", len(hop_lists)), "rho", len(hop_lists), np.float64)  # as written
     recursive_span = _field_pair(data, "recursive_span")
     if not 0 <= recursive_span[0] <= recursive_span[1] <= n:
         raise _bad("recursive_span", f"{recursive_span} is not inside the {n} tokens")
@@ -327,15 +327,15 @@ def _field_pair(data: Mapping[str, Any], name: str) -> tuple[int, int]:
     return _field_int(first, name), _field_int(second, name)
 
 
-def _field_scores(values: Any, name: str, length: int) -> np.ndarray:
-    """``values`` as [length] finite float32 (the precision scores are kept in)."""
+def _field_scores(values: Any, name: str, length: int, dtype: type = np.float32) -> np.ndarray:
+    """``values`` as [length] finite numbers of ``dtype`` (float32: the precision scores are kept in)."""
     if not isinstance(values, list) or len(values) != length:
         got = f"{len(values)} values" if isinstance(values, list) else type(values).__name__
         raise _bad(name, f"must be a list of {length} numbers (one per token, or per hop for rho); got {got}")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise _bad(name, "must hold numbers only")
     with np.errstate(over="ignore"):  # a number too large for float32 turns into ∞, refused below
-        array = np.asarray(values, dtype=np.float64).astype(np.float32)
+        array = np.asarray(values, dtype=np.float64).astype(dtype)
     if not np.isfinite(array).all():
         raise _bad(name, "holds a non-finite value (NaN or ∞, or beyond float32)")
     return array

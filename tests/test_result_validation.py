@@ -45,6 +45,7 @@ def test_a_valid_result_round_trips_through_strict_json(result: TraceResult, tmp
     loaded = TraceResult.load(path)
     np.testing.assert_array_equal(loaded.scores, result.scores)
     assert loaded.span == result.span and loaded.hops == 2 and loaded.tokens == result.tokens
+    assert loaded.rho == result.rho and loaded.timings == result.timings  # as written, not rounded
     assert loaded.layout == result.layout
 
 
