@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import resource
 import sys
 import time
@@ -83,12 +84,13 @@ class EvalConfig:
         if unknown:
             raise InputError(f"unknown method(s) {', '.join(map(repr, unknown))}; "
                              f"choose from {', '.join(available_methods())}")
-        for name, value, least in (("n", self.n, 1), ("length", self.length, 1), ("steps", self.steps, 1),
-                                   ("max_new_tokens", self.max_new_tokens, 1), ("hops", self.hops, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        for name, least in (("n", 1), ("length", 1), ("steps", 1), ("max_new_tokens", 1), ("hops", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
                 raise InputError(f"{name} must be a whole number ≥ {least}; got {value!r}")
-        if not 0.0 < self.recovery_frac <= 1.0:
-            raise InputError(f"recovery_frac must be in (0, 1]; got {self.recovery_frac!r}")
+            object.__setattr__(self, name, int(value))  # a NumPy integer becomes a plain int (JSON, fingerprint)
+        if not isinstance(self.recovery_frac, numbers.Real) or not 0.0 < self.recovery_frac <= 1.0:
+            raise InputError(f"recovery_frac must be a number in (0, 1]; got {self.recovery_frac!r}")
         if not isinstance(self.span, str):
             raise InputError(f"the evaluation's span is a text spec such as 'output' or 'answer'; got {self.span!r}")
         check_spec_syntax(self.span)

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 import spantrace.cli.evaluate
 import spantrace.eval.results
 from spantrace.cli import app
-from spantrace.errors import SpanError
+from spantrace.errors import InputError, SpanError
 from spantrace.eval.report import load_rows
 from spantrace.eval.results import ResultsFile, ResultsFileError, read_results
 from spantrace.eval.runner import EvalConfig, run_eval
@@ -233,10 +233,25 @@ def test_methods_named_twice_are_evaluated_once(tmp_path, monkeypatch):
     assert seen["config"].methods == ("attention-last",)
 
 
+def test_settings_are_checked_when_the_config_is_made():
+    import numpy as np
+
+    config = EvalConfig(task="niah_single", n=np.int64(3), hops=np.int32(2))
+    assert config.n == 3 and type(config.n) is int and type(config.hops) is int
+    assert config.fingerprint() == EvalConfig(task="niah_single", n=3, hops=2).fingerprint()
+    for bad in ({"hops": -1}, {"steps": 0}, {"n": 2.5}, {"recovery_frac": "x"}, {"methods": ("nope",)},
+                {"scope": "everything"}, {"span": "sentence:x"}):
+        with pytest.raises((InputError, SpanError)):
+            EvalConfig(task="niah_single", **bad)
+
+
 def test_no_method_is_one_line(tmp_path):
     result = CliRunner().invoke(app, ["eval", "--task", "niah_single", "--out", str(tmp_path / "r.jsonl"),
                                       "--methods", ","])
-    assert result.exit_code == 2 and "names no method" in result.output and not (tmp_path / "r.jsonl").exists()
+    assert result.exit_code == 2 and result.output.startswith("Error: --methods names no method")
+    assert result.output.count("\n") == 1 and not (tmp_path / "r.jsonl").exists()
+    with pytest.raises(InputError, match="no methods to evaluate"):
+        EvalConfig(task="niah_single", methods=())
 
 
 def test_reading_skips_and_counts_lines_that_are_not_rows(tmp_path):
