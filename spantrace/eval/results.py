@@ -117,6 +117,8 @@ class ResultsFile:
         self.path = Path(path)
         self.rows: list[dict[str, Any]] = []
         self._fd: int | None = None
+        self._created = False
+        self._size = 0
         self._lock = _Lock(self.path.with_name(self.path.name + ".lock"))
         try:
             self._open()
@@ -127,8 +129,9 @@ class ResultsFile:
     def _open(self) -> None:
         _make_parent(self.path)
         self._lock.acquire()
+        self._created = not self.path.exists()  # removed again on close when no row was written to it
         try:
-            data = self.path.read_bytes() if self.path.exists() else b""
+            data = b"" if self._created else self.path.read_bytes()
         except OSError as error:
             raise ResultsFileError(f"could not read {self.path}: {error.strerror}") from error
         loaded = _split(data)
@@ -175,8 +178,11 @@ class ResultsFile:
         self.rows.append(row)
 
     def close(self) -> None:
-        """Release the file and its lock (idempotent)."""
+        """Release the file and its lock (idempotent); a file this run created and wrote nothing to is removed."""
         if self._fd is not None:
+            if self._created and self._size == 0:
+                with contextlib.suppress(OSError):
+                    self.path.unlink()  # a run stopped before its first row leaves no empty file behind
             os.close(self._fd)
             self._fd = None
         self._lock.release()

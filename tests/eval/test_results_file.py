@@ -89,6 +89,14 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
     assert out.read_text() == ROW
 
 
+def test_a_run_that_wrote_nothing_leaves_no_file(tmp_path):
+    out, kept = tmp_path / "new.jsonl", tmp_path / "empty.jsonl"
+    kept.write_bytes(b"")
+    with ResultsFile(out), ResultsFile(kept):
+        assert out.exists()  # created (and so checked writable) when opened
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jsonl"]  # the user's empty file stays
+
+
 def test_a_killed_writer_leaves_no_lock(tmp_path):
     out = tmp_path / "rows.jsonl"
     code = "import sys, time; from spantrace.eval.results import ResultsFile; f = ResultsFile(sys.argv[1]); " \
