@@ -174,6 +174,7 @@ def test_a_full_disk_cuts_the_half_row_and_the_run_resumes(tmp_path, tokenizer, 
 
 def test_a_short_write_is_taken_back(tmp_path, monkeypatch):
     out = tmp_path / "rows.jsonl"
+    out.write_bytes(b"")  # there before the run, so it stays after it
     real_write = os.write
     monkeypatch.setattr(spantrace.eval.results.os, "write", lambda fd, data: real_write(fd, data[:10]))
     with ResultsFile(out) as results, pytest.raises(ResultsFileError, match="No space left"):
