@@ -50,11 +50,20 @@ def load_rows(path: Path | str) -> list[dict[str, Any]]:
     """The rows of a results file (``results.read_results``): a torn last line is ignored, other lines that are
     not rows are skipped with one warning that counts them; a file with no row is an error (one line)."""
     loaded = read_results(path)
-    if loaded.skipped:
-        number, why = loaded.skipped[0]
-        warnings.warn(f"{path}: skipped {len(loaded.skipped)} line(s) that are not spantrace rows "
-                      f"(the first, line {number}, is {why})", stacklevel=2)
-    return loaded.rows
+    rows = [row for row in loaded.rows if _numeric(row)]
+    skipped = len(loaded.skipped) + len(loaded.rows) - len(rows)
+    if skipped:
+        first = (f"the first, line {loaded.skipped[0][0]}, is {loaded.skipped[0][1]}" if loaded.skipped
+                 else "a metric that is not a number")
+        warnings.warn(f"{path}: skipped {skipped} line(s) that are not spantrace rows ({first})", stacklevel=2)
+    if not rows:
+        raise SpanTraceError(f"{path} has no usable row (every row has a metric that is not a number)")
+    return rows
+
+
+def _numeric(row: dict[str, Any]) -> bool:
+    """Whether every metric the report reads is a number (or absent, or null) in ``row``."""
+    return all(row.get(key) is None or isinstance(row[key], (int, float)) for key, _, _ in COLUMNS)
 
 
 def complete_samples(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:

@@ -290,6 +290,17 @@ def test_report_warns_about_skipped_lines(tmp_path):
     assert result.exit_code == 0 and "Warning: " in result.output and "skipped 1 line(s)" in result.output
 
 
+def test_report_skips_rows_whose_metrics_are_not_numbers(tmp_path):
+    path = tmp_path / "r.jsonl"
+    row = {"task": "t", "sample_id": "s", "method": "flashtrace", "config": "c", "rise": 0.5, "model": "m"}
+    path.write_text(json.dumps(row) + "\n" + json.dumps({**row, "sample_id": "x", "rise": "high"}) + "\n")
+    result = CliRunner().invoke(app, ["report", str(path)])
+    assert result.exit_code == 0 and "skipped 1 line(s)" in result.output and "| flashtrace | 1 |" in result.output
+    path.write_text(json.dumps({**row, "rise": [1]}) + "\n")
+    result = CliRunner().invoke(app, ["report", str(path)])
+    assert result.exit_code == 2 and result.output.startswith("Error: ") and "no usable row" in result.output
+
+
 def test_report_outputs_are_checked_before_the_work(tmp_path, monkeypatch):
     import spantrace.eval.report
 
