@@ -110,6 +110,31 @@ def resolve_span(run: RunView, spec: str | tuple[int, int] | Sequence[int]) -> t
     return run.prompt_length + tokens[0], run.prompt_length + tokens[1]
 
 
+def check_spec_syntax(spec: str) -> None:
+    """SpanError (one line) when the text spec ``spec`` is malformed, checked without a run: its form is one of
+    ``SPAN_FORMS``, N a whole number, ``chars:A-B`` two numbers A < B, a regex one that compiles. Whether it
+    matches anything can only be known on a run (``resolve_span``)."""
+    kind, _, argument = spec.strip().partition(":")
+    kind = kind.strip().lower()
+    if kind in ("output", "answer", "think", "boxed") and not argument:
+        return
+    if kind in ("sentence", "line", *STRUCTURE_SPANS):
+        _index(argument, spec)
+    elif kind == "regex":
+        if not argument:
+            raise SpanError(f"span {spec!r} has no pattern; write regex:PATTERN, e.g. regex:answer is (\\d+)")
+        try:
+            re.compile(argument)
+        except re.error as error:
+            raise SpanError(f"span {spec!r}: {argument!r} is not a valid regular expression ({error})") from error
+    elif kind == "chars":
+        parsed = _CHAR_RANGE.fullmatch(argument.strip())
+        if parsed is None or int(parsed[1]) >= int(parsed[2]):
+            raise SpanError(f"span {spec!r}: write chars:A-B with whole numbers A < B (B exclusive), e.g. chars:0-10")
+    else:
+        raise SpanError(f"unknown span {spec!r}; use one of: {', '.join(SPAN_FORMS)}")
+
+
 def check_span(run: RunView, span: Any) -> tuple[int, int]:
     """``span`` as ``(start, end)`` token positions, checked: two whole numbers, not empty, inside the run and
     inside its generation (a traced span never reaches into the prompt). SpanError (one line) otherwise."""

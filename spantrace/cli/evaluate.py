@@ -55,41 +55,47 @@ def eval_(
 ) -> None:
     """Score attribution methods for faithfulness (RISE, MAS, insertion AUC, Recovery@10%) on a task.
 
-    Writes one JSONL row per (sample, method) as it goes; run it again to resume after a crash.
+    Writes one JSONL row per (sample, method) as it goes; run it again to resume after a crash. An --out
+    that is not a results file is refused untouched, and so is a second run on a file that one is writing.
     With --ray each worker loads the model once and takes whole samples; the rows are the same.
     """
     from functools import partial
 
     from ..eval.distributed import run_eval_ray
-    from ..eval.runner import EvalConfig, ResultsFile, run_eval
+    from ..eval.runner import EvalConfig, open_results, run_eval
 
-    names = tuple(name.strip() for name in methods.split(",") if name.strip())
+    names = tuple(dict.fromkeys(name.strip() for name in methods.split(",") if name.strip()))  # once each, in order
     if names == ("all",):
         names = tuple(list_methods())
+    if not names:
+        fail(f"--methods names no method ({methods!r}); give e.g. flashtrace,ifr or 'all'")
     for name in names:
         check_method(name)
     quiet_transformers()
     progress = not quiet and sys.stderr.isatty()
     try:
+        # Every setting, the span's syntax and the results file (locked, checked) before the model loads.
         config = EvalConfig(task=task, methods=names, n=samples, length=length, seed=seed, steps=steps,
                             max_new_tokens=max_new_tokens, span=span, hops=hops, scope=scope, stop_tokens=stop_tokens,
                             haystack=haystack, data_path=str(data_path) if data_path else None, measures=measures)
         names = config.row_methods
-        done = len(ResultsFile(out).done()) if out.exists() else 0
-        distributed = ray or ray_address is not None
-        if not distributed:
-            with working("loading the model", progress):
-                language_model = load(model, device=device)
-        count = TextColumn("{task.completed}/{task.total}")
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), count, TimeElapsedColumn())
-        with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
-            rows = bar.add_task(f"eval {task}", total=samples * len(names), completed=min(done, samples * len(names)))
-            if distributed:
-                gpus = 1.0 if device is not None and device.startswith("cuda") else 0.0
-                run_eval_ray(partial(load, model, device=device), config, out, address=ray_address, workers=workers,
-                             gpus_per_worker=gpus, on_row=lambda _: bar.advance(rows))
-            else:
-                run_eval(language_model, config, out, on_row=lambda _: bar.advance(rows))
+        with open_results(config, out) as results:
+            done = len(results.done())
+            distributed = ray or ray_address is not None
+            if not distributed:
+                with working("loading the model", progress):
+                    language_model = load(model, device=device)
+            count = TextColumn("{task.completed}/{task.total}")
+            columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), count, TimeElapsedColumn())
+            with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+                total = samples * len(names)
+                rows = bar.add_task(f"eval {task}", total=total, completed=min(done, total))
+                if distributed:
+                    gpus = 1.0 if device is not None and device.startswith("cuda") else 0.0
+                    run_eval_ray(partial(load, model, device=device), config, results, address=ray_address,
+                                 workers=workers, gpus_per_worker=gpus, on_row=lambda _: bar.advance(rows))
+                else:
+                    run_eval(language_model, config, results, on_row=lambda _: bar.advance(rows))
     except SpanTraceError as error:
         fail(str(error))
     typer.echo(f"wrote {out}")

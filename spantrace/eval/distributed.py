@@ -2,7 +2,7 @@
 
 Each worker is a Ray actor that loads the model once (``load_model()`` runs in the worker, so every
 node loads its own copy) and evaluates whole samples with ``runner.evaluate_sample``, exactly as the
-serial runner does. The driver keeps the only handle on the results file: it appends a sample's rows
+serial runner does. The driver keeps the only (locked) handle on the results file: it appends a sample's rows
 as soon as the sample comes back, in completion order, so a crash or Ctrl-C loses at most the samples
 in flight and a restart resumes as the serial runner does (same fingerprint, same skipping).
 
@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import InputError, SpanTraceError
 from .prompts import Sample
-from .runner import EvalConfig, ResultsFile, config_samples, evaluate_sample, open_results, pending
+from .results import ResultsFile
+from .runner import EvalConfig, config_samples, evaluate_sample, pending, results_for
 
 if TYPE_CHECKING:
     from ..api import Model
@@ -40,7 +41,7 @@ class EvalWorker:
 def run_eval_ray(
     load_model: Callable[[], Model],
     config: EvalConfig,
-    out: Path | str,
+    out: Path | str | ResultsFile,
     *,
     address: str | None = None,
     workers: int | None = None,
@@ -56,22 +57,22 @@ def run_eval_ray(
     ray = _import_ray()
     if workers is not None and workers < 1:
         raise InputError(f"workers must be ≥ 1; got {workers}")
-    results = open_results(config, out)
-    started = not ray.is_initialized()
-    if started:
-        if address is None:
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(address=address, log_to_driver=False, configure_logging=False)
-    try:
-        return _drive(ray, load_model, config, results, workers, gpus_per_worker, on_row)
-    except ray.exceptions.RayTaskError as error:
-        if isinstance(error.cause, SpanTraceError):  # a user error met in a worker: say it as the serial run does
-            raise error.cause from None
-        raise
-    finally:
+    with results_for(config, out) as results:  # locked before the cluster starts: one writer per file
+        started = not ray.is_initialized()
         if started:
-            ray.shutdown()
+            if address is None:
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            else:
+                ray.init(address=address, log_to_driver=False, configure_logging=False)
+        try:
+            return _drive(ray, load_model, config, results, workers, gpus_per_worker, on_row)
+        except ray.exceptions.RayTaskError as error:
+            if isinstance(error.cause, SpanTraceError):  # a user error met in a worker: say it as serial runs do
+                raise error.cause from None
+            raise
+        finally:
+            if started:
+                ray.shutdown()
 
 
 def _drive(

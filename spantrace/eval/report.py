@@ -1,6 +1,7 @@
 """The results report: mean ± standard error per task and method, the best method, and paired sign tests.
 
-Rows come from the runner's JSONL file. Rows with an ``error`` are counted but left out of the means.
+Rows come from the runner's JSONL file (lines that are not rows are skipped, with a warning that counts
+them). Rows with an ``error`` are counted but left out of the means.
 The standard error is ``std(ddof=1) / √n`` (0 for one row). The paired comparison of FlashTrace with
 each baseline uses the samples both have, on RISE (lower is better): ``wins`` = samples where
 FlashTrace is lower, ``losses`` where it is higher (ties dropped), and the exact two-sided sign-test
@@ -18,14 +19,15 @@ trace time, and takes no part in the sign tests, which need RISE).
 from __future__ import annotations
 
 import base64
-import json
 import math
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import SpanTraceError
+from .results import read_results
 
 COLUMNS = (  # (row key, header, higher is better)
     ("rise", "RISE ↓", False),
@@ -45,20 +47,23 @@ REFERENCE_METHOD = "flashtrace"
 
 
 def load_rows(path: Path | str) -> list[dict[str, Any]]:
-    """The rows of a results file (a torn last line is ignored)."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise SpanTraceError(f"could not read {path}: {error.strerror}") from error
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            if number < len(lines):
-                raise SpanTraceError(f"{path} line {number} is not JSON ({error})") from error
+    """The rows of a results file (``results.read_results``): a torn last line is ignored, other lines that are
+    not rows are skipped with one warning that counts them; a file with no row is an error (one line)."""
+    loaded = read_results(path)
+    rows = [row for row in loaded.rows if _numeric(row)]
+    skipped = len(loaded.skipped) + len(loaded.rows) - len(rows)
+    if skipped:
+        first = (f"the first, line {loaded.skipped[0][0]}, is {loaded.skipped[0][1]}" if loaded.skipped
+                 else "a metric that is not a number")
+        warnings.warn(f"{path}: skipped {skipped} line(s) that are not spantrace rows ({first})", stacklevel=2)
+    if not rows:
+        raise SpanTraceError(f"{path} has no usable row (every row has a metric that is not a number)")
     return rows
+
+
+def _numeric(row: dict[str, Any]) -> bool:
+    """Whether every metric the report reads is a number (or absent, or null) in ``row``."""
+    return all(row.get(key) is None or isinstance(row[key], (int, float)) for key, _, _ in COLUMNS)
 
 
 def complete_samples(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:

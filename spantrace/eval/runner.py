@@ -5,10 +5,12 @@ and gold positions, and the documents' token ranges), let the model answer greed
 ``Run`` of those very ids, score the answer, then for each method trace the chosen span and measure the
 deletion and insertion curves on the ranked tokens (``prompts.EvalTokens``, the same for every method).
 
-Rows are appended, flushed and fsync'ed one at a time. On start the runner reads the file back,
-cuts off a torn last line (a crash mid-write), and skips every (sample_id, method) already there,
-so a run killed at any point and restarted ends with exactly one row per pair. Every row carries
-the configuration's fingerprint; resuming into a file written with other settings is an error.
+Rows go to a ``results.ResultsFile``: locked against a second writer, each row written whole and fsync'ed,
+and never a file that is not a results file. On start the runner reads the file back (cutting off a
+torn last line, a crash mid-write) and skips every (sample_id, method) already there, so a run killed at
+any point and restarted ends with exactly one row per pair. Every row carries the configuration's
+fingerprint; resuming into a file written with other settings is an error. Every setting (the span's
+syntax included) is checked when the ``EvalConfig`` is made, before any model loads or row is written.
 
 Source-level measures (``sources``; ``measures="all"`` or ``"source"``) are added for the tasks that
 have sources: HotpotQA (context sentences: sentence recovery and the ablation curve) and docs_needle
@@ -21,11 +23,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
+import numbers
 import resource
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,9 +37,12 @@ import numpy as np
 import torch
 
 from ..errors import InputError, SpanTraceError
+from ..methods.registry import available_methods
+from ..spans import check_spec_syntax
 from . import metrics, sources
 from .curves import deletion_curve, insertion_curve
 from .prompts import EvalPrompt, EvalTokens, Sample, eval_prompt
+from .results import ResultsFile, ResultsFileError
 from .tasks import make_samples, score_answer, source_kind
 
 if TYPE_CHECKING:
@@ -70,6 +76,25 @@ class EvalConfig:
     measures: str = "all"
 
     def __post_init__(self) -> None:
+        methods = tuple(dict.fromkeys(self.methods))  # a method named twice is one method (first place kept)
+        object.__setattr__(self, "methods", methods)
+        if not methods:
+            raise InputError("no methods to evaluate; name at least one, e.g. flashtrace,ifr")
+        unknown = [name for name in methods if name not in available_methods() and name != sources.RANDOM_METHOD]
+        if unknown:
+            raise InputError(f"unknown method(s) {', '.join(map(repr, unknown))}; "
+                             f"choose from {', '.join(available_methods())}")
+        for name, least in (("n", 1), ("length", 1), ("steps", 1), ("max_new_tokens", 1), ("hops", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+                raise InputError(f"{name} must be a whole number ≥ {least}; got {value!r}")
+            object.__setattr__(self, name, int(value))  # a NumPy integer becomes a plain int (JSON, fingerprint)
+        if not isinstance(self.recovery_frac, numbers.Real) or not 0.0 < self.recovery_frac <= 1.0:
+            raise InputError(f"recovery_frac must be a number in (0, 1]; got {self.recovery_frac!r}")
+        if not isinstance(self.span, str):
+            raise InputError(f"the evaluation's span is a text spec such as 'output' or 'answer'; got {self.span!r}")
+        check_spec_syntax(self.span)
+        EvalTokens(self.scope, self.stop_tokens)  # checks scope and stop_tokens
         if self.measures not in MEASURES:
             raise InputError(f"measures must be one of {MEASURES}; got {self.measures!r}")
         if self.measures == "source" and source_kind(self.task) is None:
@@ -99,47 +124,6 @@ class EvalConfig:
         if self.measures == "source":
             settings["token_measures"] = False
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-class ResultsFile:
-    """An append-only JSONL file of rows that survives crashes: see the module docstring."""
-
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self.rows: list[dict[str, Any]] = self._read_and_repair()
-
-    def _read_and_repair(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        data = self.path.read_bytes()
-        complete = data[: data.rfind(b"\n") + 1]  # a torn last line has no newline yet
-        if len(complete) != len(data):
-            with self.path.open("r+b") as handle:
-                handle.truncate(len(complete))
-        rows, seen = [], set()
-        for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise SpanTraceError(f"{self.path} line {number} is not JSON ({error}); fix or remove it") from error
-            key = (row.get("sample_id"), row.get("method"))
-            if key not in seen:  # a duplicate can only come from a hand-edited file: keep the first
-                seen.add(key)
-                rows.append(row)
-        return rows
-
-    def done(self) -> set[tuple[str, str]]:
-        return {(row["sample_id"], row["method"]) for row in self.rows}
-
-    def append(self, row: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row, sort_keys=True) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        self.rows.append(row)
 
 
 def peak_memory_mb(device: torch.device) -> tuple[float, str]:
@@ -238,16 +222,38 @@ def _source_measurer(
     return sentence_fields
 
 
-def open_results(config: EvalConfig, out: Path | str) -> ResultsFile:
-    """The results file ``out`` for ``config`` (repaired if torn); an error if it holds rows of other settings."""
-    results = ResultsFile(out)
+def check_settings(config: EvalConfig, results: ResultsFile) -> None:
+    """An error when ``results`` holds rows made with settings other than ``config``'s."""
     foreign = {row.get("config") for row in results.rows} - {config.fingerprint()}
     if foreign:
-        raise SpanTraceError(
-            f"{results.path} holds rows made with other settings (config {sorted(map(str, foreign))}); "
-            "write to a new file, or resume with the same options"
+        raise ResultsFileError(
+            f"{results.path} holds rows made with other settings (config {', '.join(sorted(map(str, foreign)))}); "
+            "resume with the options that made them, or give --out a new file for these settings"
         )
+
+
+def open_results(config: EvalConfig, out: Path | str) -> ResultsFile:
+    """The results file ``out`` for ``config``, open and locked (close it, or use it in a ``with`` block):
+    an error if it is not a results file, is written by another run, or holds rows of other settings."""
+    results = ResultsFile(out)
+    try:
+        check_settings(config, results)
+    except BaseException:
+        results.close()
+        raise
     return results
+
+
+@contextmanager
+def results_for(config: EvalConfig, out: Path | str | ResultsFile) -> Iterator[ResultsFile]:
+    """``out`` when it is an open ``ResultsFile`` (checked against ``config``; left open), else ``out`` opened
+    for the block (``open_results``) and closed after it."""
+    if isinstance(out, ResultsFile):
+        check_settings(config, out)
+        yield out
+        return
+    with open_results(config, out) as results:
+        yield results
 
 
 def config_samples(config: EvalConfig, tokenizer: Any) -> list[Sample]:
@@ -272,18 +278,19 @@ def pending(
 def run_eval(
     model: Model,
     config: EvalConfig,
-    out: Path | str,
+    out: Path | str | ResultsFile,
     *,
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> ResultsFile:
     """Evaluate ``config`` on ``model``, appending rows to ``out`` and skipping those already there.
 
+    ``out``: a path (opened and locked for the run) or a ``ResultsFile`` already open (kept open).
     ``spantrace.eval.distributed.run_eval_ray`` does the same with samples spread over Ray workers.
     """
-    results = open_results(config, out)
-    for sample, todo in pending(config_samples(config, model.tokenizer), config, results.done()):
-        for row in evaluate_sample(model, sample, config, todo):
-            results.append(row)
-            if on_row is not None:
-                on_row(row)
+    with results_for(config, out) as results:
+        for sample, todo in pending(config_samples(config, model.tokenizer), config, results.done()):
+            for row in evaluate_sample(model, sample, config, todo):
+                results.append(row)
+                if on_row is not None:
+                    on_row(row)
     return results

@@ -107,7 +107,7 @@ def test_html_report_escapes_and_embeds():
 
 def test_report_command(tmp_path):
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
-    made = many_rows()
+    made = [{**row, "config": "c"} for row in many_rows()]  # rows as the runner writes them carry their config
     first.write_text("".join(json.dumps(row) + "\n" for row in made if row["task"] == "a"))
     second.write_text("".join(json.dumps(row) + "\n" for row in made if row["task"] == "b"))
     out, page, figures = tmp_path / "report.md", tmp_path / "report.html", tmp_path / "figures"

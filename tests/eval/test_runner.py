@@ -51,10 +51,11 @@ def test_resume_skips_done_rows_and_rejects_other_settings(tmp_path, tokenizer, 
 
 def test_results_file_repairs_a_torn_line(tmp_path):
     out = tmp_path / "rows.jsonl"
-    out.write_text('{"sample_id": "a", "method": "m"}\n{"sample_id": "a", "method": "m"}\n{"sample_')
-    results = ResultsFile(out)
-    assert results.done() == {("a", "m")} and len(results.rows) == 1
-    assert out.read_text().endswith("}\n")
+    row = '{"config": "c", "method": "m", "sample_id": "a", "task": "t"}\n'
+    out.write_text(row + row + '{"config": "c", "sample_')
+    with ResultsFile(out) as results:
+        assert results.done() == {("a", "m")} and len(results.rows) == 1
+    assert out.read_text() == row + row
 
 
 @pytest.mark.skipif(not builtin.is_complete(builtin.cache_entry()), reason="needs the built-in tokenizer cache")

@@ -326,6 +326,7 @@ def test_report_command_on_source_rows_only(tmp_path):
             "sample_id": f"s{i}",
             "method": method,
             "model": "m",
+            "config": "c",
             "device": "cpu",
             "top_document_correct": float(method == "flashtrace" or i == 0),
         }
