@@ -121,12 +121,7 @@ def check_spec_syntax(spec: str) -> None:
     if kind in ("sentence", "line", *STRUCTURE_SPANS):
         _index(argument, spec)
     elif kind == "regex":
-        if not argument:
-            raise SpanError(f"span {spec!r} has no pattern; write regex:PATTERN, e.g. regex:answer is (\\d+)")
-        try:
-            re.compile(argument)
-        except re.error as error:
-            raise SpanError(f"span {spec!r}: {argument!r} is not a valid regular expression ({error})") from error
+        _compiled_pattern(argument, spec)
     elif kind == "chars":
         parsed = _CHAR_RANGE.fullmatch(argument.strip())
         if parsed is None or int(parsed[1]) >= int(parsed[2]):
@@ -224,13 +219,18 @@ def _boxed_range(text: str) -> CharRange | None:
     return None
 
 
-def _regex_range(text: str, pattern: str, spec: str) -> CharRange | None:
+def _compiled_pattern(pattern: str, spec: str) -> regex.Pattern[str]:
+    """``pattern`` compiled by the engine ``regex:`` spans run on; SpanError when it is empty or invalid."""
     if not pattern:
         raise SpanError(f"span {spec!r} has no pattern; write regex:PATTERN, e.g. regex:answer is (\\d+)")
     try:
-        compiled = regex.compile(pattern, flags=regex.V0)  # V0: the standard library's syntax and behaviour
+        return regex.compile(pattern, flags=regex.V0)  # V0: the standard library's syntax and behaviour
     except (regex.error, ValueError, OverflowError) as error:
         raise SpanError(f"span {spec!r}: {pattern!r} is not a valid regular expression ({error})") from error
+
+
+def _regex_range(text: str, pattern: str, spec: str) -> CharRange | None:
+    compiled = _compiled_pattern(pattern, spec)
     try:  # concurrent: the lock is released while it searches; timeout: the search stops, nothing runs on
         match = compiled.search(text, timeout=REGEX_TIMEOUT_S, concurrent=True)
     except TimeoutError as error:
