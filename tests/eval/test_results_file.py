@@ -113,14 +113,16 @@ def test_a_killed_writer_leaves_no_lock(tmp_path):
 
 @pytest.mark.skipif(not builtin.is_complete(builtin.cache_entry()), reason="needs the built-in tokenizer cache")
 def test_two_runs_on_one_file_cannot_both_write(tmp_path):
+    """A second writer is refused while the first holds the file (here the test process holds it, so the two
+    always overlap, however fast a run is); once the first lets go, a run writes every row once."""
     out = tmp_path / "rows.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    runs = [subprocess.Popen([sys.executable, str(JOB), str(out)], env=env, stderr=subprocess.PIPE, text=True)
-            for _ in range(2)]
-    errors = [run.communicate()[1] for run in runs]
-    codes = sorted(run.returncode for run in runs)
-    assert codes[0] == 0 and codes[1] != 0, errors
-    assert any("is being written by another run (PID" in error for error in errors)
+    with ResultsFile(out):  # the first writer: this process, holding the lock
+        refused = subprocess.run([sys.executable, str(JOB), str(out)], env=env, capture_output=True, text=True)
+        assert refused.returncode != 0, refused.stderr
+        assert f"is being written by another run (PID {os.getpid()})" in refused.stderr
+        assert rows_of(out) == []  # the refused run wrote nothing
+    subprocess.run([sys.executable, str(JOB), str(out)], env=env, check=True)
     counts = Counter((row["sample_id"], row["method"]) for row in rows_of(out))
     assert len(counts) == CONFIG.n * len(CONFIG.methods) and set(counts.values()) == {1}
 
