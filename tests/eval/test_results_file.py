@@ -25,7 +25,6 @@ from spantrace.errors import InputError, SpanError
 from spantrace.eval.report import load_rows
 from spantrace.eval.results import ResultsFile, ResultsFileError, read_results
 from spantrace.eval.runner import EvalConfig, run_eval
-from spantrace.loading import builtin
 
 JOB = Path(__file__).with_name("runner_job.py")
 ROW = '{"config": "c", "method": "m", "sample_id": "a", "task": "t"}\n'
@@ -111,8 +110,7 @@ def test_a_killed_writer_leaves_no_lock(tmp_path):
         assert results.rows == []
 
 
-@pytest.mark.skipif(not builtin.is_complete(builtin.cache_entry()), reason="needs the built-in tokenizer cache")
-def test_two_runs_on_one_file_cannot_both_write(tmp_path):
+def test_two_runs_on_one_file_cannot_both_write(tmp_path, builtin_cache):
     """A second writer is refused while the first holds the file (here the test process holds it, so the two
     always overlap, however fast a run is); once the first lets go, a run writes every row once."""
     out = tmp_path / "rows.jsonl"
@@ -127,8 +125,7 @@ def test_two_runs_on_one_file_cannot_both_write(tmp_path):
     assert len(counts) == CONFIG.n * len(CONFIG.methods) and set(counts.values()) == {1}
 
 
-@pytest.mark.skipif(not builtin.is_complete(builtin.cache_entry()), reason="needs the built-in tokenizer cache")
-def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path):
+def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path, builtin_cache):
     out = tmp_path / "rows.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     chance = random.Random(27)

@@ -16,7 +16,6 @@ from runner_job import CONFIG, tiny_model
 
 from spantrace.errors import SpanTraceError
 from spantrace.eval.runner import EvalConfig, ResultsFile, run_eval
-from spantrace.loading import builtin
 
 JOB = Path(__file__).with_name("runner_job.py")
 
@@ -58,8 +57,7 @@ def test_results_file_repairs_a_torn_line(tmp_path):
     assert out.read_text() == row + row
 
 
-@pytest.mark.skipif(not builtin.is_complete(builtin.cache_entry()), reason="needs the built-in tokenizer cache")
-def test_sigkill_mid_run_then_resume(tmp_path):
+def test_sigkill_mid_run_then_resume(tmp_path, builtin_cache):
     out = tmp_path / "rows.jsonl"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, str(JOB), str(out)], env=env)
