@@ -123,8 +123,8 @@ def check_spec_syntax(spec: str) -> None:
     elif kind == "regex":
         _compiled_pattern(argument, spec)
     elif kind == "chars":
-        parsed = _CHAR_RANGE.fullmatch(argument.strip())
-        if parsed is None or int(parsed[1]) >= int(parsed[2]):
+        start, end = _chars_argument(argument, spec)
+        if start >= end:
             raise SpanError(f"span {spec!r}: write chars:A-B with whole numbers A < B (B exclusive), e.g. chars:0-10")
     else:
         raise SpanError(f"unknown span {spec!r}; use one of: {', '.join(SPAN_FORMS)}")
@@ -245,11 +245,16 @@ def _regex_range(text: str, pattern: str, spec: str) -> CharRange | None:
     return match.span() if match.end() > match.start() else None
 
 
-def _given_chars(text: str, argument: str, spec: str) -> CharRange:
+def _chars_argument(argument: str, spec: str) -> CharRange:
+    """The ``A``, ``B`` of ``chars:A-B``; SpanError when the argument is not two whole numbers."""
     parsed = _CHAR_RANGE.fullmatch(argument.strip())
     if parsed is None:
         raise SpanError(f"span {spec!r}: write chars:A-B with whole numbers A < B (B exclusive), e.g. chars:0-10")
-    start, end = int(parsed[1]), int(parsed[2])
+    return int(parsed[1]), int(parsed[2])
+
+
+def _given_chars(text: str, argument: str, spec: str) -> CharRange:
+    start, end = _chars_argument(argument, spec)
     if not start < end <= len(text):
         raise SpanError(f"span {spec!r} needs 0 ≤ A < B ≤ {len(text)} (the generated text has {len(text)} characters)")
     return start, end

@@ -22,7 +22,7 @@ applied identically to every method of one evaluation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..inputs import Layout, Prepared, assign, build_layout, prepare
+from ..text.layout import merge_ranges
 from ..text.tokens import is_stop_token
 
 SCOPES = ("user", "prompt")
@@ -126,21 +127,10 @@ def eval_prompt(tokenizer: Any, sample: Sample, *, chat: bool = True) -> EvalPro
         raise InputError("the chat template changed the user's text; evaluate with chat=False")
     inside = range(*user.tokens) if user.tokens is not None else range(0)
     user_positions = np.array([p for p in inside if not special[p]], dtype=np.int64)
-    gold = _disjoint([(user.chars[0] + a, user.chars[0] + b) for a, b in sample.gold_spans])
+    gold = merge_ranges([(user.chars[0] + a, user.chars[0] + b) for a, b in sample.gold_spans])
     owners = assign(text, prepared.offsets, gold)
     gold_positions = np.array([p for p, owner in enumerate(owners) if owner is not None], dtype=np.int64)
     return EvalPrompt(prepared, layout, user.chars[0], user_positions, gold_positions)
-
-
-def _disjoint(ranges: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
-    """``ranges`` sorted, overlapping ones merged (``inputs.assign`` takes sorted, disjoint ranges)."""
-    merged: list[tuple[int, int]] = []
-    for start, end in sorted(ranges):
-        if merged and start <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
-        else:
-            merged.append((start, end))
-    return merged
 
 
 def token_counter(tokenizer: Any, *, chat: bool = True) -> Callable[[str, str], int]:

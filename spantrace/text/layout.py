@@ -142,8 +142,8 @@ def build_layout(
     (special tokens, and tokens whose anchor lies in no message, document or tool definition)."""
 
     segments = list(segments)
-    given = assign(text, offsets, _merge([s.chars for s in segments if s.kind in ("message", "tools")]))
-    scaffold = assign(text, offsets, _merge([s.chars for s in segments if s.kind == "scaffold"]))
+    given = assign(text, offsets, merge_ranges([s.chars for s in segments if s.kind in ("message", "tools")]))
+    scaffold = assign(text, offsets, merge_ranges([s.chars for s in segments if s.kind == "scaffold"]))
     template = [bool(special[p]) or given[p] is None or scaffold[p] is not None for p in range(len(offsets))]
     anchors = np.array([-1 if (a := anchor(text, chars)) is None else a for chars in offsets], dtype=np.int64)
     placed = []
@@ -155,7 +155,8 @@ def build_layout(
     return Layout(text=text, offsets=[tuple(o) for o in offsets], segments=placed, template=template, source=source)
 
 
-def _merge(ranges: Sequence[CharRange]) -> list[CharRange]:
+def merge_ranges(ranges: Sequence[CharRange]) -> list[CharRange]:
+    """``ranges`` sorted, with overlapping and touching ones merged: the sorted, disjoint ranges ``assign`` takes."""
     merged: list[list[int]] = []
     for start, end in sorted(ranges):
         if merged and start <= merged[-1][1]:
