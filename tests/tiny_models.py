@@ -20,6 +20,7 @@ ARCHITECTURES = (
     "llama4_text",  # Llama 4's image-text wrapper ("llama4") is tested in tests/architectures/test_arch_llama4.py
     "mixtral", "qwen2_moe", "phimoe", "ernie4_5", "ernie4_5_moe", "exaone", "starcoder2", "nemotron", "olmo",
     "hunyuan_v1_dense", "hunyuan_v1_moe",
+    "gemma",  # Gemma 1: (1 + w) RMSNorm, scaled embeddings, GeGLU; no soft-capping, no windows
 )
 # Hybrids (attention with Gated DeltaNet / Mamba-2 layers) have their own tiny models and float64 references:
 # tests/layers/test_deltanet.py and test_hybrid_qwen.py (Qwen), test_mamba2.py and test_hybrid_mamba.py (Mamba-2).
@@ -62,6 +63,7 @@ _SPECIFIC: dict[str, dict] = {
         final_logit_softcapping=30.0,
         hidden_activation="gelu_pytorch_tanh",
     ),
+    "gemma": dict(hidden_activation="gelu_pytorch_tanh"),
     "gemma3_text": dict(
         sliding_window=5,
         query_pre_attn_scalar=20,
