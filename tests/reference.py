@@ -373,18 +373,20 @@ class ReferenceTrace:
 
 
 def recursive_span(span: tuple[int, int], prompt_length: int, recursive: str) -> range:
+    """The generated part of G: T ∪ O for "generation" and "assistant" (which adds earlier turns), T for
+    "reasoning"."""
     a, b = span
-    if recursive == "generation":
+    if recursive in ("generation", "assistant"):
         return range(prompt_length, b)
     if recursive == "reasoning":
         return range(prompt_length, a)
-    raise ValueError(f"recursive must be 'generation' or 'reasoning', not {recursive!r}")
+    raise ValueError(f"recursive must be 'generation', 'reasoning' or 'assistant', not {recursive!r}")
 
 
-def _share_in(scores: np.ndarray, positions: range) -> float:
+def _share_in(scores: np.ndarray, positions: range | list[int]) -> float:
     """Σ_G s / Σ_all s (0 when there is no mass at all)."""
     total = float(scores.sum())
-    return float(scores[positions.start:positions.stop].sum()) / total if total > 0 else 0.0
+    return float(scores[list(positions)].sum()) / total if total > 0 else 0.0
 
 
 def trace(
@@ -395,12 +397,18 @@ def trace(
     method: str = "flashtrace",
     hops: int = 1,
     recursive: str = "generation",
+    earlier_turns: tuple[int, ...] = (),
 ) -> ReferenceTrace:
-    """Recursive multi-hop attribution of ``span`` = (a, b), end exclusive, back to the prompt."""
+    """Recursive multi-hop attribution of ``span`` = (a, b), end exclusive, back to the prompt.
+
+    ``recursive="assistant"``: ``earlier_turns`` (prompt positions of earlier assistant turns) join G, and get
+    no final score (m = 0 there, as on the generation)."""
     score_fn = METHODS[method]
     a, b = span
     N = terms[0].x_mid.shape[0]
-    group = recursive_span(span, prompt_length, recursive)
+    group = list(recursive_span(span, prompt_length, recursive))  # the positions of G, ascending
+    if recursive == "assistant":
+        group = sorted(set(group) | {p for p in earlier_turns if p < prompt_length})
 
     weights = np.zeros(N)  # [N] hop 0: the span itself, unit weights
     weights[a:b] = 1.0
@@ -409,14 +417,15 @@ def trace(
     for _ in range(1, hops + 1):
         previous = hop_scores[-1]
         weights = np.zeros(N)  # [N] hop k: the recursive span weighted by the previous hop's scores
-        mass = float(previous[group.start:group.stop].sum())
+        mass = float(previous[group].sum())
         if mass > 0:
-            weights[group.start:group.stop] = previous[group.start:group.stop] / mass
+            weights[group] = previous[group] / mass
         hop_scores.append(score_fn(terms, weights))
         rho.append(rho[-1] * _share_in(hop_scores[-1], group))
 
     mask = np.zeros(N)  # [N] 1 on the prompt
     mask[:prompt_length] = 1.0
+    mask[group] = 0.0  # G is unobserved: the generation, and earlier assistant turns in "assistant" mode
     final = mask * hop_scores[0]
     for k in range(1, hops + 1):
         final = final + rho[k - 1] * mask * hop_scores[k]

@@ -7,7 +7,8 @@ first. Each one
 
 1. loads with ``spantrace.load`` (the self-check rebuilds every layer's x_mid within 1e-5 in float32);
 2. traces like the slow float64 reference: per spantrace layer the float64 parts ``[H, N, N, D]``, residual and
-   x_mid (Mamba-2 layers from ``test_mamba2.reference``'s explicit loops; softmax-attention layers from the
+   x_mid (nothing from spantrace: x_in and x_mid from hooks on the float64 model's own modules; Mamba-2 layers
+   from ``test_mamba2.reference``'s explicit loops over the mixer's weights; softmax-attention layers from the
    probabilities the float64 eager model applied, as ``tests/reference.py`` intercepts them; Falcon-H1 the union
    of both), fed to ``reference.trace``, for FlashTrace and token-wise IFR, hops 0–2, both recursive kinds;
 3. is refused when the adapter drops a detail of its family (a multiplier, the rotary, the pre-mixer norm).
@@ -81,6 +82,13 @@ def token_mixing_blocks(model: nn.Module) -> list[int]:
     """The decoder layers that are spantrace layers: all of them, except Nemotron-H's MLP / MoE blocks."""
     layers = model.model.layers
     return [i for i, layer in enumerate(layers) if getattr(layer, "block_type", None) not in ("mlp", "moe")]
+
+
+def has_mamba_mixer(layer: nn.Module) -> bool:
+    """Whether the Hugging Face layer holds a Mamba-2 mixer (``mamba``, or Nemotron-H's ``mixer``): a module with the
+    SSM's own decay parameter and conv window, read from the model, not from spantrace's adapter."""
+    mixer = getattr(layer, "mamba", None) or getattr(layer, "mixer", None)
+    return hasattr(mixer, "A_log") and hasattr(mixer, "conv1d")
 
 
 def attention_module(layer: nn.Module) -> nn.Module | None:
@@ -177,7 +185,7 @@ def case(arch: str) -> Case:
             sharpness = max(sharpness, float(store["alpha"][:, 4:].max()))
             pieces.append(parts)
             residual = residual + bias
-        if mamba_hybrid.is_mamba2_layer(layer):
+        if has_mamba_mixer(layer):
             _, parts, with_x_in = mamba_reference(layer, x_in)
             pieces.append(parts)
             residual = residual + (with_x_in - x_in)

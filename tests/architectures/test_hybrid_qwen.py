@@ -1,9 +1,12 @@
 """Qwen3.5 / Qwen3-Next hybrids end to end: ``spantrace.load`` and traces against the slow float64 reference.
 
-The tiny models, their randomisation and the per-layer float64 references (explicit transition products for
-the Gated DeltaNet layers, the probabilities the eager attention applied for the gated attention layer) are
-those of ``test_deltanet.py``. Here every layer's reference parts become ``reference.LayerTerms`` and the
-library's FlashTrace and token-wise IFR, hops 0–2, both recursive span kinds, are checked against the
+The reference takes nothing from spantrace: the tiny models and their randomisation are those of
+``test_deltanet.py``; every layer's input x_in and its x_mid (the input of the post-attention norm) come from the
+float64 Hugging Face model's own forward, read by hooks on its modules; the parts of a Gated DeltaNet layer come
+from ``test_deltanet.reference_deltanet`` (projections, conv, decays and β from the module's weights, explicit
+products of the per-step transition matrices), those of the gated attention layer from the probabilities the
+float64 eager attention applied (``test_deltanet.reference_attention``). They become ``reference.LayerTerms`` and
+the library's FlashTrace and token-wise IFR, hops 0–2, both recursive span kinds, are checked against the
 reference's ``trace`` — the same comparison ``tests/test_reference.py`` makes for softmax-attention models.
 """
 
@@ -15,34 +18,71 @@ import numpy as np
 import pytest
 import torch
 from reference import LayerTerms, trace
-from test_deltanet import captured, ids, reference, reference_attention, tiny
+from test_deltanet import ids, reference, reference_attention, tiny
+from torch import nn
 
 import spantrace
 from spantrace.architectures import qwen_hybrid as hybrid
 from spantrace.errors import UnsupportedArchitectureError
 
 ARCHS = ("qwen3_next", "qwen3_5_text", "qwen3_5_moe_text")
+TRACED = ("qwen3_next", "qwen3_5_text")  # the MoE variant differs only in its MLP, which no trace reads
+ATTENTION_LAYER = 3  # three Gated DeltaNet layers, then the gated full-attention layer
 PROMPT_LENGTH = 6
 SPAN = (9, 12)  # generated tokens 9..11; 12 and 13 come after the span, 6..8 before it
 RTOL, ATOL = 1e-4, 1e-6
 
 
+@torch.no_grad()
+def model_residuals(model: nn.Module) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per decoder layer, from the model's own forward on ``ids()``: x_in (the layer's input) and x_mid (the
+    input of its post-attention norm, i.e. x_in plus the token mixer's output), each [N, D] float64."""
+    layers = model.model.layers
+    x_in: list[np.ndarray | None] = [None] * len(layers)
+    x_mid: list[np.ndarray | None] = [None] * len(layers)
+
+    def keep(store: list, index: int):
+        def hook(_module, args, kwargs):
+            store[index] = (args[0] if args else kwargs["hidden_states"])[0].double().numpy().copy()
+        return hook
+
+    handles = []
+    for index, layer in enumerate(layers):
+        handles.append(layer.register_forward_pre_hook(keep(x_in, index), with_kwargs=True))
+        handles.append(layer.post_attention_layernorm.register_forward_pre_hook(keep(x_mid, index),
+                                                                                with_kwargs=True))
+    try:
+        model(ids()[None], use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return x_in, x_mid
+
+
 @functools.cache
 def reference_terms(arch: str) -> list[LayerTerms]:
     """Float64 per-layer terms: contrib [H, N(sink), N(source), D], residual [N, D], x_mid [N, D]."""
-    capture = captured(arch, torch.float64)
-    x_in, x_mid = capture.x_in, capture.x_mid
+    x_in, x_mid = model_residuals(tiny(arch, torch.float64))
     terms = []
     for index in range(len(x_in)):
-        if index == 3:  # the gated full-attention layer
-            ref = reference_attention(tiny(arch), index)
-            residual = x_in[index].double().numpy() + ref["residual"][None]
+        if index == ATTENTION_LAYER:
+            ref = reference_attention(tiny(arch), index)  # a float64 eager copy of the model
+            residual = x_in[index] + ref["residual"][None]
         else:
             ref = reference(arch, index)
-            residual = x_in[index].double().numpy() + ref["residual"]
+            residual = x_in[index] + ref["residual"]
         contrib = np.ascontiguousarray(ref["parts"].transpose(1, 0, 2, 3))  # [N, H, N, D] -> [H, N, N, D]
-        terms.append(LayerTerms(contrib, residual, x_mid[index].double().numpy()))
+        terms.append(LayerTerms(contrib, residual, x_mid[index]))
     return terms
+
+
+@pytest.mark.parametrize("arch", TRACED)
+def test_reference_rebuilds_the_model(arch: str) -> None:
+    """Σ parts + residual = the model's own x_mid in every layer (its delta-rule kernel runs in float32: 1e-6)."""
+    for index, terms in enumerate(reference_terms(arch)):
+        rebuilt = terms.contrib.sum((0, 2)) + terms.residual
+        update = np.abs(terms.x_mid - terms.residual).max()
+        assert np.abs(rebuilt - terms.x_mid).max() <= 1e-6 * max(update, 1.0), f"layer {index}"
 
 
 @functools.cache
@@ -60,7 +100,7 @@ def test_loads_with_a_tight_self_check(arch: str) -> None:
 
 @pytest.mark.parametrize("recursive", ["generation", "reasoning"])
 @pytest.mark.parametrize("method", ["flashtrace", "ifr"])
-@pytest.mark.parametrize("arch", ["qwen3_next", "qwen3_5_text"])
+@pytest.mark.parametrize("arch", TRACED)
 def test_traces_match_the_float64_reference(arch: str, method: str, recursive: str) -> None:
     terms = reference_terms(arch)
     for hops in (0, 1, 2):
