@@ -12,9 +12,9 @@ import numpy as np
 import torch
 
 from .architectures.registry import adapter_for, text_causal_lm
-from .capture import Capture, capture_residuals
+from .capture import Capture, capture_residuals, check_store_dtype
 from .contract import ArchitectureAdapter
-from .errors import InputError, SpanTraceError
+from .errors import InputError, NonFiniteError, SpanTraceError
 from .inputs import Prepared, complete_layout, prepare
 from .layers.softmax import KeyValueCache
 from .methods.hops import MAX_HOPS, RECURSIVE_SPANS, trace_hops
@@ -62,7 +62,9 @@ class Model:
         self.self_check: SelfCheck | None = None
         if check:
             vocab_size = self.hf_model.get_input_embeddings().num_embeddings
-            self.self_check = self_check(self.adapter, vocab_size, next(self.hf_model.parameters()).dtype)
+            self.self_check = self_check(
+                self.adapter, vocab_size, next(self.hf_model.parameters()).dtype, model=self.hf_model
+            )
 
     def __repr__(self) -> str:
         return f"Model({self.model_id!r}, architecture={self.adapter.name!r})"
@@ -97,10 +99,15 @@ class Model:
 
     # running ---------------------------------------------------------------------------------------
     def generate(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 256, progress: bool = True) -> list[int]:
-        """Greedy continuation of ``prompt_ids`` (stops at EOS), with a progress bar."""
-        from .generation import greedy_generate
+        """Greedy continuation of ``prompt_ids`` (stops at EOS), with a progress bar; NonFiniteError (saying where)
+        when the model's forward goes non-finite."""
+        from .generation import NonFiniteLogitsError, greedy_generate
 
-        return greedy_generate(self.hf_model, list(prompt_ids), max_new_tokens=max_new_tokens, progress=progress)
+        try:
+            return greedy_generate(self.hf_model, list(prompt_ids), max_new_tokens=max_new_tokens, progress=progress)
+        except NonFiniteLogitsError as error:  # one forward over what it read says which layer (or: the head)
+            capture_residuals(self.adapter, torch.tensor(error.ids, dtype=torch.long))
+            raise NonFiniteError(f"{error} (the layers were finite: the output head's weights?)") from None
 
     def prepare(
         self,
@@ -156,6 +163,7 @@ class Model:
         ``spantrace.inputs``; every message's and document's token range is kept in ``Run.layout``.
         ``store_dtype`` (e.g. ``torch.float16``) halves what is kept; ``offload`` keeps it on the CPU.
         """
+        check_store_dtype(store_dtype)  # before any generation
         layout = None
         texts = (prompt, output, messages, documents, documents_message, tools)
         if prepared is not None:
@@ -328,9 +336,12 @@ class Run:
             context_sinks=self.assistant_positions() if recursive == "assistant" else None,
         )
         trace_seconds = time.perf_counter() - started
-        arrays = [traced.scores, *traced.hop_scores]
-        if not all(bool(torch.isfinite(a).all()) for a in arrays):
-            raise SpanTraceError("the trace produced non-finite scores; please report this with the model and input")
+        bad_hops = [k for k, hop in enumerate(traced.hop_scores) if not bool(torch.isfinite(hop).all())]
+        if bad_hops or not bool(torch.isfinite(traced.scores).all()):  # the capture itself was checked finite
+            raise NonFiniteError(
+                f"method {method!r} gave non-finite scores at hop {bad_hops[0] if bad_hops else 'sum'} although the "
+                "model's forward was finite: try another method, or load the model in float32"
+            )
         timings = {"capture_s": self.capture_seconds, "trace_s": trace_seconds}
         timings.update({f"hop{k}_s": seconds for k, seconds in enumerate(traced.hop_seconds)})
         result = TraceResult(
