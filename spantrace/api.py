@@ -13,6 +13,7 @@ import torch
 
 from .architectures.registry import adapter_for, text_causal_lm
 from .capture import Capture, capture_residuals, check_store_dtype
+from .context_length import check_length, context_limit, room_to_generate
 from .contract import ArchitectureAdapter
 from .errors import InputError, NonFiniteError, SpanTraceError
 from .inputs import Prepared, complete_layout, prepare
@@ -59,6 +60,7 @@ class Model:
         self.tokenizer = tokenizer
         self.model_id = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.adapter: ArchitectureAdapter = adapter_for(self.hf_model)
+        self.context_limit = context_limit(self.hf_model)  # the trained context length, from the config
         self.self_check: SelfCheck | None = None
         if check:
             vocab_size = self.hf_model.get_input_embeddings().num_embeddings
@@ -119,6 +121,7 @@ class Model:
         documents_message: int | None = None,
         output: str | None = None,
         chat: bool = True,
+        allow_long: bool = False,
     ) -> Prepared:
         """The first step of ``run``: the prompt or conversation (with its documents and tools) rendered,
         tokenised and checked, and the output when given or traced as given (``output_ids`` None: generate it).
@@ -128,10 +131,13 @@ class Model:
         if prompt is None and messages is None:
             raise InputError("nothing to prepare: give `prompt` (text) or `messages` (a chat)")
         tokenizer = self._require_tokenizer("a text prompt")
-        return prepare(
+        prepared = prepare(
             tokenizer, prompt=prompt, messages=messages, tools=tools, documents=documents,
             documents_message=documents_message, output=output, chat=chat,
         )
+        # longer than the trained context: refused here already, unless allow_long (run keeps the warning)
+        check_length(self.context_limit, len(prepared.ids) + len(prepared.output_ids or []), allow_long=allow_long)
+        return prepared
 
     def run(
         self,
@@ -150,6 +156,7 @@ class Model:
         store_dtype: torch.dtype | None = None,
         offload: bool = False,
         progress: bool = True,
+        allow_long: bool = False,
     ) -> Run:
         """One forward pass over prompt + generation, keeping the residual stream for any number of traces.
 
@@ -162,8 +169,11 @@ class Model:
         message whose index in ``messages`` is ``documents_message``, negative from the end). Layouts and rules:
         ``spantrace.inputs``; every message's and document's token range is kept in ``Run.layout``.
         ``store_dtype`` (e.g. ``torch.float16``) halves what is kept; ``offload`` keeps it on the CPU.
+        An input longer than the model's trained context is refused, or traced with ``allow_long=True`` and a
+        warning kept in each result's ``info["warnings"]`` (never past GPT-2-style learned positions).
         """
         check_store_dtype(store_dtype)  # before any generation
+        warnings: list[str] = []
         layout = None
         texts = (prompt, output, messages, documents, documents_message, tools)
         if prepared is not None:
@@ -180,12 +190,15 @@ class Model:
         else:
             prepared = self.prepare(
                 prompt, messages=messages, tools=tools, documents=documents, documents_message=documents_message,
-                output=output, chat=chat,
+                output=output, chat=chat, allow_long=allow_long,
             )
         if prepared is not None:
             tokenizer = self._require_tokenizer("a text prompt")
-            if prepared.output_ids is None:
-                generated = self.generate(prepared.ids, max_new_tokens=max_new_tokens, progress=progress)
+            if prepared.output_ids is None:  # generation stops where the trained context ends, unless allow_long
+                room = room_to_generate(self.context_limit, len(prepared.ids), max_new_tokens, allow_long=allow_long)
+                generated = self.generate(prepared.ids, max_new_tokens=room, progress=progress)
+                if room < max_new_tokens and len(generated) == room:
+                    warnings.append(f"generation stopped after {room} tokens, where the model's context ends")
             else:
                 generated = prepared.output_ids
             ids, prompt_length = prepared.ids + generated, len(prepared.ids)
@@ -204,6 +217,8 @@ class Model:
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
             raise InputError(f"token ids {bad[:5]} are outside the model's vocabulary of {vocab}")
+        too_long = check_length(self.context_limit, len(ids), allow_long=allow_long)
+        warnings += [too_long] if too_long is not None else []
         started = time.perf_counter()
         capture = capture_residuals(
             self.adapter,
@@ -211,7 +226,9 @@ class Model:
             store_dtype=store_dtype,
             store_device="cpu" if offload else None,
         )
-        return Run(self, capture, prompt_length, capture_seconds=time.perf_counter() - started, layout=layout)
+        run = Run(self, capture, prompt_length, capture_seconds=time.perf_counter() - started, layout=layout)
+        run.warnings = warnings
+        return run
 
 
 class Run:
@@ -236,6 +253,7 @@ class Run:
         self.tokens: list[str] = model.token_strings(self.token_ids)
         # Which characters and tokens came from which message or document, and which are template.
         self.layout: Layout = layout if layout is not None else self._token_layout()
+        self.warnings: list[str] = []  # what every trace of this run must carry (an input past the context)
 
     def _token_layout(self) -> Layout:
         tokenizer = self.model.tokenizer
@@ -385,6 +403,7 @@ class Run:
                 "python": platform.python_version(),
             },
             "notes": list(notes),
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
         }
 
 
