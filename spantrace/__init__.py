@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 from .api import Model, Run, load
-from .architectures.registry import register_adapter, supported_architectures
+from .architectures.registry import register_adapter, supported_architectures, unregister_adapter
 from .errors import (
     GroupingError,
     InputError,
     ModelLoadError,
+    NonFiniteError,
+    RegistryError,
     ResultFormatError,
     SpanError,
     SpanTraceError,
@@ -20,7 +22,7 @@ from .errors import (
 )
 from .groups import GROUPINGS, Source, SourceTable
 from .loading.builtin import DEFAULT_MODEL
-from .methods.registry import available_methods, list_methods, register_method
+from .methods.registry import available_methods, list_methods, register_method, unregister_method
 from .result import TopToken, TraceResult
 from .version import __version__
 
@@ -33,6 +35,8 @@ __all__ = [
     "InputError",
     "Model",
     "ModelLoadError",
+    "NonFiniteError",
+    "RegistryError",
     "ResultFormatError",
     "Run",
     "SpanError",
@@ -47,4 +51,6 @@ __all__ = [
     "register_adapter",
     "register_method",
     "supported_architectures",
+    "unregister_adapter",
+    "unregister_method",
 ]

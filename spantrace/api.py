@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from .architectures.registry import adapter_for, text_causal_lm
-from .capture import Capture, capture_residuals
+from .capture import Capture, capture_residuals, check_store_dtype
+from .context_length import check_length, context_limit, room_to_generate
 from .contract import ArchitectureAdapter
-from .errors import InputError, SpanTraceError
+from .errors import InputError, NonFiniteError, SpanTraceError
 from .inputs import Prepared, complete_layout, prepare
 from .layers.softmax import KeyValueCache
 from .methods.hops import MAX_HOPS, RECURSIVE_SPANS, trace_hops
@@ -59,10 +60,13 @@ class Model:
         self.tokenizer = tokenizer
         self.model_id = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.adapter: ArchitectureAdapter = adapter_for(self.hf_model)
+        self.context_limit = context_limit(self.hf_model)  # the trained context length, from the config
         self.self_check: SelfCheck | None = None
         if check:
             vocab_size = self.hf_model.get_input_embeddings().num_embeddings
-            self.self_check = self_check(self.adapter, vocab_size, next(self.hf_model.parameters()).dtype)
+            self.self_check = self_check(
+                self.adapter, vocab_size, next(self.hf_model.parameters()).dtype, model=self.hf_model
+            )
 
     def __repr__(self) -> str:
         return f"Model({self.model_id!r}, architecture={self.adapter.name!r})"
@@ -97,10 +101,15 @@ class Model:
 
     # running ---------------------------------------------------------------------------------------
     def generate(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 256, progress: bool = True) -> list[int]:
-        """Greedy continuation of ``prompt_ids`` (stops at EOS), with a progress bar."""
-        from .generation import greedy_generate
+        """Greedy continuation of ``prompt_ids`` (stops at EOS), with a progress bar; NonFiniteError (saying where)
+        when the model's forward goes non-finite."""
+        from .generation import NonFiniteLogitsError, greedy_generate
 
-        return greedy_generate(self.hf_model, list(prompt_ids), max_new_tokens=max_new_tokens, progress=progress)
+        try:
+            return greedy_generate(self.hf_model, list(prompt_ids), max_new_tokens=max_new_tokens, progress=progress)
+        except NonFiniteLogitsError as error:  # one forward over what it read says which layer (or: the head)
+            capture_residuals(self.adapter, torch.tensor(error.ids, dtype=torch.long))
+            raise NonFiniteError(f"{error} (the layers were finite: the output head's weights?)") from None
 
     def prepare(
         self,
@@ -112,6 +121,7 @@ class Model:
         documents_message: int | None = None,
         output: str | None = None,
         chat: bool = True,
+        allow_long: bool = False,
     ) -> Prepared:
         """The first step of ``run``: the prompt or conversation (with its documents and tools) rendered,
         tokenised and checked, and the output when given or traced as given (``output_ids`` None: generate it).
@@ -121,10 +131,13 @@ class Model:
         if prompt is None and messages is None:
             raise InputError("nothing to prepare: give `prompt` (text) or `messages` (a chat)")
         tokenizer = self._require_tokenizer("a text prompt")
-        return prepare(
+        prepared = prepare(
             tokenizer, prompt=prompt, messages=messages, tools=tools, documents=documents,
             documents_message=documents_message, output=output, chat=chat,
         )
+        # longer than the trained context: refused here already, unless allow_long (run keeps the warning)
+        check_length(self.context_limit, len(prepared.ids) + len(prepared.output_ids or []), allow_long=allow_long)
+        return prepared
 
     def run(
         self,
@@ -143,6 +156,7 @@ class Model:
         store_dtype: torch.dtype | None = None,
         offload: bool = False,
         progress: bool = True,
+        allow_long: bool = False,
     ) -> Run:
         """One forward pass over prompt + generation, keeping the residual stream for any number of traces.
 
@@ -155,7 +169,11 @@ class Model:
         message whose index in ``messages`` is ``documents_message``, negative from the end). Layouts and rules:
         ``spantrace.inputs``; every message's and document's token range is kept in ``Run.layout``.
         ``store_dtype`` (e.g. ``torch.float16``) halves what is kept; ``offload`` keeps it on the CPU.
+        An input longer than the model's trained context is refused, or traced with ``allow_long=True`` and a
+        warning kept in each result's ``info["warnings"]`` (never past GPT-2-style learned positions).
         """
+        check_store_dtype(store_dtype)  # before any generation
+        warnings: list[str] = []
         layout = None
         texts = (prompt, output, messages, documents, documents_message, tools)
         if prepared is not None:
@@ -172,12 +190,15 @@ class Model:
         else:
             prepared = self.prepare(
                 prompt, messages=messages, tools=tools, documents=documents, documents_message=documents_message,
-                output=output, chat=chat,
+                output=output, chat=chat, allow_long=allow_long,
             )
         if prepared is not None:
             tokenizer = self._require_tokenizer("a text prompt")
-            if prepared.output_ids is None:
-                generated = self.generate(prepared.ids, max_new_tokens=max_new_tokens, progress=progress)
+            if prepared.output_ids is None:  # generation stops where the trained context ends, unless allow_long
+                room = room_to_generate(self.context_limit, len(prepared.ids), max_new_tokens, allow_long=allow_long)
+                generated = self.generate(prepared.ids, max_new_tokens=room, progress=progress)
+                if room < max_new_tokens and len(generated) == room:
+                    warnings.append(f"generation stopped after {room} tokens, where the model's context ends")
             else:
                 generated = prepared.output_ids
             ids, prompt_length = prepared.ids + generated, len(prepared.ids)
@@ -196,6 +217,8 @@ class Model:
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
             raise InputError(f"token ids {bad[:5]} are outside the model's vocabulary of {vocab}")
+        too_long = check_length(self.context_limit, len(ids), allow_long=allow_long)
+        warnings += [too_long] if too_long is not None else []
         started = time.perf_counter()
         capture = capture_residuals(
             self.adapter,
@@ -203,7 +226,9 @@ class Model:
             store_dtype=store_dtype,
             store_device="cpu" if offload else None,
         )
-        return Run(self, capture, prompt_length, capture_seconds=time.perf_counter() - started, layout=layout)
+        run = Run(self, capture, prompt_length, capture_seconds=time.perf_counter() - started, layout=layout)
+        run.warnings = warnings
+        return run
 
 
 class Run:
@@ -228,6 +253,7 @@ class Run:
         self.tokens: list[str] = model.token_strings(self.token_ids)
         # Which characters and tokens came from which message or document, and which are template.
         self.layout: Layout = layout if layout is not None else self._token_layout()
+        self.warnings: list[str] = []  # what every trace of this run must carry (an input past the context)
 
     def _token_layout(self) -> Layout:
         tokenizer = self.model.tokenizer
@@ -328,9 +354,11 @@ class Run:
             context_sinks=self.assistant_positions() if recursive == "assistant" else None,
         )
         trace_seconds = time.perf_counter() - started
-        arrays = [traced.scores, *traced.hop_scores]
-        if not all(bool(torch.isfinite(a).all()) for a in arrays):
-            raise SpanTraceError("the trace produced non-finite scores; please report this with the model and input")
+        if not bool(torch.isfinite(traced.scores).all()):  # each hop's scores were checked in methods.hops
+            raise NonFiniteError(
+                f"method {method!r} gave finite scores at every hop but their sum overflows: "
+                "try another method, or load the model in float32"
+            )
         timings = {"capture_s": self.capture_seconds, "trace_s": trace_seconds}
         timings.update({f"hop{k}_s": seconds for k, seconds in enumerate(traced.hop_seconds)})
         result = TraceResult(
@@ -374,6 +402,7 @@ class Run:
                 "python": platform.python_version(),
             },
             "notes": list(notes),
+            **({"warnings": list(self.warnings)} if self.warnings else {}),
         }
 
 

@@ -8,6 +8,10 @@ forward pass computes anyway is kept where it is free: a float32 model on the CP
 with a plain causal mask gets, from the same flash-attention kernel sdpa itself runs, each row's
 log-sum-exp (``logsumexp[l]``, [H, N]), which lets the trace sum rows over sinks in one fused call
 (``kernels.rows.fused_row_sum``). The layer's output is bit for bit what sdpa returns.
+
+Every kept tensor is checked to be finite as it is captured (one ``isfinite().all()`` each, read once after the
+forward pass, so no device sync per layer): a forward that went NaN or infinite stops with ``NonFiniteError``
+naming where (the embedding and its token, or layer k) and the dtype, instead of giving scores of garbage.
 """
 
 from __future__ import annotations
@@ -20,7 +24,11 @@ from dataclasses import dataclass
 import torch
 
 from .contract import ArchitectureAdapter
+from .errors import InputError, NonFiniteError
 from .kernels.rows import CPU_FLASH_ATTENTION
+
+# What a run may keep its residuals in: the kernels compute from floating point (upcast to float32).
+STORE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -60,16 +68,23 @@ def capture_residuals(
     """Run ``adapter``'s model once over ``input_ids [N]`` and keep ``x_in``/``x_mid`` per layer.
 
     ``store_dtype`` (e.g. ``torch.float16``) and ``store_device`` (e.g. ``"cpu"`` for a GPU model)
-    shrink what is kept; the arithmetic later upcasts to float32.
+    shrink what is kept; the arithmetic later upcasts to float32. A forward pass that goes non-finite raises
+    ``NonFiniteError`` saying where.
     """
+    check_store_dtype(store_dtype)
     num_layers = adapter.num_layers()
     x_in: list[torch.Tensor | None] = [None] * num_layers
     x_mid: list[torch.Tensor | None] = [None] * num_layers
     scales: list[torch.Tensor | None] = [None] * num_layers
 
-    def keep(t: torch.Tensor) -> torch.Tensor:
+    watch = _FiniteWatch()
+
+    def keep(t: torch.Tensor, where: str) -> torch.Tensor:
         t = t[0].detach()  # drop the batch axis: [N, D]
         stored = t.to(dtype=store_dtype or t.dtype, device=store_device or t.device)
+        watch.check(where, t, stored)
+        if stored.dtype == torch.float16 and t.dtype != torch.float16:  # a narrower range: it may overflow
+            watch.check(where, stored, stored, stored=True)
         return stored.clone() if stored.data_ptr() == t.data_ptr() else stored
 
     recorder = _LogSumExpRecorder(num_layers, store_device)
@@ -77,11 +92,12 @@ def capture_residuals(
     for index in range(num_layers):
 
         def keep_in(module, args, kwargs, index=index):
-            x_in[index] = keep(_first_tensor(args, kwargs))
+            # the input of layer 0 is the embedding; of layer k, layer k-1's output
+            x_in[index] = keep(_first_tensor(args, kwargs), "the embedding" if index == 0 else f"layer {index - 1}")
             recorder.layer = index
 
         def keep_mid(module, args, kwargs, index=index):
-            x_mid[index] = keep(_first_tensor(args, kwargs))
+            x_mid[index] = keep(_first_tensor(args, kwargs), f"layer {index}'s token mixing (attention)")
             recorder.layer = None
 
         handles.append(adapter.layer(index).register_forward_pre_hook(keep_in, with_kwargs=True))
@@ -100,10 +116,14 @@ def capture_residuals(
     device = next(base.parameters()).device
     try:
         with recording_logsumexp(recorder):
-            base(input_ids=input_ids[None].to(device), use_cache=False)
+            output = base(input_ids=input_ids[None].to(device), use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
+    last = getattr(output, "last_hidden_state", None)
+    if isinstance(last, torch.Tensor):  # the last layer's output, through the final norm
+        watch.check(f"layer {num_layers - 1} or the final norm", last[0], last[0])
+    watch.raise_first(input_ids)
     missing = [i for i in range(num_layers) if x_in[i] is None or x_mid[i] is None]
     if missing:
         raise RuntimeError(f"capture hooks did not fire for layers {missing}; the adapter's hook points are wrong")
@@ -113,6 +133,63 @@ def capture_residuals(
         x_mid=list(x_mid),  # type: ignore[arg-type]
         sandwich_scale=scales,
         logsumexp=recorder.kept(),
+    )
+
+
+def check_store_dtype(store_dtype: object) -> None:
+    """Refuse a ``store_dtype`` the kernels cannot compute from (integer, bool, complex, float8), in one line."""
+    if store_dtype is not None and store_dtype not in STORE_DTYPES:
+        names = ", ".join(f"torch.{str(d).removeprefix('torch.')}" for d in STORE_DTYPES)
+        raise InputError(f"store_dtype {store_dtype!r} cannot hold the residuals: use one of {names}, or None")
+
+
+class _FiniteWatch:
+    """Finiteness of every kept tensor, in the order the forward pass made them; read once at the end."""
+
+    def __init__(self) -> None:
+        self.checks: list[tuple[str, torch.Tensor, torch.dtype, bool]] = []  # (where, all finite?, dtype, stored?)
+        self.kept: list[torch.Tensor] = []  # per check, the kept tensor to find the first bad token in
+
+    def check(self, where: str, tensor: torch.Tensor, kept: torch.Tensor, *, stored: bool = False) -> None:
+        """Note whether ``tensor`` (made at ``where``) is finite, without reading the answer yet."""
+        self.checks.append((where, torch.isfinite(tensor).all(), tensor.dtype, stored))
+        self.kept.append(kept)
+
+    def raise_first(self, input_ids: torch.Tensor) -> None:
+        """Raise NonFiniteError for the first check that failed, with the first non-finite token position."""
+        if not self.checks:
+            return
+        device = self.checks[0][1].device
+        finite = torch.stack([flag.to(device) for _, flag, _, _ in self.checks]).tolist()  # one sync
+        if all(finite):
+            return
+        index = finite.index(False)
+        where, _, dtype, stored = self.checks[index]
+        rows = ~torch.isfinite(self.kept[index]).reshape(self.kept[index].shape[0], -1).all(-1)
+        position = int(rows.nonzero()[0, 0]) if rows.any() else 0
+        token = int(input_ids[position])
+        raise NonFiniteError(non_finite_message(where, position, token, dtype, stored=stored))
+
+
+def non_finite_message(where: str, position: int, token: int, dtype: torch.dtype, *, stored: bool = False) -> str:
+    """The one line of a non-finite forward: where, which token, which dtype, and what to do."""
+    name = str(dtype).removeprefix("torch.")
+    if stored:
+        return (
+            f"the residual after {where} (token position {position}) overflows store_dtype {name}: "
+            "use store_dtype=torch.bfloat16 or torch.float32"
+        )
+    if where == "the embedding":
+        advice = f"the embedding row of token id {token} is NaN or infinite: the checkpoint is corrupt, re-download it"
+    elif dtype == torch.float16:
+        advice = "float16 overflows past 65504: load it in float32 or bfloat16 (dtype=torch.bfloat16)"
+    elif dtype == torch.bfloat16:
+        advice = "its weights may be corrupt (re-download the checkpoint), or load it in float32 to rule out overflow"
+    else:
+        advice = "its weights may be corrupt: re-download the checkpoint (spantrace.load checks every weight)"
+    return (
+        f"the model's forward went non-finite at {where}, token position {position} (token id {token}, "
+        f"dtype {name}): {advice}"
     )
 
 

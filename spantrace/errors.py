@@ -29,3 +29,11 @@ class ResultFormatError(SpanTraceError, ValueError):
 
 class GroupingError(SpanTraceError, ValueError):
     """A grouping is unknown, malformed, or one the result has no boundaries for."""
+
+
+class NonFiniteError(SpanTraceError):
+    """The model's weights, its forward pass, its logits or a method's scores went NaN or infinite."""
+
+
+class RegistryError(SpanTraceError, ValueError):
+    """A method or adapter registration is refused, or a registered one returned something it must not."""

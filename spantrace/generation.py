@@ -1,10 +1,43 @@
-"""Greedy generation with a progress bar (the text to trace when the user gives none)."""
+"""Greedy generation with a progress bar (the text to trace when the user gives none).
+
+Each step's logits are checked to be finite: a model whose forward went NaN or infinite stops with
+``NonFiniteError`` instead of emitting token 0 (the argmax of NaN) over and over.
+"""
 
 from __future__ import annotations
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel
+from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
+
+from .errors import NonFiniteError
+
+
+class NonFiniteLogitsError(NonFiniteError):
+    """Generation's logits went non-finite; ``ids`` are the tokens read so far (prompt + generated)."""
+
+    def __init__(self, message: str, ids: list[int]) -> None:
+        super().__init__(message)
+        self.ids = ids
+
+
+class _FiniteLogits(LogitsProcessor):
+    """Stops generation with NonFiniteLogitsError at the first step whose logits hold NaN or infinity."""
+
+    def __init__(self, prompt_length: int, dtype: torch.dtype) -> None:
+        self.prompt_length = prompt_length
+        self.dtype = dtype
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if not bool(torch.isfinite(scores).all()):
+            step = input_ids.shape[1] - self.prompt_length  # how many tokens were generated before this one
+            name = str(self.dtype).removeprefix("torch.")
+            raise NonFiniteLogitsError(
+                f"the model's logits went non-finite while generating token {step} (dtype {name}): "
+                + ("load it in float32 or bfloat16" if self.dtype == torch.float16 else "its weights may be corrupt"),
+                [int(i) for i in input_ids[0]],
+            )
+        return scores
 
 
 class _ProgressStreamer:
@@ -34,8 +67,10 @@ def greedy_generate(
     config = model.generation_config
     eos = config.eos_token_id if config.eos_token_id is not None else model.config.eos_token_id
     pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if isinstance(eos, list) else eos)
+    dtype = next(model.parameters()).dtype
     output = model.generate(
         inputs,
+        logits_processor=LogitsProcessorList([_FiniteLogits(len(prompt_ids), dtype)]),
         attention_mask=torch.ones_like(inputs),
         do_sample=False,
         max_new_tokens=max_new_tokens,

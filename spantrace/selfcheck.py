@@ -9,7 +9,9 @@ the architecture (a sink logit, a skipped rotary, a norm on the attention output
 the identity fails. So every model is checked once
 when it is loaded: a short slice of tokens through every layer, and the worst relative error of the
 reconstruction against the layer's own output. A miss beyond the tolerance of the model's dtype refuses
-the model with the layer named, rather than returning scores that are not the model's.
+the model with the layer named, rather than returning scores that are not the model's. Before that, every
+weight is checked to be finite (a NaN in one token's embedding row is invisible to a 16-token forward), and a
+forward that goes non-finite is refused as such (``NonFiniteError``), not blamed on the adapter.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 
 from .capture import Capture, capture_residuals
 from .contract import ArchitectureAdapter, MixingLayer
-from .errors import UnsupportedArchitectureError
+from .errors import NonFiniteError, UnsupportedArchitectureError
 from .layers.dispatch import mixing_layer
 
 SELF_CHECK_TOKENS = 16
@@ -78,13 +80,35 @@ def layer_error(layer: MixingLayer) -> float:
     return float((rebuilt - layer.x_mid).abs().max() / update)
 
 
+@torch.inference_mode()
+def check_weights(model: torch.nn.Module) -> None:
+    """Raise NonFiniteError naming the parameters that hold a NaN or an infinity (one pass over the weights)."""
+    flags = [(name, torch.isfinite(parameter).all()) for name, parameter in model.named_parameters()]
+    bad = [name for name, finite in flags if not bool(finite)]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise NonFiniteError(
+            f"the model's weights are not finite: {len(bad)} of {len(flags)} parameter tensors hold NaN or "
+            f"infinity ({shown}); the checkpoint is corrupt or was cast to a dtype too narrow: re-download it"
+        )
+
+
 def self_check(
-    adapter: ArchitectureAdapter, vocab_size: int, dtype: torch.dtype, *, tokens: int = SELF_CHECK_TOKENS
+    adapter: ArchitectureAdapter,
+    vocab_size: int,
+    dtype: torch.dtype,
+    *,
+    tokens: int = SELF_CHECK_TOKENS,
+    model: torch.nn.Module | None = None,
 ) -> SelfCheck:
-    """Check every layer of ``adapter``'s model; raise UnsupportedArchitectureError naming the worst layer."""
+    """Check every weight of ``model`` (default: the adapter's base model) and every layer of ``adapter``'s model;
+    raise NonFiniteError for non-finite weights or forward, UnsupportedArchitectureError naming the worst layer."""
     started = time.perf_counter()
+    check_weights(model if model is not None else adapter.base_model())
     try:
         capture = capture_residuals(adapter, check_tokens(vocab_size, tokens))
+    except NonFiniteError:  # the model's forward, not the adapter: its own line says where and what to do
+        raise
     except Exception as error:
         raise UnsupportedArchitectureError(
             f"{adapter.name}: the model's own forward pass failed on the {tokens}-token load check "

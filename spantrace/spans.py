@@ -298,9 +298,16 @@ def structure_segment(run: RunView, kind: str, argument: str, spec: str) -> Segm
     else:
         pieces = [s for s in layout.of_kind("message") if kind == "message" or s.role == "assistant"]
         what = "message" if kind == "message" else "assistant turn"
+    if not pieces and kind == "tool_call":  # whether or not `messages=` was given: none of them calls a tool
+        raise SpanError(
+            f"span {spec!r}: this run has no tool calls; trace a message (message:N) instead, or run a conversation "
+            "whose assistant message carries `tool_calls`"
+        )
     if not pieces:
-        where = "it was run from token ids or a plain prompt" if kind != "tool_call" else "it has none"
-        raise SpanError(f"span {spec!r}: this run has no {what}s ({where}); run it with `messages=`")
+        raise SpanError(
+            f"span {spec!r}: this run has no {what}s (it was run from token ids or a plain prompt); "
+            "run it with `messages=`"
+        )
     if not -len(pieces) <= index < len(pieces):
         raise SpanError(
             f"span {spec!r} is out of range: the run has {len(pieces)} {what}(s), so N is in "

@@ -1,5 +1,9 @@
 """Pick the adapter for a model by its ``config.model_type``; the built-in families and users add theirs with
-``register_adapter`` (this module imports no family file: ``spantrace.architectures`` registers them)."""
+``register_adapter`` (this module imports no family file: ``spantrace.architectures`` registers them).
+
+A clash is refused unless ``replace=True``; ``unregister_adapter`` restores what a replacement shadowed. What a
+factory returns is checked before it is used: None or an object without the adapter's members is refused in one
+line naming the factory."""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..contract import ArchitectureAdapter
-from ..errors import SpanTraceError, UnsupportedArchitectureError
+from ..errors import RegistryError, UnsupportedArchitectureError
 from .catalog import refusal_reason
 
 if TYPE_CHECKING:
@@ -18,6 +22,9 @@ AdapterFactory = Callable[["PreTrainedModel"], ArchitectureAdapter]
 # config.model_type -> adapter factory; the family files of this package fill it through ``register_adapter``
 # when ``spantrace.architectures`` is imported, and users add theirs the same way.
 _ADAPTERS: dict[str, AdapterFactory] = {}
+_SHADOWED: dict[str, list[AdapterFactory]] = {}  # model_type -> the factories replace=True put aside, oldest first
+# What the capture and the self-check call on every adapter (the rest depends on the model's layer kinds).
+ADAPTER_MEMBERS = ("name", "base_model", "num_layers", "layer", "mid_hook_module", "sandwich_norm")
 
 
 def register_adapter(model_type: str, factory: AdapterFactory, *, replace: bool = False) -> None:
@@ -29,14 +36,35 @@ def register_adapter(model_type: str, factory: AdapterFactory, *, replace: bool 
     ``replace=True`` overrides an adapter already registered for ``model_type`` (a built-in one too).
     """
     if not isinstance(model_type, str) or not model_type:
-        raise SpanTraceError("register_adapter: model_type must be a non-empty string such as 'llama'")
+        raise RegistryError("register_adapter: model_type must be a non-empty string such as 'llama'")
     if not callable(factory):
-        raise SpanTraceError(f"register_adapter: the factory for {model_type!r} must be callable (model -> adapter)")
-    if model_type in _ADAPTERS and _ADAPTERS[model_type] is not factory and not replace:
-        raise SpanTraceError(
-            f"an adapter is already registered for {model_type!r}; pass replace=True to override it"
-        )
+        raise RegistryError(f"register_adapter: the factory for {model_type!r} must be callable (model -> adapter)")
+    previous = _ADAPTERS.get(model_type)
+    if previous is not None and previous is not factory:
+        if not replace:
+            raise RegistryError(
+                f"an adapter is already registered for {model_type!r} ({_describe(previous)}); "
+                "pass replace=True to override it"
+            )
+        _SHADOWED.setdefault(model_type, []).append(previous)
     _ADAPTERS[model_type] = factory
+
+
+def unregister_adapter(model_type: str) -> AdapterFactory:
+    """Remove the factory registered for ``model_type`` and return it; the one it replaced is back."""
+    if model_type not in _ADAPTERS:
+        raise RegistryError(f"no adapter is registered for {model_type!r}")
+    removed = _ADAPTERS.pop(model_type)
+    shadowed = _SHADOWED.get(model_type)
+    if shadowed:
+        _ADAPTERS[model_type] = shadowed.pop()
+    return removed
+
+
+def _describe(factory: object) -> str:
+    """``module.qualname`` of a factory (a class or a function), else its repr."""
+    qualname = getattr(factory, "__qualname__", None)
+    return f"{getattr(factory, '__module__', '?')}.{qualname}" if qualname else repr(factory)
 
 
 def supported_architectures() -> tuple[str, ...]:
@@ -70,4 +98,13 @@ def adapter_for(model: PreTrainedModel) -> ArchitectureAdapter:
             "supported ones and why others are refused, or add one with spantrace.register_adapter "
             "(docs/adding-an-architecture.md)."
         )
-    return _ADAPTERS[model_type](model)
+    factory = _ADAPTERS[model_type]
+    adapter = factory(model)
+    missing = [member for member in ADAPTER_MEMBERS if not hasattr(adapter, member)]
+    if adapter is None or missing:
+        got = "None" if adapter is None else f"a {type(adapter).__name__} without {', '.join(missing)}"
+        raise RegistryError(
+            f"the adapter factory {_describe(factory)} registered for {model_type!r} returned {got}; it must return "
+            "an object implementing spantrace.contract.ArchitectureAdapter"
+        )
+    return adapter

@@ -146,6 +146,9 @@ def trace(
     dtype: Annotated[str | None, typer.Option(help="Model dtype, e.g. float32, bfloat16.")] = None,
     device: Annotated[str | None, typer.Option(help="Device, e.g. cpu or cuda.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+    allow_long: Annotated[
+        bool, typer.Option("--allow-long", help="Trace an input longer than the model's trained context (warned).")
+    ] = False,
 ) -> None:
     """Trace a span of the model's output back to the prompt tokens it rests on.
 
@@ -181,8 +184,11 @@ def trace(
             documents_message=documents_message,
             output=output_text,
             chat=chat,
+            allow_long=allow_long,
         )
-        run = language_model.run(prepared=prepared, max_new_tokens=max_new_tokens, progress=progress)
+        run = language_model.run(
+            prepared=prepared, max_new_tokens=max_new_tokens, progress=progress, allow_long=allow_long
+        )
         generate_seconds = time.perf_counter() - started - run.capture_seconds
         if span is None:
             span = "message:-1" if messages is not None else "answer"
@@ -207,6 +213,8 @@ def trace(
     render_terminal(
         result, top_k=top_k, console=Console(), extra_timings=extra_timings, by=by, include_template=include_template
     )
+    for warning in result.info.get("warnings", []):  # e.g. an input past the trained context (--allow-long)
+        typer.echo(f"warning: {warning}", err=True)
     try:
         if html is not None:
             result.to_html(html, top_k=top_k, by=by, include_template=include_template)

@@ -5,7 +5,10 @@
 ``LoadedModel``: the model in eval mode with its default attention implementation, its tokenizer, and
 a name for reports. Every failure is a ``ModelLoadError`` that says what to do.
 
-transformers is imported inside the functions that need it: importing it costs seconds.
+transformers is imported inside the functions that need it: importing it costs seconds. Before a hub id is
+fetched, one TCP connection to the hub (``hub_reachable``, a few seconds at most) says whether it can be reached;
+when not (offline, or ``HF_HUB_OFFLINE``), only the local cache is read, so an unknown name fails at once instead
+of after the hub client's retries.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import dataclasses
 import logging
 import os
 import re
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +37,8 @@ __all__ = ["DEFAULT_MODEL", "LoadedModel", "clear_memo", "load_hf"]
 
 logger = logging.getLogger(__name__)
 
+HUB_PROBE_SECONDS = 3.0  # how long the reachability probe waits for the hub's host
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
 GGUF_MAGIC = b"GGUF"
 GGUF_MIN_HEADER_BYTES = 24  # magic, version, tensor count, metadata count
 DTYPES_BY_NAME = {
@@ -232,19 +238,47 @@ def load_folder(path: Path, dtype: torch.dtype, want_tokenizer: bool) -> LoadedM
     return LoadedModel(model, found, str(path))
 
 
+def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether the Hugging Face hub can be reached: False under ``HF_HUB_OFFLINE`` or when its host refuses a TCP
+    connection within ``timeout`` seconds; True behind a proxy (the probe cannot tell, the client will)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return True
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname, port), timeout=timeout):
+            return True
+    except OSError:  # no route, refused, no DNS, or timed out
+        return False
+
+
 def load_hub(repo_id: str, dtype: torch.dtype, want_tokenizer: bool) -> LoadedModel:
-    """A model, and its tokenizer if it has one, from the Hugging Face hub (or its local cache)."""
+    """A model, and its tokenizer if it has one, from the Hugging Face hub (or its local cache; only that when
+    the hub cannot be reached)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    offline = not hub_reachable()
     try:
-        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype, local_files_only=offline)
     except Exception as exc:
+        if offline:
+            raise ModelLoadError(
+                f"Could not fetch {repo_id!r}: it is not in the Hugging Face cache and the hub cannot be reached "
+                f"(offline); it is not a local file or folder either (looked in {Path.cwd()}). Pass a local model "
+                "folder saved with save_pretrained or a .gguf file, or pass nothing to use the built-in model."
+            ) from exc
         raise ModelLoadError(
             f"Could not fetch {repo_id!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). It is not "
             f"a local file or folder either (looked in {Path.cwd()}). Without hub access, pass a local model "
             "folder saved with save_pretrained or a .gguf file, or pass nothing to use the built-in model."
         ) from exc
-    found = optional(lambda: AutoTokenizer.from_pretrained(repo_id), repo_id, want_tokenizer)
+    found = optional(lambda: AutoTokenizer.from_pretrained(repo_id, local_files_only=offline), repo_id, want_tokenizer)
     return LoadedModel(model, found, repo_id)
 
 
@@ -280,7 +314,8 @@ def load_tokenizer(spec: str | os.PathLike[str] | PreTrainedTokenizerBase) -> Pr
     if path.is_dir():
         return required(lambda: AutoTokenizer.from_pretrained(path), f"No tokenizer in {path}")
     hub_failure = f"Could not fetch the tokenizer {name!r} from the hub: pass a local folder or .gguf file"
-    return required(lambda: AutoTokenizer.from_pretrained(name), hub_failure)
+    offline = not hub_reachable()  # then only the cache: no retries
+    return required(lambda: AutoTokenizer.from_pretrained(name, local_files_only=offline), hub_failure)
 
 
 def optional(load: Callable[[], T], where: str, wanted: bool = True) -> T | None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from ..protocols import RunView
-from .base import AttributionMethod
+from .base import AttributionMethod, checked_scores
 
 RECURSIVE_SPANS = ("generation", "reasoning", "assistant")
 MAX_HOPS = 16  # the most recursive hops a trace takes, in the API, the CLI and the viewer alike
@@ -87,7 +87,7 @@ def trace_hops(
             weights = torch.ones(sinks.shape[0])
 
     started = time.perf_counter()
-    first = method.score(run, sinks, weights, chunk_size=chunk_size)
+    first = checked_scores(method, method.score(run, sinks, weights, chunk_size=chunk_size), num_tokens, 0)
     notes.extend(f"hop 0: {note}" for note in first.notes)
     scores = drop_stop_tokens(first.scores)
     hop_seconds = [time.perf_counter() - started]
@@ -103,6 +103,7 @@ def trace_hops(
             scores = torch.zeros(num_tokens, dtype=torch.float32)
         else:
             result = method.score(run, region_positions, previous / mass, chunk_size=chunk_size)
+            result = checked_scores(method, result, num_tokens, hop)
             notes.extend(f"hop {hop}: {note}" for note in result.notes)
             scores = drop_stop_tokens(result.scores)
         final = final + rho[-1] * observed * scores

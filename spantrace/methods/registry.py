@@ -1,18 +1,26 @@
 """Methods by name, so the CLI, the viewer and the evaluator can list and pick them.
 
 The built-in methods register themselves when ``spantrace.methods`` is imported (its ``__init__``); this
-module imports only the base class."""
+module imports only the base class. Python imports that package before this module, so the built-ins are in
+place before any user registration is examined. A name must be one the command line can express (``NAME_SYNTAX``,
+not ``all`` or ``random``); a clash is refused unless ``replace=True``, and ``unregister_method`` restores what a
+replacement shadowed."""
 
 from __future__ import annotations
 
 import inspect
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import SpanTraceError
+from ..errors import RegistryError, SpanTraceError
 from .base import AttributionMethod
 
 _METHODS: dict[str, type[AttributionMethod]] = {}
+_SHADOWED: dict[str, list[type[AttributionMethod]]] = {}  # name -> the classes replace=True put aside, oldest first
+# What `--method NAME` and `eval --methods A,B` can carry: no comma, no whitespace, not empty.
+NAME_SYNTAX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+RESERVED_NAMES = ("all", "random")  # eval's --methods all, and the random baseline's rows
 
 
 @dataclass(frozen=True)
@@ -28,18 +36,40 @@ def register_method(method: type[AttributionMethod], *, replace: bool = False) -
     """Make ``method`` (an ``AttributionMethod`` subclass) available under ``method.name``; usable as a decorator.
 
     The CLI, the viewer and the evaluator then list it and run it like a built-in method. ``replace=True``
-    overrides a method already registered under that name.
+    overrides a method already registered under that name (``unregister_method`` brings it back). What its
+    ``score`` returns is checked at every call (``methods.base.checked_scores``).
     """
     if not (isinstance(method, type) and issubclass(method, AttributionMethod)):
-        raise SpanTraceError(f"register_method takes an AttributionMethod subclass, not {method!r}")
-    if not isinstance(getattr(method, "name", None), str) or not method.name:
-        raise SpanTraceError(f"{method.__name__} needs a class attribute `name` (a non-empty string)")
-    if method.name in _METHODS and _METHODS[method.name] is not method and not replace:
-        raise SpanTraceError(
-            f"two attribution methods are registered as {method.name!r}; pass replace=True to override it"
+        raise RegistryError(f"register_method takes an AttributionMethod subclass, not {method!r}")
+    name = getattr(method, "name", None)
+    if not isinstance(name, str) or not name:
+        raise RegistryError(f"{method.__name__} needs a class attribute `name` (a non-empty string)")
+    if NAME_SYNTAX.fullmatch(name) is None or name.lower() in RESERVED_NAMES:
+        raise RegistryError(
+            f"{method.__name__}: the method name {name!r} cannot be given on the command line; use letters, digits "
+            f"and - _ . + only (no comma or space), and not {' or '.join(RESERVED_NAMES)}"
         )
-    _METHODS[method.name] = method
+    previous = _METHODS.get(name)
+    if previous is not None and previous is not method:
+        if not replace:
+            raise RegistryError(
+                f"a method is already registered as {name!r} ({previous.__module__}.{previous.__qualname__}); "
+                "pass replace=True to override it, or choose another name"
+            )
+        _SHADOWED.setdefault(name, []).append(previous)
+    _METHODS[name] = method
     return method
+
+
+def unregister_method(name: str) -> type[AttributionMethod]:
+    """Remove the method registered as ``name`` and return it; the one it replaced (``replace=True``) is back."""
+    if name not in _METHODS:
+        raise RegistryError(f"no method is registered as {name!r}; registered: {', '.join(sorted(_METHODS))}")
+    removed = _METHODS.pop(name)
+    shadowed = _SHADOWED.get(name)
+    if shadowed:
+        _METHODS[name] = shadowed.pop()
+    return removed
 
 
 def get_method(name: str, **options: Any) -> AttributionMethod:

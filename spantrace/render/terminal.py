@@ -66,6 +66,8 @@ def _header(result: TracedScores) -> Text:
     header.append(f" · hops: {result.hops}")
     if result.hops:
         header.append(f" (recursive: {options.get('recursive', '?')})")
+    if info.get("self_check") == "skipped":  # loaded with check=False: the adapter was not verified on this model
+        header.append("\nself-check: skipped (check=False): these scores were not verified against the model", "yellow")
     return header
 
 

@@ -54,3 +54,10 @@ def test_heat_scale() -> None:
 def test_show_prints_to_stdout(synthetic_result: TraceResult, capsys) -> None:
     synthetic_result.show(top_k=2)
     assert "top 2 prompt tokens" in capsys.readouterr().out
+
+
+def test_a_result_loaded_with_check_false_says_so(synthetic_result: TraceResult) -> None:
+    assert "self-check: skipped" not in rendered(synthetic_result, color=False)
+    synthetic_result.info["self_check"] = "skipped"
+    text = rendered(synthetic_result, color=False)
+    assert "self-check: skipped (check=False): these scores were not verified against the model" in text

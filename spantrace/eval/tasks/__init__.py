@@ -53,7 +53,10 @@ def make_samples(
     if n < 1:
         raise InputError(f"n must be ≥ 1; got {n}")
     if task in FILE_TASKS:
-        return list(islice(FILE_TASKS[task](path), n))
+        samples = list(islice(FILE_TASKS[task](path), n))
+        if not samples:  # an empty data file: nothing would be written, so say so instead
+            raise InputError(f"the {task} data file {path or '(bundled)'} holds no samples; give one with at least one")
+        return samples
     if ruler_spec(task) is not None:
         if tokenizer is None:
             raise InputError(f"{task} fits its prompt to a token length and needs the model's tokenizer")
