@@ -12,6 +12,7 @@ from .architectures.registry import register_adapter, supported_architectures
 from .errors import (
     GroupingError,
     InputError,
+    MemoryPlanError,
     ModelLoadError,
     ResultFormatError,
     SpanError,
@@ -31,6 +32,7 @@ __all__ = [
     "Source",
     "SourceTable",
     "InputError",
+    "MemoryPlanError",
     "Model",
     "ModelLoadError",
     "ResultFormatError",

@@ -17,6 +17,7 @@ from .contract import ArchitectureAdapter
 from .errors import InputError, SpanTraceError
 from .inputs import Prepared, complete_layout, prepare
 from .layers.softmax import KeyValueCache
+from .memory import MemoryPlan, planned_capture
 from .methods.hops import MAX_HOPS, RECURSIVE_SPANS, trace_hops
 from .methods.registry import get_method
 from .result import TraceResult
@@ -143,6 +144,7 @@ class Model:
         store_dtype: torch.dtype | None = None,
         offload: bool = False,
         progress: bool = True,
+        plan_memory: bool = True,
     ) -> Run:
         """One forward pass over prompt + generation, keeping the residual stream for any number of traces.
 
@@ -155,6 +157,8 @@ class Model:
         message whose index in ``messages`` is ``documents_message``, negative from the end). Layouts and rules:
         ``spantrace.inputs``; every message's and document's token range is kept in ``Run.layout``.
         ``store_dtype`` (e.g. ``torch.float16``) halves what is kept; ``offload`` keeps it on the CPU.
+        ``plan_memory`` (default on) first plans the capture's memory per device (``spantrace.memory``): where it
+        does not fit, the capture goes to the CPU if that fits, else ``MemoryPlanError`` says what would.
         """
         layout = None
         texts = (prompt, output, messages, documents, documents_message, tools)
@@ -196,6 +200,10 @@ class Model:
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
             raise InputError(f"token ids {bad[:5]} are outside the model's vocabulary of {vocab}")
+        plan = None
+        if plan_memory:
+            plan = planned_capture(self.adapter, len(ids), store_dtype=store_dtype, offload=offload)
+        offload = plan.offload if plan is not None else offload  # the plan's fallback may keep it on the CPU
         started = time.perf_counter()
         capture = capture_residuals(
             self.adapter,
@@ -203,7 +211,9 @@ class Model:
             store_dtype=store_dtype,
             store_device="cpu" if offload else None,
         )
-        return Run(self, capture, prompt_length, capture_seconds=time.perf_counter() - started, layout=layout)
+        run = Run(self, capture, prompt_length, capture_seconds=time.perf_counter() - started, layout=layout)
+        run.memory_plan = plan
+        return run
 
 
 class Run:
@@ -228,6 +238,8 @@ class Run:
         self.tokens: list[str] = model.token_strings(self.token_ids)
         # Which characters and tokens came from which message or document, and which are template.
         self.layout: Layout = layout if layout is not None else self._token_layout()
+        # What Model.run planned for this capture's memory (None when it was not planned).
+        self.memory_plan: MemoryPlan | None = None
 
     def _token_layout(self) -> Layout:
         tokenizer = self.model.tokenizer
@@ -374,6 +386,7 @@ class Run:
                 "python": platform.python_version(),
             },
             "notes": list(notes),
+            "memory": self.memory_plan.as_info() if self.memory_plan is not None else "not planned",
         }
 
 

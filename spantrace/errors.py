@@ -29,3 +29,7 @@ class ResultFormatError(SpanTraceError, ValueError):
 
 class GroupingError(SpanTraceError, ValueError):
     """A grouping is unknown, malformed, or one the result has no boundaries for."""
+
+
+class MemoryPlanError(SpanTraceError):
+    """A capture and its traces would not fit the free memory of a device (planned before the capture starts)."""
