@@ -170,3 +170,15 @@ def test_the_plan_goes_into_the_result_info() -> None:
     assert info["devices"]["cpu"]["capture"] == plan.devices["cpu"].capture
     assert info["devices"]["cpu"]["free"] > 0
     assert spantrace.TraceResult.from_json(run.trace((20, 24)).to_json()).info["memory"] == info
+
+
+def test_hybrid_decompositions_are_kept_only_while_they_fit_the_cache_limit() -> None:
+    """As layers.dispatch.mixing_layer: a decomposition that would pass HYBRID_CACHE_BYTES is rebuilt each trace,
+    so it counts in the working peak instead of the cache."""
+    from spantrace.layers.dispatch import HYBRID_CACHE_BYTES
+
+    half = HYBRID_CACHE_BYTES // 2 + 1
+    shape = memory.LayerShape(device="cpu", hidden=4, decomposition_fixed=half)
+    plan = memory.plan_memory([shape, shape], 3, store_bytes=4, model_bytes=4)
+    assert plan.devices["cpu"].cache == half  # the first one only
+    assert plan.devices["cpu"].working >= half
