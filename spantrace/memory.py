@@ -158,17 +158,21 @@ def layer_shapes(
     config = getattr(adapter.base_model(), "config", None)
     flash = parameter.dtype == torch.float32 and getattr(config, "_attn_implementation", None) == "sdpa"
     shapes: list[LayerShape] = []
+    # a hybrid kind's decomposition, measured on the first layer of that kind whose weights are loaded (an
+    # offloaded layer's sit on the meta device until its forward runs); a kind with none loaded counts 0
     measured: dict[str, tuple[int, float, int]] = {}
     for index in range(adapter.num_layers()):
-        layer_parameter = next(adapter.layer(index).parameters())
-        device = str(layer_parameter.device)
+        kind = layer_kind(adapter, index)
+        loaded = next(adapter.layer(index).parameters()).device.type != "meta"
+        if kind != "attention" and kind not in measured and loaded:
+            measured[kind] = _measure_decomposition(adapter, index, _hidden_size(adapter, index), store_dtype, offload)
+    for index in range(adapter.num_layers()):
+        device = layer_device(adapter, index)
         hidden = _hidden_size(adapter, index)
         sandwich = adapter.sandwich_norm(index) is not None
         kind = layer_kind(adapter, index)
         if kind != "attention":
-            if kind not in measured:
-                measured[kind] = _measure_decomposition(adapter, index, hidden, store_dtype, offload)
-            fixed, per_token, chunk = measured[kind]
+            fixed, per_token, chunk = measured.get(kind, (0, 0.0, 0))
             heads = _gated_heads(adapter, index)
             shapes.append(
                 LayerShape(
@@ -193,6 +197,17 @@ def layer_shapes(
             )
         )
     return shapes
+
+
+def layer_device(adapter: ArchitectureAdapter, index: int) -> str:
+    """Where layer ``index`` runs: its parameters' device, or for a layer whose weights accelerate keeps
+    offloaded (on the meta device until its forward), the execution device of its hook."""
+    layer = adapter.layer(index)
+    device = next(layer.parameters()).device
+    hook = getattr(layer, "_hf_hook", None)
+    if device.type == "meta" and getattr(hook, "execution_device", None) is not None:
+        return str(torch.device(hook.execution_device))
+    return str(device)
 
 
 def _hidden_size(adapter: ArchitectureAdapter, index: int) -> int:
