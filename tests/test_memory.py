@@ -182,3 +182,22 @@ def test_hybrid_decompositions_are_kept_only_while_they_fit_the_cache_limit() ->
     plan = memory.plan_memory([shape, shape], 3, store_bytes=4, model_bytes=4)
     assert plan.devices["cpu"].cache == half  # the first one only
     assert plan.devices["cpu"].working >= half
+
+
+def test_an_offloaded_layer_is_planned_where_it_runs() -> None:
+    """A layer whose weights accelerate keeps offloaded sits on the meta device with a hook that names where it
+    runs: it is planned there, and a hybrid kind is measured on a layer of that kind whose weights are loaded."""
+    import copy
+    from types import SimpleNamespace
+
+    model = copy.deepcopy(loaded("qwen3_5_text").hf_model)
+    adapter = spantrace.Model(model, None, "offloaded", check=False).adapter
+    whole = memory.layer_shapes(loaded("qwen3_5_text").adapter)
+    offloaded = 0  # a Gated DeltaNet layer, the first of its kind
+    assert whole[offloaded].decomposition_per_token > 0
+    adapter.layer(offloaded).to("meta")
+    adapter.layer(offloaded)._hf_hook = SimpleNamespace(execution_device="cuda:1")
+    shapes = memory.layer_shapes(adapter)
+    assert shapes[offloaded].device == "cuda:1"
+    assert [shape.device for shape in shapes[1:]] == ["cpu"] * (len(shapes) - 1)
+    assert shapes[offloaded].decomposition_per_token == whole[offloaded].decomposition_per_token
