@@ -10,7 +10,7 @@ model's):
   (``G`` = every query head for MLA, whose per-head keys are expanded from the latent; a layer that reuses
   another's keys and values keeps none), and the hybrids' whole decompositions (Gated DeltaNet, gated
   attention, Mamba-2) while they fit ``layers.dispatch.HYBRID_CACHE_BYTES``: their size is measured by building
-  the layer's decomposition on two short synthetic inputs and extending the line to ``N``;
+  the layer's decomposition on short synthetic inputs and extending the line to ``N``;
 - the trace's working peak on a device is its largest layer's: the float32 copies of ``x_in``/``x_mid``
   (``8 · N · D``), ``x_in`` in the model's dtype, a block of ``chunk`` attention rows with their logits
   (``8 · chunk · H · N``), and a hybrid decomposition the cache could not keep. The forward pass of the capture
@@ -18,7 +18,8 @@ model's):
 
 ``plan_memory`` does the arithmetic from ``LayerShape``s (``benchmarks/memory_table.py`` writes them for real
 configs); ``layer_shapes`` reads them from a loaded adapter; ``check_plan`` compares a plan with the free memory
-of each device and raises ``MemoryPlanError`` with the way out.
+of each device; ``fit`` (``planned_capture`` for an adapter, called by ``Model.run``) falls back to a capture on
+the CPU or raises ``MemoryPlanError`` with the way out. The trace's ``chunk_size`` is planned at its default.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ HEADROOM = 0.10
 class LayerShape:
     """What one decoder layer makes a capture and a trace hold (see the module docstring for the formula)."""
 
-    device: str  # where the layer's parameters live: "cpu", "cuda:0", …
+    device: str  # where the layer runs (its parameters' device, or an offloading hook's): "cpu", "cuda:0", …
     hidden: int  # D
     heads: int = 0  # H softmax query heads (0: the layer has no softmax rows)
     kv_heads: int = 0  # heads of the keys and values the Run keeps (0: none kept under this layer)
