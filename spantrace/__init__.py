@@ -12,6 +12,7 @@ from .architectures.registry import register_adapter, supported_architectures, u
 from .errors import (
     GroupingError,
     InputError,
+    MemoryPlanError,
     ModelLoadError,
     NonFiniteError,
     RegistryError,
@@ -33,6 +34,7 @@ __all__ = [
     "Source",
     "SourceTable",
     "InputError",
+    "MemoryPlanError",
     "Model",
     "ModelLoadError",
     "NonFiniteError",

@@ -18,6 +18,7 @@ from .contract import ArchitectureAdapter
 from .errors import InputError, NonFiniteError, SpanTraceError
 from .inputs import Prepared, complete_layout, prepare
 from .layers.softmax import KeyValueCache
+from .memory import MemoryPlan, planned_capture
 from .methods.hops import MAX_HOPS, RECURSIVE_SPANS, trace_hops
 from .methods.registry import get_method
 from .result import TraceResult
@@ -157,6 +158,7 @@ class Model:
         offload: bool = False,
         progress: bool = True,
         allow_long: bool = False,
+        plan_memory: bool = True,
     ) -> Run:
         """One forward pass over prompt + generation, keeping the residual stream for any number of traces.
 
@@ -171,6 +173,8 @@ class Model:
         ``store_dtype`` (e.g. ``torch.float16``) halves what is kept; ``offload`` keeps it on the CPU.
         An input longer than the model's trained context is refused, or traced with ``allow_long=True`` and a
         warning kept in each result's ``info["warnings"]`` (never past GPT-2-style learned positions).
+        ``plan_memory`` (default on) first plans the capture's memory per device (``spantrace.memory``): where it
+        does not fit, the capture goes to the CPU if that fits, else ``MemoryPlanError`` says what would.
         """
         check_store_dtype(store_dtype)  # before any generation
         warnings: list[str] = []
@@ -219,6 +223,10 @@ class Model:
             raise InputError(f"token ids {bad[:5]} are outside the model's vocabulary of {vocab}")
         too_long = check_length(self.context_limit, len(ids), allow_long=allow_long)
         warnings += [too_long] if too_long is not None else []
+        plan = None
+        if plan_memory:
+            plan = planned_capture(self.adapter, len(ids), store_dtype=store_dtype, offload=offload)
+        offload = plan.offload if plan is not None else offload  # the plan's fallback may keep it on the CPU
         started = time.perf_counter()
         capture = capture_residuals(
             self.adapter,
@@ -228,6 +236,7 @@ class Model:
         )
         run = Run(self, capture, prompt_length, capture_seconds=time.perf_counter() - started, layout=layout)
         run.warnings = warnings
+        run.memory_plan = plan
         return run
 
 
@@ -254,6 +263,8 @@ class Run:
         # Which characters and tokens came from which message or document, and which are template.
         self.layout: Layout = layout if layout is not None else self._token_layout()
         self.warnings: list[str] = []  # what every trace of this run must carry (an input past the context)
+        # What Model.run planned for this capture's memory (None when it was not planned).
+        self.memory_plan: MemoryPlan | None = None
 
     def _token_layout(self) -> Layout:
         tokenizer = self.model.tokenizer
@@ -403,6 +414,7 @@ class Run:
             },
             "notes": list(notes),
             **({"warnings": list(self.warnings)} if self.warnings else {}),
+            "memory": self.memory_plan.as_info() if self.memory_plan is not None else "not planned",
         }
 
 

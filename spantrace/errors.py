@@ -37,3 +37,7 @@ class NonFiniteError(SpanTraceError):
 
 class RegistryError(SpanTraceError, ValueError):
     """A method or adapter registration is refused, or a registered one returned something it must not."""
+
+
+class MemoryPlanError(SpanTraceError):
+    """A capture and its traces would not fit the free memory of a device (planned before the capture starts)."""
