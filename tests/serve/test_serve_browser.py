@@ -283,3 +283,22 @@ def test_an_opened_conversation_resets_positions_and_output(roomy_page, tmp_path
     assert sent == ("message:-1" if messages[-1]["role"] == "assistant" else "answer")
     assert page.input_value("#output") == ""
     page.wait_for_selector("#sources li")
+
+
+def test_an_opened_trace_then_a_run_traces_the_new_answer(page, tmp_path: Path) -> None:
+    run_prompt(page, PROMPT, OUTPUT)
+    with page.expect_download() as download:
+        page.click("#export-json")
+    saved = tmp_path / "trace.json"
+    download.value.save_as(saved)
+    span = TraceResult.load(saved).span
+    with page.expect_response(lambda r: r.url.endswith("/api/results")):
+        page.set_input_files("#open-result", str(saved))
+    expect(page.locator("#span")).to_have_value(f"{span[0]}-{span[1]}")  # the saved trace's positions
+    assert page.input_value("#output") == "" and page.is_disabled("#trace-button")
+    page.fill("#output", "Seven.")
+    with page.expect_response(lambda r: r.url.endswith("/trace")) as traced:
+        page.click("#run-button")
+    assert json.loads(traced.value.request.post_data)["span"] == "answer"  # not the saved trace's positions
+    page.wait_for_selector("#top li")
+    assert "".join(page.locator("#generation-tokens .t.in-span").all_text_contents()) == "Seven."
