@@ -220,6 +220,8 @@ class TraceResult:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise ResultFormatError(f"not JSON: {error}") from error
+        except (ValueError, RecursionError) as error:  # an integer of thousands of digits; arrays nested too deep
+            raise ResultFormatError(f"not a TraceResult's JSON: {str(error)[:120]}") from error
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> Path:
@@ -334,6 +336,8 @@ def _field_scores(values: Any, name: str, length: int, dtype: type = np.float32)
         raise _bad(name, f"must be a list of {length} numbers (one per token, or per hop for rho); got {got}")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
         raise _bad(name, "must hold numbers only")
+    if not all(_fits_a_float(v) for v in values):
+        raise _bad(name, "holds an integer too large for a floating-point number")
     with np.errstate(over="ignore"):  # a number too large for float32 turns into ∞, refused below
         array = np.asarray(values, dtype=np.float64).astype(dtype)
     if not np.isfinite(array).all():
@@ -345,10 +349,20 @@ def _field_timings(value: Any) -> dict[str, float]:
     if value is None:
         return {}
     if not isinstance(value, Mapping) or not all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in value.values()
+        isinstance(v, (int, float)) and not isinstance(v, bool) and _fits_a_float(v) and np.isfinite(float(v))
+        for v in value.values()
     ):
         raise _bad("timings", "must map names to finite numbers of seconds")
     return {str(k): float(v) for k, v in value.items()}
+
+
+def _fits_a_float(value: int | float) -> bool:
+    """Whether ``value`` converts to a float (JSON integers can have hundreds of digits; a float stops near 1e308)."""
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
 
 
 def _field_info(value: Any) -> dict[str, Any]:
@@ -378,6 +392,9 @@ def _field_layout(value: Any, n: int) -> Layout | None:
         raise _bad("layout", f"has a character range outside its {size}-character text")
     if not all(s.tokens is None or 0 <= s.tokens[0] <= s.tokens[1] <= n for s in layout.segments):
         raise _bad("layout", f"has a segment whose tokens lie outside the {n} tokens")
+    if not all(isinstance(s.role, (str, type(None))) and (s.message is None or type(s.message) is int)
+               for s in layout.segments):  # Segment.from_dict passes both on as given
+        raise _bad("layout", "has a segment whose role is not text or whose message is not a whole number")
     return layout
 
 

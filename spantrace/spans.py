@@ -250,7 +250,7 @@ def _chars_argument(argument: str, spec: str) -> CharRange:
     parsed = _CHAR_RANGE.fullmatch(argument.strip())
     if parsed is None:
         raise SpanError(f"span {spec!r}: write chars:A-B with whole numbers A < B (B exclusive), e.g. chars:0-10")
-    return int(parsed[1]), int(parsed[2])
+    return _whole_number(parsed[1], spec), _whole_number(parsed[2], spec)
 
 
 def _given_chars(text: str, argument: str, spec: str) -> CharRange:
@@ -263,7 +263,16 @@ def _given_chars(text: str, argument: str, spec: str) -> CharRange:
 def _index(argument: str, spec: str) -> int:
     if not _INDEX.fullmatch(argument.strip()):
         raise SpanError(f"span {spec!r}: N must be a whole number (0 is the first, -1 the last)")
-    return int(argument)
+    return _whole_number(argument, spec)
+
+
+def _whole_number(digits: str, spec: str) -> int:
+    """``int(digits)``; SpanError for a number of more digits than Python converts (thousands: no text is that long)."""
+    try:
+        return int(digits)
+    except ValueError as error:  # the interpreter's limit on int(str) digits
+        raise SpanError(f"span {spec[:40]!r}…: its number has {len(digits.strip())} digits; give one that fits "
+                        "the generation (a few digits)") from error
 
 
 def _nth(pieces: list[CharRange], index: int, what: str, spec: str, text: str) -> CharRange | None:

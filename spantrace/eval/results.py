@@ -46,7 +46,7 @@ def parse_row(line: bytes) -> dict[str, Any] | str:
         return "not UTF-8 text"
     try:
         row = json.loads(text)
-    except json.JSONDecodeError:
+    except (ValueError, RecursionError):  # malformed; or an integer of thousands of digits, or nested too deep
         return "not JSON"
     if not isinstance(row, dict):
         return f"a JSON {type(row).__name__}, not an object"

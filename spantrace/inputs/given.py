@@ -73,7 +73,10 @@ def _parse_message(number: int, message: Any) -> Message:
         raise InputError(f"message {number} has no 'role'; give one of {', '.join(ROLES)}")
     if role not in ROLES:
         raise InputError(f"message {number} has an unknown role {role!r}; use one of {', '.join(ROLES)}")
-    calls = tuple(_parse_tool_call(number, k, call) for k, call in enumerate(message.get("tool_calls") or ()))
+    raw_calls = message.get("tool_calls") or ()
+    if isinstance(raw_calls, (str, bytes, Mapping)) or not isinstance(raw_calls, Sequence):
+        raise InputError(f'message {number}: tool_calls must be a list of {{"function": {{"name": ...}}}} objects')
+    calls = tuple(_parse_tool_call(number, k, call) for k, call in enumerate(raw_calls))
     if calls and role != "assistant":
         raise InputError(f"message {number} ({role}) has tool_calls; only assistant messages make tool calls")
     content = message.get("content")

@@ -152,6 +152,8 @@ def _context(result: TracedScores, top_k: int, grouping: str, include_template: 
         "timings": dict(result.timings),
         "versions": dict(info.get("versions", {})),
         "notes": list(info.get("notes", [])),
+        # "skipped" when the model was loaded with check=False: its adapter was never verified
+        "self_check_skipped": info.get("self_check") == "skipped",
         "gradient": ", ".join(f"rgb{heat_rgb(x)}" for x in np.linspace(0.01, 1.0, 6)),
     }
 
@@ -253,7 +255,9 @@ def _panel(
     return PanelView(
         title=title,
         note=note,
-        max_score=float(np.clip(scores[scale_over], 0, None).max()) if scores[scale_over].size else 0.0,
+        # the largest score the colour scale divides by: greyed (template) tokens are left out of both
+        max_score=float(np.clip(np.where(greyed, 0.0, scores)[scale_over], 0, None).max())
+        if scores[scale_over].size else 0.0,
         is_open=is_open,
         prompt=views[:prompt_length],
         before_span=views[prompt_length:start],

@@ -334,6 +334,11 @@ def _describe_validation(error: RequestValidationError) -> str:
     """Pydantic's errors as one line: ``hops: Input should be less than or equal to 16; ...``."""
     parts = []
     for problem in error.errors():
+        if problem.get("type") == "json_invalid":  # loc is ("body", character offset): say it in words
+            offset = problem.get("loc", ("body", 0))[-1]
+            reason = (problem.get("ctx") or {}).get("error", "malformed")
+            parts.append(f"the request body is not valid JSON ({reason} at character {offset}); send one JSON object")
+            continue
         where = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
         if where.startswith("span."):  # one message for both forms, not one per branch of the union
             parts.append(f"span: give [start, end] token positions (end exclusive) or a span spec "

@@ -12,6 +12,7 @@ import re
 from importlib.resources import files
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import spantrace
@@ -49,6 +50,29 @@ def test_panels_spans_and_tooltips(synthetic_result: TraceResult, tmp_path: Path
     assert 'title="#6 · id 106 · score 3"' in html
     for position in range(synthetic_result.num_tokens):
         assert html.count(f'data-pos="{position}"') == synthetic_result.hops + 2
+
+
+def test_each_panel_max_leaves_out_template_tokens(synthetic_result: TraceResult) -> None:
+    # a template token (<|im_start|> at 0) holds the largest score of every panel; its colour scale skips it,
+    # so the "max" printed beside each panel must skip it too
+    template = synthetic_result.template_mask
+    assert template[0]
+    synthetic_result.scores[0] = 50.0
+    for hop_scores in synthetic_result.hop_scores:
+        hop_scores[0] = 40.0
+    maxima = [float(m) for m in re.findall(r'<span class="max">max ([^<]+)</span>', synthetic_result.to_html())]
+    expected = [float(np.where(template, 0, synthetic_result.scores)[: synthetic_result.prompt_length].max())]
+    expected += [float(np.where(template, 0, h).max()) for h in synthetic_result.hop_scores]
+    assert maxima == pytest.approx(expected, rel=1e-3) and 50.0 not in maxima and 40.0 not in maxima
+    # asked to include template tokens, the max counts them again
+    included = re.findall(r'<span class="max">max ([^<]+)</span>', synthetic_result.to_html(include_template=True))
+    assert float(included[0]) == 50.0
+
+
+def test_an_unchecked_model_is_said_in_the_report(synthetic_result: TraceResult) -> None:
+    assert "check=False" not in synthetic_result.to_html()
+    synthetic_result.info["self_check"] = "skipped"  # what Run.trace writes for a model loaded with check=False
+    assert "skipped (loaded with check=False)" in synthetic_result.to_html()
 
 
 def test_template_ships_as_package_data() -> None:

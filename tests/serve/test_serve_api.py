@@ -191,6 +191,12 @@ def test_oversized_and_malformed_bodies(client: TestClient) -> None:
     assert streamed.status_code == 413 and "larger than" in streamed.json()["detail"]
     broken = client.post("/api/runs", content=b'{"prompt": ', headers={"content-type": "application/json"})
     assert broken.status_code == 422 and isinstance(broken.json()["detail"], str)
+    # a file that is not JSON, opened as a saved trace: one line that says what is wrong and where
+    for route in ("/api/results", "/api/runs"):
+        garbled = client.post(route, content=b'{"tokens": nope}', headers={"content-type": "application/json"})
+        assert garbled.status_code == 422
+        assert garbled.json()["detail"] == ("the request body is not valid JSON (Expecting value at character 11); "
+                                            "send one JSON object")
     for bad_result in ({"format": "something else"}, {**_result_dict(), "scores": [1.0]}):
         response = client.post("/api/results", json=bad_result)
         assert response.status_code == 422 and "TraceResult" in response.json()["detail"]

@@ -6,6 +6,7 @@ when it or Playwright is missing (the ``browser`` fixture decides when a test ru
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import threading
@@ -13,12 +14,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from viewer_cases import LIMITS, OUTPUT, PROMPT
 
 import spantrace
 from spantrace import TraceResult
-from spantrace.serve import create_app
+from spantrace.serve import Limits, create_app
 
 # Locator assertions wait without evaluating a string in the page (the page's CSP forbids eval, which
 # makes page.wait_for_function fail whenever its predicate is not already true on the first try).
@@ -33,11 +35,21 @@ XSS_PROMPT = "<img src=x onerror=alert(1)> what is this?"
 @pytest.fixture(scope="module")
 def server(tiny_model: spantrace.Model) -> Iterator[str]:
     """The viewer on a free local port, in a background thread; yields its base URL."""
+    yield from serving(tiny_model, LIMITS)
+
+
+@pytest.fixture(scope="module")
+def roomy_server(tiny_model: spantrace.Model) -> Iterator[str]:
+    """The same with room for docs/examples/chat.json (210 tokens)."""
+    yield from serving(tiny_model, dataclasses.replace(LIMITS, max_tokens=400))
+
+
+def serving(tiny_model: spantrace.Model, limits: Limits) -> Iterator[str]:
     import uvicorn
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = uvicorn.Config(create_app(tiny_model, limits=LIMITS), host="127.0.0.1", port=port, log_level="warning")
+    config = uvicorn.Config(create_app(tiny_model, limits=limits), host="127.0.0.1", port=port, log_level="warning")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -52,6 +64,15 @@ def server(tiny_model: spantrace.Model) -> Iterator[str]:
 
 @pytest.fixture
 def page(browser, server: str):
+    yield from open_page(browser, server)
+
+
+@pytest.fixture
+def roomy_page(browser, roomy_server: str):
+    yield from open_page(browser, roomy_server)
+
+
+def open_page(browser, server: str):
     context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(15_000)
@@ -167,3 +188,119 @@ def test_open_a_conversation_and_pick_a_source(page, tmp_path: Path) -> None:
     assert page.locator(".tokens .t.in-source").count() > 0
     page.select_option("#by", "tool_result")
     expect(page.locator("#sources .source-name")).to_have_text(["tool #3 (weather)"])
+
+
+# --- the page's state follows the run (issue 27, point 8) ----------------------------------------------
+
+SECOND_PROMPT = "The sky is blue. Grass is green. Snow is white. What colour is the sky?"
+
+
+def drag_over(page, start: int, last: int) -> None:
+    """Select generated tokens ``start``…``last`` with the mouse (which traces them)."""
+    first_box = page.locator(f"#generation-tokens .t[data-index='{start}']").bounding_box()
+    last_box = page.locator(f"#generation-tokens .t[data-index='{last}']").bounding_box()
+    page.mouse.move(first_box["x"] + 1, first_box["y"] + first_box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(last_box["x"] + last_box["width"] / 2, last_box["y"] + last_box["height"] / 2, steps=5)
+    page.mouse.move(last_box["x"] + last_box["width"] - 1, last_box["y"] + last_box["height"] / 2)
+    page.mouse.up()
+
+
+def test_a_second_run_traces_its_own_answer(page, tiny_model: spantrace.Model, tmp_path: Path) -> None:
+    # run 1: a given output, then a span dragged over it (token positions of run 1)
+    run_prompt(page, PROMPT, OUTPUT)
+    first = tiny_model.run(PROMPT, output=OUTPUT, progress=False)
+    with page.expect_response(lambda r: r.url.endswith("/trace")):
+        drag_over(page, first.prompt_length + 1, first.prompt_length + 3)
+    expect(page.locator("#span")).to_have_value(f"{first.prompt_length + 1}-{first.prompt_length + 4}")
+    # run 2: another prompt, the Output box emptied: the model generates, and "answer" of run 2 is traced,
+    # not run 1's positions, and not run 1's output
+    page.fill("#prompt", SECOND_PROMPT)
+    page.fill("#output", "")
+    page.fill("#max-new-tokens", "6")
+    with page.expect_response(lambda r: r.url.endswith("/api/runs")) as made:
+        with page.expect_response(lambda r: r.url.endswith("/trace")) as traced:
+            page.click("#run-button")
+    assert "output" not in json.loads(made.value.request.post_data)
+    assert json.loads(traced.value.request.post_data)["span"] == "answer"
+    payload = traced.value.json()
+    page.wait_for_selector("#top li")
+    second = tiny_model.run(SECOND_PROMPT, max_new_tokens=6, progress=False)
+    expected = second.trace("answer", hops=1)
+    assert shown(page, "#prompt-tokens .t") == list(range(second.prompt_length))
+    assert shown(page, ".t.in-span") == list(range(*expected.span))
+    expect(page.locator("#span")).to_have_value("answer")
+    expect(page.locator("#span-resolved")).to_have_text(f"→ tokens {expected.span[0]}-{expected.span[1]}")
+    assert page.input_value("#output") == ""  # the generated answer is not kept as the next run's output
+    top_tokens = page.locator("#top li span:first-child").all_text_contents()
+    assert top_tokens == [json.dumps(t.token) for t in expected.top(10)]
+    names = page.locator("#sources .source-name").all_text_contents()
+    assert names == [row.name for row in expected.by("sentence").top(len(names))] and len(names) >= 3
+    # source bars: |score| over the largest |score|, so they differ as the scores do
+    rows = payload["sources"]["rows"]
+    widths = page.locator("#sources .source-bar").evaluate_all(
+        "els => els.map(e => e.getBoundingClientRect().width / e.parentElement.getBoundingClientRect().width)")
+    best = max(abs(row["score"]) for row in rows)
+    assert widths == pytest.approx([abs(row["score"]) / best for row in rows], abs=0.01)
+    assert max(widths) - min(widths) > 0.05
+    page.screenshot(path=str(tmp_path / "second-run.png"), full_page=True)
+    # the HTML report of this trace: each panel's "max" leaves out the greyed template tokens, as its colours do
+    with page.expect_download() as download:
+        page.click("#export-html")
+    saved = tmp_path / "report.html"  # the download has no extension: named .html, Chromium renders it
+    download.value.save_as(saved)
+    report = page.context.new_page()
+    report.goto(saved.as_uri())
+    maxima = [float(text.split()[1]) for text in report.locator("summary .max").all_text_contents()]
+    report.close()
+    greyed = expected.template_mask
+    wanted = [np.where(greyed, 0, expected.scores)[: expected.prompt_length].max()]
+    wanted += [np.where(greyed, 0, hop).max() for hop in expected.hop_scores]
+    assert maxima == pytest.approx([float(w) for w in wanted], rel=1e-3)
+    # run 3: a span that does not resolve on the new run: the error shows, and no panel of run 2 stays
+    page.fill("#span", "regex:no such words here")
+    page.fill("#prompt", PROMPT)
+    page.fill("#output", OUTPUT)
+    with page.expect_response(lambda r: r.url.endswith("/trace")):
+        page.click("#run-button")
+    page.wait_for_selector("#error:not([hidden])")
+    for panel in ("#top li", "#sources li", "#views [role=tab]"):
+        assert page.locator(panel).count() == 0, panel
+    assert shown(page, "#prompt-tokens .t") == list(range(first.prompt_length))
+    page.screenshot(path=str(tmp_path / "failed-third-trace.png"), full_page=True)
+
+
+def test_an_opened_conversation_resets_positions_and_output(roomy_page, tmp_path: Path) -> None:
+    page = roomy_page
+    run_prompt(page, PROMPT, OUTPUT)
+    page.fill("#span", "3-5")  # positions typed for run 1
+    with page.expect_response(lambda r: r.url.endswith("/trace")):
+        page.press("#span", "Enter")
+    chat = Path(__file__).resolve().parents[2] / "docs" / "examples" / "chat.json"
+    with page.expect_response(lambda r: r.url.endswith("/trace")) as traced:
+        page.set_input_files("#open-conversation", str(chat))
+    sent = json.loads(traced.value.request.post_data)["span"]
+    messages = json.loads(chat.read_text(encoding="utf-8"))
+    messages = messages["messages"] if isinstance(messages, dict) else messages
+    assert sent == ("message:-1" if messages[-1]["role"] == "assistant" else "answer")
+    assert page.input_value("#output") == ""
+    page.wait_for_selector("#sources li")
+
+
+def test_an_opened_trace_then_a_run_traces_the_new_answer(page, tmp_path: Path) -> None:
+    run_prompt(page, PROMPT, OUTPUT)
+    with page.expect_download() as download:
+        page.click("#export-json")
+    saved = tmp_path / "trace.json"
+    download.value.save_as(saved)
+    span = TraceResult.load(saved).span
+    with page.expect_response(lambda r: r.url.endswith("/api/results")):
+        page.set_input_files("#open-result", str(saved))
+    expect(page.locator("#span")).to_have_value(f"{span[0]}-{span[1]}")  # the saved trace's positions
+    assert page.input_value("#output") == "" and page.is_disabled("#trace-button")
+    page.fill("#output", "Seven.")
+    with page.expect_response(lambda r: r.url.endswith("/trace")) as traced:
+        page.click("#run-button")
+    assert json.loads(traced.value.request.post_data)["span"] == "answer"  # not the saved trace's positions
+    page.wait_for_selector("#top li")
+    assert "".join(page.locator("#generation-tokens .t.in-span").all_text_contents()) == "Seven."

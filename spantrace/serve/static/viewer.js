@@ -7,7 +7,13 @@ const state = {
   run: null, // {run_id, tokens, prompt_length, ...} from POST /api/runs
   trace: null, // the last trace payload
   view: "combined", // "combined" or the hop number
+  // The run that the token positions in the Span box were made on (by a drag or a trace): positions
+  // mean nothing on another run, so a new run never traces them (see spanForNewRun).
+  spanRunId: null,
 };
+
+const DEFAULT_SPAN = "answer"; // a new run's span, unless you typed a spec of your own
+const GIVEN_TURN_SPAN = "message:-1"; // a conversation whose last assistant turn is traced as given
 
 const $ = (id) => document.getElementById(id);
 
@@ -88,7 +94,9 @@ async function start() {
   });
   $("trace-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    traceSpan(parseSpan($("span").value));
+    const span = parseSpan($("span").value);
+    if (Array.isArray(span) && state.run) state.spanRunId = state.run.run_id; // typed positions: this run's
+    traceSpan(span);
   });
   for (const id of ["prompt", "output"]) {
     $(id).addEventListener("keydown", (event) => {
@@ -144,14 +152,38 @@ async function createRun() {
   if (state.run && state.run.run_id) {
     api(`/api/runs/${state.run.run_id}`, { method: "DELETE" }).catch(() => {}); // free the server's copy
   }
+  // Everything shown so far belongs to the previous run: clear it before this run is traced, so a failed
+  // trace never leaves the old sources and top tokens beside the new text. The Output box keeps only
+  // what you typed (a generated answer is shown in the heatmap, never fed back into the next run).
+  clearTrace();
   state.run = run;
-  state.trace = null;
-  if (body.output === undefined) $("output").value = run.text;
-  if (givenTurn && $("span").value.trim() === "answer") $("span").value = "message:-1";
+  $("span").value = spanForNewRun($("span").value, givenTurn);
   showTokens(run.tokens, run.prompt_length);
   $("trace-section").hidden = false;
   setTraceEnabled(true);
   await traceSpan(parseSpan($("span").value));
+}
+
+// The span a new run traces: a spec you typed (sentence:-1, regex:…) applies to any run and is kept;
+// token positions belong to the run they were made on and the defaults follow the new run's kind.
+function spanForNewRun(text, givenTurn) {
+  const typed = text.trim();
+  const isDefault = typed === "" || typed === DEFAULT_SPAN || typed === GIVEN_TURN_SPAN;
+  const spec = isDefault || Array.isArray(parseSpan(typed)) ? (givenTurn ? GIVEN_TURN_SPAN : DEFAULT_SPAN) : typed;
+  state.spanRunId = null; // a spec, not positions: it is resolved on whichever run it is traced on
+  return spec;
+}
+
+// Empty the panels (views, heatmap colours, sources, top tokens, exports, timings) and forget the trace.
+function clearTrace() {
+  state.trace = null;
+  for (const id of ["views", "top", "sources"]) $(id).replaceChildren();
+  for (const id of ["sources-note", "timings", "view-note", "legend-max", "span-resolved"]) $(id).textContent = "";
+  for (const id of ["export-json", "export-html"]) $(id).removeAttribute("href");
+  $("by").replaceChildren();
+  $("view-note").textContent = "No trace of this run yet: type or select a span and press Trace.";
+  $("prompt-tokens").replaceChildren();
+  $("generation-tokens").replaceChildren();
 }
 
 // The prompt box as a conversation: a JSON list of messages, or {messages, tools?, documents?}.
@@ -180,7 +212,7 @@ async function openConversation(event) {
   if (!file) return;
   $("prompt").value = await file.text();
   $("conversation").checked = true;
-  $("output").value = "";
+  $("output").value = ""; // the conversation's own last turn, or a fresh generation, is traced
   await createRun();
 }
 
@@ -192,6 +224,11 @@ function parseSpan(text) {
 
 async function traceSpan(span) {
   if (!state.run || !state.run.run_id) return;
+  if (Array.isArray(span) && state.spanRunId !== null && state.spanRunId !== state.run.run_id) {
+    // positions made on another run (cannot happen through the page, which resets them: a guard)
+    showError("these token positions were selected on an earlier run; select the span again or type a span spec");
+    return;
+  }
   const body = {
     span,
     method: $("method").value,
@@ -222,6 +259,7 @@ function traceSelection() {
   const start = Number(touched[0].dataset.index);
   const end = Number(touched[touched.length - 1].dataset.index) + 1;
   $("span").value = `${start}-${end}`;
+  state.spanRunId = state.run.run_id; // these positions are this run's
   selection.removeAllRanges();
   traceSpan([start, end]);
 }
@@ -233,7 +271,14 @@ async function openResult(event) {
   const text = await file.text();
   const trace = await busy("opening the trace", () => api("/api/results", { method: "POST", body: text }));
   if (!trace) return;
+  if (state.run && state.run.run_id) {
+    api(`/api/runs/${state.run.run_id}`, { method: "DELETE" }).catch(() => {}); // the old run is no longer shown
+  }
+  clearTrace();
+  $("output").value = ""; // the next Run generates afresh for the prompt box, not the saved trace's answer
   state.run = { run_id: null, tokens: trace.tokens, prompt_length: trace.prompt_length };
+  $("span").value = `${trace.span[0]}-${trace.span[1]}`; // a saved trace has positions only (a new Run resets them)
+  state.spanRunId = null;
   showTokens(trace.tokens, trace.prompt_length);
   $("trace-section").hidden = false;
   setTraceEnabled(false); // a saved trace has no run behind it: its scores can be viewed, not re-traced
@@ -263,7 +308,9 @@ function showTokens(tokens, promptLength) {
 function showTrace(trace) {
   state.trace = trace;
   if (state.view !== "combined" && state.view >= trace.hop_scores.length) state.view = "combined";
-  $("span").value = `${trace.span[0]}-${trace.span[1]}`;
+  // The box keeps what was asked (a spec stays a spec, for the next run too); the positions it
+  // resolved to on this run are shown beside it
+  $("span-resolved").textContent = `→ tokens ${trace.span[0]}-${trace.span[1]}`;
   drawTabs();
   drawView();
   drawTop();
@@ -391,7 +438,8 @@ function drawSources() {
   }
   fillSelect($("by"), sources.groupings.map((g) => [g, g.replace("_", " "), ""]), sources.grouping);
   $("by").disabled = !state.trace.trace_id;
-  const best = Math.max(0, ...sources.rows.map((row) => row.score));
+  // Bar length = |score| ÷ the largest |score| in the list (negative scores drawn in grey)
+  const best = Math.max(0, ...sources.rows.map((row) => Math.abs(row.score)));
   $("sources").replaceChildren(
     ...sources.rows.map((row) => {
       const item = document.createElement("li");
@@ -404,10 +452,13 @@ function drawSources() {
       const share = document.createElement("span");
       share.className = "score";
       share.textContent = `${(100 * row.share).toFixed(1)}%`;
+      const track = document.createElement("span");
+      track.className = "source-track"; // the full row width; the bar inside it is the score's share
       const bar = document.createElement("span");
-      bar.className = "source-bar";
-      bar.style.width = `${best > 0 ? (100 * Math.max(0, row.score)) / best : 0}%`;
-      button.append(name, share, bar);
+      bar.className = row.score < 0 ? "source-bar negative" : "source-bar";
+      bar.style.width = `${best > 0 ? (100 * Math.abs(row.score)) / best : 0}%`;
+      track.append(bar);
+      button.append(name, share, track);
       button.addEventListener("click", () => pickSource(row, button));
       item.append(button);
       return item;
