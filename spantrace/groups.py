@@ -216,7 +216,7 @@ def _regions(layout: Layout, context: int) -> list[CharRange]:
     the whole context text."""
     limit = layout.offsets[context - 1][1] if context else 0
     given = [s.chars for s in layout.segments if s.kind in ("message", "tools", "document") and s.chars[0] < limit]
-    images = {s.chars for s in layout.segments if s.kind == "image"}  # cut out of the text, never split into words
+    images = _image_holes(layout)  # cut out of the text, never split into words
     if not given:
         return _without(images, [(0, limit)])
     # nested pieces (documents inside a message) are split on their own: cut the outer range around them
@@ -232,6 +232,21 @@ def _regions(layout: Layout, context: int) -> list[CharRange]:
             regions.append((cursor, end))
     regions = sorted({r for r in regions if not any(r != o and o[0] <= r[0] and r[1] <= o[1] for o in regions)})
     return _without(images, regions)
+
+
+def _image_holes(layout: Layout) -> set[CharRange]:
+    """The characters of each image with the template tokens around it (``<|vision_start|>`` …)."""
+    holes = set()
+    for image in layout.of_kind("image"):
+        if image.tokens is None:
+            continue
+        first, last = image.tokens
+        while first > 0 and layout.template[first - 1]:
+            first -= 1
+        while last < len(layout.offsets) and layout.template[last]:
+            last += 1
+        holes.add((layout.offsets[first][0], layout.offsets[last - 1][1]))
+    return holes
 
 
 def _without(holes: set[CharRange], regions: list[CharRange]) -> list[CharRange]:
