@@ -121,3 +121,19 @@ def _tampered(change) -> str:
 def test_a_malformed_image_layout_is_refused(change, message: str) -> None:
     with pytest.raises(ResultFormatError, match=message):
         TraceResult.from_json(_tampered(change))
+
+
+def test_html_draws_each_image_with_its_cells() -> None:
+    html = image_result().to_html()
+    assert html.count('<figure class="picture">') == 2
+    assert f'<img src="{PIXEL}"' in html  # image 0 has a preview; image 1 only its grid
+    assert "img-src data:" in html and "script" not in html.lower()
+    assert "grid-template-columns:repeat(3,1fr);grid-template-rows:repeat(2,1fr)" in html
+    assert 'title="image 0 (90×60) · row 1, col 2 · #8 · score 9"' in html
+    assert html.count("· row ") == 6 + 2
+
+
+def test_a_report_without_images_keeps_its_policy(tmp_path) -> None:
+    plain = TraceResult(**{**image_result().__dict__, "layout": None})
+    html = plain.to_html()
+    assert "default-src 'none'; style-src 'unsafe-inline'\"" in html and "<figure" not in html

@@ -153,8 +153,19 @@ def _grid(processor: Any, encoded: Any, k: int, count: int, image: Any) -> Image
     if rows * cols != count:
         raise InputError(f"image {k}'s {count} tokens do not form a grid spantrace knows (got {rows} × {cols}); "
                          "this processor's image layout is not supported")
+    seen = _center_crop(image, input_size) if getattr(image_processor, "do_center_crop", False) else image
     return ImageGrid(rows=rows, cols=cols, size=(image.width, image.height), input_size=input_size, cell=cell,
-                     preview=preview(image))
+                     preview=preview(seen))
+
+
+def _center_crop(image: Any, input_size: tuple[int, int]) -> Any:
+    """The part of ``image`` a resize-then-center-crop processor keeps: the largest centred box with the
+    crop's aspect ratio."""
+    aspect = input_size[0] / input_size[1]
+    width, height = (image.width, round(image.width / aspect)) if image.width / image.height <= aspect else (
+        round(image.height * aspect), image.height)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))
 
 
 def preview(image: Any, side: int = PREVIEW_SIDE) -> str:
