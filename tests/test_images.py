@@ -137,3 +137,19 @@ def test_a_report_without_images_keeps_its_policy(tmp_path) -> None:
     plain = TraceResult(**{**image_result().__dict__, "layout": None})
     html = plain.to_html()
     assert "default-src 'none'; style-src 'unsafe-inline'\"" in html and "<figure" not in html
+
+
+def test_terminal_prints_a_block_grid_per_image() -> None:
+    import io
+
+    from rich.console import Console
+
+    from spantrace.render.terminal import render_terminal
+
+    stream = io.StringIO()
+    render_terminal(image_result(), console=Console(file=stream, width=100, force_terminal=False, color_system=None))
+    text = stream.getvalue()
+    assert "image 0 (90×60) · 2×3 tokens" in text and "image 1 (40×20) · 1×2 tokens" in text
+    # scores over the largest image score (15), in five shades: image 0 holds 4..9, image 1 14 and 15
+    lines = [line.strip("│ ") for line in text.splitlines() if set(line) & set("░▒▓█")]
+    assert lines[:3] == ["░░░░▒▒", "▒▒▒▒▓▓", "████"]
