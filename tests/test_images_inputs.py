@@ -147,3 +147,16 @@ def test_an_image_needs_a_processor_and_a_user_message(qwen) -> None:
     with pytest.raises(InputError, match="images go into a user or system message"):
         prepare(qwen.tokenizer, messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": [image]}],
                 processor=qwen)
+
+
+def test_load_takes_a_processor_and_run_hands_its_images_on(llava) -> None:
+    import spantrace
+
+    model = spantrace.load(processor=llava)  # the built-in model: text-only, so its run refuses the pixels
+    assert model.processor is llava
+    image = {"type": "image", "image": picture(20, 20)}
+    prepared = model.prepare(messages=[{"role": "user", "content": [image, {"type": "text", "text": "Hue?"}]}],
+                             output="Grey.")
+    assert set(prepared.model_inputs) == {"pixel_values"}
+    with pytest.raises(InputError, match="takes no model_inputs"):
+        model.run(prepared=prepared)
