@@ -52,13 +52,17 @@ class Model:
     """A causal LM with its tokenizer and the adapter that knows its internals."""
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: Any | None = None, model_id: str | None = None, *, check: bool = True
+        self, model: PreTrainedModel, tokenizer: Any | None = None, model_id: str | None = None, *, check: bool = True,
+        processor: Any | None = None,
     ) -> None:
         """``check=False`` skips the load-time self-check (``spantrace.selfcheck``): only for a model
         whose adapter you have verified otherwise, since an unchecked adapter may give scores that are not
-        the model's."""
+        the model's. ``processor``: a vision-language model's processor, which reads the images of ``messages``."""
         self.hf_model = text_causal_lm(model).eval()
+        if tokenizer is None and processor is not None:  # a processor carries its model's tokenizer
+            tokenizer = getattr(processor, "tokenizer", None)
         self.tokenizer = tokenizer
+        self.processor = processor
         self.model_id = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__
         self.adapter: ArchitectureAdapter = adapter_for(self.hf_model)
         self.context_limit = context_limit(self.hf_model)  # the trained context length, from the config
@@ -134,7 +138,7 @@ class Model:
         tokenizer = self._require_tokenizer("a text prompt")
         prepared = prepare(
             tokenizer, prompt=prompt, messages=messages, tools=tools, documents=documents,
-            documents_message=documents_message, output=output, chat=chat,
+            documents_message=documents_message, output=output, chat=chat, processor=self.processor,
         )
         # longer than the trained context: refused here already, unless allow_long (run keeps the warning)
         check_length(self.context_limit, len(prepared.ids) + len(prepared.output_ids or []), allow_long=allow_long)
@@ -198,6 +202,8 @@ class Model:
             )
         if prepared is not None:
             tokenizer = self._require_tokenizer("a text prompt")
+            if prepared.model_inputs:  # images: vlmcore's run(model_inputs=...) takes them on merging (issue 26)
+                raise InputError(f"{self.adapter.name} takes no model_inputs (a text-only model); leave out the images")
             if prepared.output_ids is None:  # generation stops where the trained context ends, unless allow_long
                 room = room_to_generate(self.context_limit, len(prepared.ids), max_new_tokens, allow_long=allow_long)
                 generated = self.generate(prepared.ids, max_new_tokens=room, progress=progress)
@@ -440,14 +446,18 @@ def load(
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
     check: bool = True,
+    processor: Any | None = None,
 ) -> Model:
     """Load a causal LM to trace: the built-in model (default), a hub id, a folder, a GGUF file or a model.
 
     Every model is self-checked at load: a short slice of tokens runs through every layer and the adapter
     must rebuild each layer's attention output from its per-source parts, or the model is refused with
     ``UnsupportedArchitectureError`` naming the layer. ``check=False`` skips that (at your own risk).
+    ``processor`` (a vision-language model's, e.g. ``AutoProcessor.from_pretrained(...)``) reads the images of
+    ``messages``; a folder or hub id that holds one brings it along (docs/vision.md).
     """
     from .loading.hub import load_hf
 
     loaded = load_hf(source, tokenizer=tokenizer, dtype=dtype, device=device)
-    return Model(loaded.model, loaded.tokenizer, loaded.model_id, check=check)
+    processor = processor if processor is not None else loaded.processor
+    return Model(loaded.model, loaded.tokenizer, loaded.model_id, check=check, processor=processor)

@@ -9,6 +9,8 @@ tokens' scores, and the shares of disjoint groups add up too. ``TraceResult.by(g
     document                                  each document given with ``documents=``
     tool_result                               each tool message
     tool_call                                 each tool call an earlier assistant turn made
+    image                                     each image (all its tokens; ``TraceResult.image_map`` lays
+                                              them out on the picture)
     [{"name": ..., "chars": (a, b)}, ...]     your own ranges: characters of ``result.layout.text``, or
     [{"name": ..., "tokens": (a, b)}, ...]    token positions (end exclusive)
 
@@ -32,7 +34,7 @@ from .text.layout import CharRange, Layout, assign
 from .text.pieces import split_lines, split_sentences
 
 TEXT_GROUPINGS = ("token", "word", "sentence", "line", "paragraph")
-STRUCTURE_GROUPINGS = ("message", "document", "tool_result", "tool_call")
+STRUCTURE_GROUPINGS = ("message", "document", "tool_result", "tool_call", "image")
 GROUPINGS = TEXT_GROUPINGS + STRUCTURE_GROUPINGS
 _WORD = re.compile(r"\w+(?:['’\-]\w+)*|[^\w\s]+")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n\s*")
@@ -135,7 +137,8 @@ def available_groupings(layout: Layout) -> list[str]:
     kinds = {s.kind for s in layout.segments}
     roles = {s.role for s in layout.segments if s.kind == "message"}
     names += [g for g, present in (("message", "message" in kinds), ("document", "document" in kinds),
-                                   ("tool_result", "tool" in roles), ("tool_call", "tool_call" in kinds)) if present]
+                                   ("tool_result", "tool" in roles), ("tool_call", "tool_call" in kinds),
+                                   ("image", "image" in kinds)) if present]
     return names
 
 
@@ -213,8 +216,9 @@ def _regions(layout: Layout, context: int) -> list[CharRange]:
     the whole context text."""
     limit = layout.offsets[context - 1][1] if context else 0
     given = [s.chars for s in layout.segments if s.kind in ("message", "tools", "document") and s.chars[0] < limit]
+    images = _image_holes(layout)  # cut out of the text, never split into words
     if not given:
-        return [(0, limit)]
+        return _without(images, [(0, limit)])
     # nested pieces (documents inside a message) are split on their own: cut the outer range around them
     regions: list[CharRange] = []
     for start, end in sorted(set(given)):
@@ -226,7 +230,36 @@ def _regions(layout: Layout, context: int) -> list[CharRange]:
             cursor = max(cursor, b)
         if cursor < end:
             regions.append((cursor, end))
-    return sorted({r for r in regions if not any(r != o and o[0] <= r[0] and r[1] <= o[1] for o in regions)})
+    regions = sorted({r for r in regions if not any(r != o and o[0] <= r[0] and r[1] <= o[1] for o in regions)})
+    return _without(images, regions)
+
+
+def _image_holes(layout: Layout) -> set[CharRange]:
+    """The characters of each image with the template tokens around it (``<|vision_start|>`` …)."""
+    holes = set()
+    for image in layout.of_kind("image"):
+        if image.tokens is None:
+            continue
+        first, last = image.tokens
+        while first > 0 and layout.template[first - 1]:
+            first -= 1
+        while last < len(layout.offsets) and layout.template[last]:
+            last += 1
+        holes.add((layout.offsets[first][0], layout.offsets[last - 1][1]))
+    return holes
+
+
+def _without(holes: set[CharRange], regions: list[CharRange]) -> list[CharRange]:
+    """``regions`` with the character ranges ``holes`` cut out of them."""
+    for hole_start, hole_end in sorted(holes):
+        cut: list[CharRange] = []
+        for start, end in regions:
+            if hole_end <= start or end <= hole_start:
+                cut.append((start, end))
+                continue
+            cut += [piece for piece in ((start, hole_start), (hole_end, end)) if piece[0] < piece[1]]
+        regions = cut
+    return regions
 
 
 def _text_groups(layout: Layout, grouping: str, context: int) -> list[Group]:

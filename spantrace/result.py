@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ResultFormatError
+from .errors import GroupingError, ResultFormatError
 from .groups import SourceTable, available_groupings, pool, require_pandas
 from .text.layout import Layout, assign, layout_from_tokens
 from .text.tokens import is_special
@@ -101,13 +101,28 @@ class TraceResult:
         ``"tool_result"``, … or your own ``[{"name": ..., "chars": (a, b)}]`` (all: ``spantrace.groups``)."""
         return pool(self.layout, self.prompt_scores, self.hop_scores, grouping, include_template=include_template)
 
+    def image_map(self, k: int = 0) -> np.ndarray:
+        """Image ``k``'s final token scores on its grid: a ``rows × cols`` float64 array, row-major as the
+        tokens run (``result.layout.of_kind("image")[k].image`` has the grid and the sizes), so it sums to the
+        image's score in ``by("image")``."""
+        images = self.layout.of_kind("image")
+        if not images:
+            raise GroupingError("this result has no images; image_map needs a trace of a prompt with images")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not -len(images) <= k < len(images):
+            count = len(images)
+            raise GroupingError(f"image {k!r} does not exist: this result has {count} image(s), 0..{count - 1}")
+        segment = images[k]
+        grid, (start, end) = segment.image, segment.tokens  # both present: checked when the layout is built or read
+        return np.asarray(self.scores[start:end], dtype=np.float64).reshape(grid.rows, grid.cols)
+
     def groupings(self) -> list[str]:
         """The groupings this result has boundaries for."""
         return available_groupings(self.layout)
 
     def to_pandas(self) -> Any:
         """One row per token: position, token, id, score, each hop's score, whether it is prompt, template or
-        span, its character range, and the message, document and tool call it belongs to (needs pandas)."""
+        span, its character range, the message, document and tool call it belongs to, and for an image's
+        token the image and its (image_row, image_col) on the image's grid (None elsewhere) (needs pandas)."""
         pandas = require_pandas()
         return pandas.DataFrame.from_records(self.token_records())
 
@@ -118,6 +133,11 @@ class TraceResult:
             segments = self.layout.of_kind(kind)
             found = assign(self.layout.text, self.layout.offsets, [s.chars for s in segments])
             owners[kind] = [segments[o].index if o is not None else None for o in found]
+        cells: dict[int, tuple[int, int, int]] = {}  # position → (image, row, col)
+        for number, segment in enumerate(self.layout.of_kind("image")):
+            first, last = segment.tokens or (0, 0)
+            for offset in range(last - first):
+                cells[first + offset] = (number, *divmod(offset, segment.image.cols))
         start, end = self.span
         records = []
         for position, (token, token_id) in enumerate(zip(self.tokens, self.token_ids, strict=True)):
@@ -139,6 +159,8 @@ class TraceResult:
                 document=owners["document"][position],
                 tool_call=owners["tool_call"][position],
             )
+            image, row, col = cells.get(position, (None, None, None))
+            record.update(image=image, image_row=row, image_col=col)
             records.append(record)
         return records
 
@@ -395,6 +417,10 @@ def _field_layout(value: Any, n: int) -> Layout | None:
     if not all(isinstance(s.role, (str, type(None))) and (s.message is None or type(s.message) is int)
                for s in layout.segments):  # Segment.from_dict passes both on as given
         raise _bad("layout", "has a segment whose role is not text or whose message is not a whole number")
+    for number, image in enumerate(layout.of_kind("image")):
+        count = image.tokens[1] - image.tokens[0] if image.tokens is not None else 0
+        if image.image is None or count != image.image.rows * image.image.cols:
+            raise _bad("layout", f"image {number} must have a grid of rows × cols matching its {count} tokens")
     return layout
 
 

@@ -35,6 +35,7 @@ Examples:
   spantrace trace --prompt-file question.txt --output-file reasoning.txt \\
       --span boxed --hops 2 --json trace.json
   spantrace trace --messages chat.json --by message --html trace.html
+  spantrace trace --model ./qwen2.5-vl --image photo.png --prompt "What is on the table?" --by image
   spantrace trace --prompt "Where is the Eiffel tower?" --documents docs.json --by document
 """
 
@@ -47,6 +48,13 @@ def trace(
     prompt_file: Annotated[
         Path | None,
         typer.Option(metavar="PATH", help="Read the prompt from this UTF-8 file instead.", exists=True, dir_okay=False),
+    ] = None,
+    image_files: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--image", metavar="PATH", exists=True, dir_okay=False,
+            help="An image the prompt shows, before its text (repeat for several; needs a model with a processor).",
+        ),
     ] = None,
     messages_file: Annotated[
         Path | None,
@@ -159,7 +167,11 @@ def trace(
         raise typer.BadParameter("give a prompt or a conversation, not both", param_hint="'--messages'")
     prompt_text = text_option(prompt, prompt_file, "--prompt", required=messages_file is None)
     output_text = text_option(output, output_file, "--output", required=False)
+    if image_files and prompt_text is None:
+        raise typer.BadParameter("--image goes with --prompt; in --messages give image parts", param_hint="'--image'")
     conversation = json_option(messages_file, "--messages") if messages_file is not None else None
+    if conversation is not None:  # image paths in the file are relative to the file
+        conversation = images_relative_to(conversation, messages_file.parent)  # type: ignore[union-attr]
     documents = json_option(documents_file, "--documents") if documents_file is not None else None
     if span is not None:
         span_argument(span)  # malformed positions fail here, before the model loads
@@ -175,6 +187,10 @@ def trace(
         messages, tools = None, None
         if conversation is not None:
             messages, tools, documents = conversation_parts(conversation, documents)
+        if image_files:  # the prompt as one user message: the images, then its text
+            pictures = [{"type": "image", "image": str(path)} for path in image_files]
+            content = [*pictures, {"type": "text", "text": prompt_text}]
+            messages, prompt_text = [{"role": "user", "content": content}], None
         started = time.perf_counter()
         prepared = language_model.prepare(
             prompt_text,
@@ -191,7 +207,7 @@ def trace(
         )
         generate_seconds = time.perf_counter() - started - run.capture_seconds
         if span is None:
-            span = "message:-1" if messages is not None else "answer"
+            span = "message:-1" if conversation is not None else "answer"
         with working("tracing", progress):
             result = run.trace(
                 span_argument(span),
@@ -224,6 +240,19 @@ def trace(
             typer.echo(f"wrote {json_path}")
     except OSError as error:
         fail(f"could not write {error.filename}: {error.strerror}", code=1)
+
+
+def images_relative_to(data: Any, folder: Path) -> Any:
+    """``--messages`` JSON with each image part's relative path read from ``folder`` (the file's own)."""
+    messages = data.get("messages") if isinstance(data, Mapping) else data
+    if not isinstance(messages, list):
+        return data  # parse_conversation says what is wrong
+    for message in messages:
+        parts = message.get("content") if isinstance(message, Mapping) else None
+        for part in parts if isinstance(parts, list) else ():
+            if isinstance(part, dict) and part.get("type") == "image" and isinstance(part.get("image"), str):
+                part["image"] = str(folder / part["image"])  # an absolute path stays as it is
+    return data
 
 
 def conversation_parts(data: Any, documents: Any) -> tuple[Any, Any, Any]:

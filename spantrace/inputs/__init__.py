@@ -22,8 +22,13 @@ message of a conversation (the last user message, or the user or system message 
     Document 1: NAME\\nTEXT\\n\\nDocument 2\\nTEXT\\n\\nPROMPT
 
 
+Messages may hold images (``{"type": "image", "image": <PIL image or path>}`` parts): the model's processor
+renders and tokenises them, and each image becomes an ``"image"`` segment with its grid (``images``,
+docs/vision.md).
+
 Modules: ``given`` (the forms people give, checked), ``render`` (what the model reads: the chat template, with
-every given piece located), ``prepare`` (tokenised, with each token's character range: the one pipeline that
+every given piece located), ``images`` (the processor's image tokens and pixels, each image located),
+``prepare`` (tokenised, with each token's character range: the one pipeline that
 ``Model.run``, the evaluation and the viewer share). Layout types live in ``spantrace.text.layout``.
 """
 

@@ -3,7 +3,9 @@
 Conversations use the usual form: ``{"role": "system" | "user" | "assistant" | "tool", "content": str}``;
 an assistant message may carry ``"tool_calls": [{"id": ..., "type": "function", "function": {"name": ...,
 "arguments": {...}}}]`` (``{"name": ..., "arguments": ...}`` is accepted too), and a tool message answers
-one of them (by ``"tool_call_id"``, or in order). Malformed input is an ``InputError`` of one line.
+one of them (by ``"tool_call_id"``, or in order). A user or system message's content may be a list of parts,
+``{"type": "text", "text": ...}`` and ``{"type": "image", "image": <PIL image or local path>}``, the images
+before or after the text (the model's processor renders them). Malformed input is an ``InputError`` of one line.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
@@ -39,13 +42,16 @@ class ToolCall:
 
 @dataclass(frozen=True)
 class Message:
-    """A checked chat message. ``tool_call_id``/``name`` belong to tool results."""
+    """A checked chat message. ``tool_call_id``/``name`` belong to tool results. images: the message's pictures
+    (PIL images, RGB), the first ``images_before`` of them before its text, the rest after it."""
 
     role: str
     content: str
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     name: str | None = None
+    images: tuple[Any, ...] = ()
+    images_before: int = 0
 
 
 @dataclass(frozen=True)
@@ -82,9 +88,14 @@ def _parse_message(number: int, message: Any) -> Message:
     content = message.get("content")
     if content is None and not calls:
         raise InputError(f"message {number} ({role}) has no 'content'; give its text")
+    images, images_before = _content_images(number, content)
+    if images and role not in ("user", "system"):
+        raise InputError(f"message {number} ({role}) has an image; images go into a user or system message")
     return Message(
         role=role,
         content=_content_text(number, content),
+        images=images,
+        images_before=images_before,
         tool_calls=calls,
         tool_call_id=_optional_str(message.get("tool_call_id")),
         name=_optional_str(message.get("name")),
@@ -98,9 +109,51 @@ def _content_text(number: int, content: Any) -> str:
     if isinstance(content, str):
         return content
     parts = content if isinstance(content, Sequence) else ()
-    if parts and all(isinstance(p, Mapping) and isinstance(p.get("text"), str) for p in parts):
-        return "".join(part["text"] for part in content)
-    raise InputError(f"message {number}'s content must be text (or a list of {{\"type\": \"text\", \"text\": ...}})")
+    texts = [p for p in parts if not _is_image_part(p)]
+    if parts and all(isinstance(p, Mapping) and isinstance(p.get("text"), str) for p in texts):
+        return "".join(part["text"] for part in texts)
+    raise InputError(
+        f"message {number}'s content must be text, or a list of {{\"type\": \"text\", \"text\": ...}} and "
+        '{"type": "image", "image": ...} parts'
+    )
+
+
+def _is_image_part(part: Any) -> bool:
+    return isinstance(part, Mapping) and part.get("type") == "image"
+
+
+def _content_images(number: int, content: Any) -> tuple[tuple[Any, ...], int]:
+    """The images of a content list, opened and checked, and how many come before its text."""
+    if isinstance(content, (str, bytes)) or not isinstance(content, Sequence):
+        return (), 0
+    kinds = ["image" if _is_image_part(p) else "text" for p in content]
+    if "image" not in kinds:
+        return (), 0
+    if "text" in kinds and "image" in kinds[kinds.index("text"): len(kinds) - kinds[::-1].index("text")]:
+        raise InputError(f"message {number} puts an image between text parts; put its images before or after the "
+                         "text, or split it into two messages")
+    images = tuple(open_image(number, part.get("image")) for part in content if _is_image_part(part))
+    return images, kinds.index("text") if "text" in kinds else len(images)
+
+
+def open_image(number: int, image: Any) -> Any:
+    """``image`` (a PIL image, or a path to an image file) as an RGB PIL image; InputError when it is none."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if not isinstance(image, (str, Path)):
+        raise InputError(f'message {number}: an image part needs "image": a PIL image or a local file path; '
+                         f"got {type(image).__name__}")
+    path = Path(image)
+    if not path.is_file():
+        raise InputError(f"message {number}: image file {str(path)!r} does not exist; give a local path to an image")
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        what = f"message {number}: {str(path)!r} is not an image file PIL can read ({error})"
+        raise InputError(what[:300]) from error
 
 
 def _parse_tool_call(number: int, index: int, call: Any) -> ToolCall:

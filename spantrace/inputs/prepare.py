@@ -16,6 +16,7 @@ from ..text.layout import CharRange, Layout, Segment, build_layout
 from ..text.pieces import content_end
 from ..text.tokens import special_ids
 from .given import Document, Message, parse_documents, parse_messages
+from .images import attach_images, conversation_images
 from .render import Rendered, documents_target, has_chat_template, message_contents, render_conversation, render_prompt
 
 
@@ -44,6 +45,8 @@ class Prepared:
 
     output_segments: the given last assistant turn's content and tool calls, in ``output_text`` characters.
     output_message: the index the last assistant message has (given or generated).
+    model_inputs: what the processor made of the images (``pixel_values``, ``image_grid_thw``, …), for the
+    model's forward; None without images.
     """
 
     context: Rendered
@@ -56,6 +59,7 @@ class Prepared:
     output_ids: list[int] | None = None
     output_offsets: list[CharRange] | None = None
     output_segments: list[Segment] = field(default_factory=list)
+    model_inputs: dict[str, Any] | None = None
 
 
 def prepare(
@@ -69,6 +73,7 @@ def prepare(
     output: str | None = None,
     chat: bool = True,
     answer_prefix: str = "",
+    processor: Any = None,
 ) -> Prepared:
     """Render and tokenise a prompt or a conversation (with documents and tools) for ``Model.run``.
 
@@ -80,7 +85,10 @@ def prepare(
     the output that follows it is the model's own.
 
     A conversation whose last message is the assistant's is traced as given: that message is the output
-    (rendered by the template as it would be generated); otherwise the output is ``output`` or generated."""
+    (rendered by the template as it would be generated); otherwise the output is ``output`` or generated.
+
+    Messages with images need ``processor`` (the model's): its chat template renders them, and its token ids
+    and pixels (``Prepared.model_inputs``) are the model's input (``inputs.images``)."""
     docs = parse_documents(documents)
     special = special_ids(tokenizer)
     if messages is None:
@@ -110,12 +118,18 @@ def prepare(
     if not history:
         raise InputError("the conversation has nothing before the assistant's turn; start it with a user message")
     target = documents_target(parsed, documents_message, bool(docs))  # an index into the messages as given
-    context = render_conversation(tokenizer, history, tools=tools, documents=docs, documents_message=target)
+    images = conversation_images(history)
+    if images and processor is None:
+        raise InputError(f"message {images[0][0]} has an image, which needs the model's processor; load a model "
+                         "that has one, or pass `processor=` to spantrace.load")
+    renderer = processor if images and has_chat_template(processor) else tokenizer
+    context = render_conversation(renderer, history, tools=tools, documents=docs, documents_message=target)
     ids, offsets = encode_rendered(tokenizer, context, add_special_tokens=False)
-    prepared = Prepared(context, ids, offsets, special, "chat", output_message=len(history))
-    if not given_turn:
-        return _with_output(tokenizer, prepared, output, [])
-    text, segments = _given_turn(tokenizer, parsed, tools, docs, target, context)
+    text, segments = _given_turn(renderer, parsed, tools, docs, target, context) if given_turn else (output, [])
+    model_inputs = None
+    if images:
+        context, ids, offsets, model_inputs = attach_images(processor, context, ids, offsets, images)
+    prepared = Prepared(context, ids, offsets, special, "chat", output_message=len(history), model_inputs=model_inputs)
     return _with_output(tokenizer, prepared, text, segments)
 
 

@@ -112,7 +112,7 @@ def render_conversation(
     def render(texts: Sequence[str]) -> str:
         dicts = []
         for message, text in zip(messages, texts, strict=True):
-            entry: dict[str, Any] = {"role": message.role, "content": text}
+            entry: dict[str, Any] = {"role": message.role, "content": with_image_parts(message, text)}
             if native_calls and message.tool_calls:
                 entry["tool_calls"] = [call.as_template_dict() for call in message.tool_calls]
             if message.tool_call_id is not None:
@@ -146,6 +146,16 @@ def render_conversation(
     if native_calls:
         segments += _locate_native_calls(text, messages, segments, shift)
     return Rendered(text, sorted(segments, key=lambda s: (s.chars[0], -s.chars[1])))
+
+
+def with_image_parts(message: Message, text: str) -> str | list[dict[str, str]]:
+    """What a template gets as a message's content: its text, or, with images, the parts in their order
+    (``{"type": "image"}`` for each picture: the processor's template writes its image tokens)."""
+    if not message.images:
+        return text
+    before, after = message.images_before, len(message.images) - message.images_before
+    own_text = [{"type": "text", "text": text}] if text else []
+    return [{"type": "image"}] * before + own_text + [{"type": "image"}] * after
 
 
 def message_contents(

@@ -66,11 +66,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A causal LM in eval mode, its tokenizer (None when none came with it) and its name for reports."""
+    """A causal LM in eval mode, its tokenizer (None when none came with it) and its name for reports;
+    processor: the image processor and template of a vision-language model, when its files have one."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase | None
     model_id: str
+    processor: Any = None
 
 
 # The built-in model per (dtype, device): a second load in the same process returns the same object.
@@ -235,7 +237,7 @@ def load_folder(path: Path, dtype: torch.dtype, want_tokenizer: bool) -> LoadedM
     except Exception as exc:
         raise ModelLoadError(f"Could not load the model in {path}: {type(exc).__name__}: {exc}") from exc
     found = optional(lambda: AutoTokenizer.from_pretrained(path), str(path), want_tokenizer)
-    return LoadedModel(model, found, str(path))
+    return LoadedModel(model, found, str(path), processor=image_processor_for(model, path))
 
 
 def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
@@ -279,7 +281,18 @@ def load_hub(repo_id: str, dtype: torch.dtype, want_tokenizer: bool) -> LoadedMo
             "folder saved with save_pretrained or a .gguf file, or pass nothing to use the built-in model."
         ) from exc
     found = optional(lambda: AutoTokenizer.from_pretrained(repo_id, local_files_only=offline), repo_id, want_tokenizer)
-    return LoadedModel(model, found, repo_id)
+    return LoadedModel(model, found, repo_id, processor=image_processor_for(model, repo_id))
+
+
+def image_processor_for(model: PreTrainedModel, source: str | Path) -> Any:
+    """The processor stored with a model that has a vision tower (its config has ``vision_config``); None for a
+    text-only model or when the files hold none (pass ``processor=`` to ``spantrace.load`` then)."""
+    if getattr(model.config, "vision_config", None) is None:
+        return None
+    from transformers import AutoProcessor
+
+    found = optional(lambda: AutoProcessor.from_pretrained(source), str(source))
+    return found if getattr(found, "image_processor", None) is not None else None
 
 
 def wrap_model(model: Any, dtype: torch.dtype | None, device: torch.device | None) -> LoadedModel:

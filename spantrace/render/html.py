@@ -11,6 +11,10 @@ panels, and a CSS rule per source (``#src-3:target ~ .layout .g3``) outlines tha
 link is the page's fragment. Two radio buttons, also before the panels, switch every token's background
 between its own score and its source's pooled score (``:checked ~``, the colours held in CSS variables).
 Template and special tokens are greyed and left out of the colour scale unless asked for.
+
+Each image of the context is drawn above the panels (its preview as a ``data:`` PNG, the only thing the
+policy then allows besides inline styles) with a grid of its tokens' cells over it, coloured by score, each
+cell's score in its tooltip (``render.picture``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 from ..groups import SourceTable
 from ..text.tokens import is_special
 from .heat import heat_rgb, intensities, is_dark, quoted, shown_in_text
+from .picture import image_views
 from .view import TracedScores
 
 if TYPE_CHECKING:
@@ -71,12 +76,15 @@ def render_html(result: TracedScores, *, top_k: int = 10, by: str | None = None,
 
 
 def default_grouping(result: TracedScores) -> str:
-    """Documents when there are some, else messages when the context has several, else sentences."""
+    """Documents when there are some, else messages when the context has several, else images when it has
+    some, else sentences."""
     groupings = result.groupings()
     if "document" in groupings:
         return "document"
     messages = [s for s in result.layout.of_kind("message") if s.tokens and s.tokens[0] < result.prompt_length]
-    return "message" if len(messages) > 1 else "sentence"
+    if len(messages) > 1:
+        return "message"
+    return "image" if "image" in groupings else "sentence"
 
 
 @lru_cache(maxsize=1)
@@ -140,6 +148,7 @@ def _context(result: TracedScores, top_k: int, grouping: str, include_template: 
         "recursive_span": result.recursive_span,
         "rho": list(result.rho),
         "panels": _panels(result, greyed, sources),
+        "images": image_views(result),  # each image with its tokens' heat on it (CSP then allows data: images)
         "grouping": sources.grouping,
         "sources": source_rows,
         "sources_left_out": len(sources) - len(shown),

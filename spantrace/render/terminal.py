@@ -2,6 +2,7 @@
 
 Colours show the final score of each prompt token; the top-k tokens also carry their rank as a
 superscript and the traced span sits between ⟦ ⟧, so the view still reads without colour (pipes, logs).
+Each image of the context is a small grid of blocks, one per image token (shaded ░▒▓█ by score as well).
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from rich.text import Text
 
 from ..text.tokens import is_special
 from .heat import heat_rgb, intensities, is_dark, quoted, shown_in_text
+from .picture import ImageView, image_views
 from .view import TracedScores
 
 _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 _SUBSCRIPT = str.maketrans("0123456789", "₀₁₂₃₄₅₆₇₈₉")
 _BAR_WIDTH = 20
+_SHADES = " ░▒▓█"  # an image cell's intensity, readable without colour
+_GRID_COLUMNS = 32  # wider image grids are pooled into blocks of cells to fit
 _TIMING_NAMES = {"load_s": "load", "generate_s": "generate", "capture_s": "capture", "trace_s": "trace"}
 
 
@@ -44,6 +48,9 @@ def render_terminal(
     title = "prompt · colour = score" + ("" if include_template else " · template dimmed")
     console.print(Panel(_prompt_heatmap(result, top_k, include_template), title=title, title_align="left"))
     console.print(Panel(_generation(result), title="generation · ⟦traced span⟧", title_align="left"))
+    for image in image_views(result):
+        title = f"{image.name} · {image.rows}×{image.cols} tokens · {image.share:.1%} of the context"
+        console.print(Panel(_image_grid(image), title=title, title_align="left", expand=False))
     console.print(_top_table(result, top_k, include_template))
     if by is not None:
         console.print(_source_table(result, by, top_k, include_template))
@@ -183,3 +190,30 @@ def _timings_line(timings: Mapping[str, float]) -> Text:
     line = Text("timings: ", style="bold")
     line.append(" · ".join(main) + (f" ({', '.join(hops)})" if hops else ""))
     return line
+
+
+def _image_grid(image: ImageView) -> Text:
+    """The image's cells as blocks, two characters each, shaded and coloured by intensity (averaged over square
+    blocks of cells when the grid is wider than ``_GRID_COLUMNS``)."""
+    step = -(-image.cols // _GRID_COLUMNS)  # cells per block side
+    heat = np.zeros((image.rows, image.cols))
+    for cell in image.cells:
+        heat[cell.row, cell.col] = cell.intensity
+    rows, cols = -(-image.rows // step), -(-image.cols // step)
+    pooled, counts = np.zeros((rows, cols)), np.zeros((rows, cols))
+    blocks = (np.arange(image.rows)[:, None] // step, np.arange(image.cols)[None, :] // step)
+    np.add.at(pooled, blocks, heat)
+    np.add.at(counts, blocks, 1.0)
+    pooled = pooled / counts
+    text = Text()
+    for r in range(rows):
+        for c in range(cols):
+            value = float(pooled[r, c])
+            rgb = heat_rgb(value)
+            shade = _SHADES[min(int(value * len(_SHADES)), len(_SHADES) - 1)]
+            text.append(shade * 2, style=Style(color=Color.from_rgb(*rgb)) if rgb is not None else None)
+        if r < rows - 1:
+            text.append("\n")
+    if step > 1:
+        text.append(f"\n(each block: {step}×{step} tokens)", style="dim")
+    return text

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,6 +45,7 @@ from ..methods.hops import MAX_HOPS, RECURSIVE_SPANS
 from ..methods.registry import describe_methods
 from ..render.heat import DARK_FROM, VISIBLE_FROM, heat_rgb
 from ..render.html import MAX_SOURCES_SHOWN, default_grouping
+from ..render.picture import image_views
 from ..result import TraceResult
 from ..spans import SPAN_FORMS
 from ..text.tokens import SPECIAL_TOKEN
@@ -317,7 +318,18 @@ def _trace_payload(
         "notes": result.info.get("notes", []),
         "template": [bool(t) for t in result.layout.template],  # greyed, and left out of the colour scale
         "sources": _sources_payload(result, by),
+        "images": _images_payload(result),
     }
+
+
+def _images_payload(result: TraceResult) -> list[dict[str, Any]]:
+    """Each image of the context with its tokens' cells (``render.picture``), for the page to draw on it."""
+    return [
+        {**{key: getattr(image, key) for key in ("name", "rows", "cols", "preview", "width", "height", "score",
+                                                   "share")},
+         "cells": [asdict(cell) for cell in image.cells]}
+        for image in image_views(result)
+    ]
 
 
 def _attachment(filename: str) -> dict[str, str]:

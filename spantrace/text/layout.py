@@ -17,9 +17,53 @@ from typing import Any
 
 import numpy as np
 
-SEGMENT_KINDS = ("message", "document", "tool_call", "tools", "scaffold")  # scaffold: layout text spantrace adds
+SEGMENT_KINDS = ("message", "document", "tool_call", "tools", "scaffold", "image")  # scaffold: text spantrace adds
 
 CharRange = tuple[int, int]
+Pair = tuple[int, int]
+
+
+@dataclass(frozen=True)
+class ImageGrid:
+    """Where an image's tokens sit on the picture. After the vision tower's merger the image is ``rows × cols``
+    tokens, row-major: token ``r * cols + c`` covers the cell at row ``r``, column ``c``.
+
+    size: the original image's ``(width, height)`` in pixels. input_size: ``(width, height)`` of the picture the
+    processor fed the vision tower (resized, cropped). cell: ``(width, height)`` in ``input_size`` pixels of
+    one token's cell (patch size × merge). preview: a small PNG of the image as a ``data:`` URI, for the views.
+    """
+
+    rows: int
+    cols: int
+    size: Pair
+    input_size: Pair
+    cell: Pair
+    preview: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "cols": self.cols, "size": list(self.size), "input_size": list(self.input_size),
+                "cell": list(self.cell), "preview": self.preview}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ImageGrid:
+        def pair(key: str) -> Pair:
+            first, second = data[key]
+            return _positive(first, key), _positive(second, key)
+
+        preview = data.get("preview")
+        if preview is not None and not (isinstance(preview, str) and preview.startswith(PREVIEW_PREFIX)):
+            raise ValueError(f"an image preview must be a {PREVIEW_PREFIX}… URI")
+        return cls(rows=_positive(data["rows"], "rows"), cols=_positive(data["cols"], "cols"), size=pair("size"),
+                   input_size=pair("input_size"), cell=pair("cell"), preview=preview)
+
+
+PREVIEW_PREFIX = "data:image/png;base64,"  # the one kind of picture a layout carries (drawn under a strict CSP)
+
+
+def _positive(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"image {name} must be positive whole numbers; got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -29,6 +73,7 @@ class Segment:
     chars: ``[start, end)`` in the layout's text. tokens: ``[start, end)`` token positions once tokenised
     (None when no token falls in it). role/message: the message's role and index (documents and tool calls
     carry the message they sit in). index: the piece's number among its kind (message 3, document 0, …).
+    image: for an ``"image"`` segment, its grid of tokens and its sizes (``ImageGrid``).
     """
 
     kind: str
@@ -38,8 +83,10 @@ class Segment:
     role: str | None = None
     index: int = 0
     message: int | None = None
+    image: ImageGrid | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        extra = {"image": self.image.to_dict()} if self.image is not None else {}  # text-only JSON stays as it was
         return {
             "kind": self.kind,
             "name": self.name,
@@ -48,6 +95,7 @@ class Segment:
             "role": self.role,
             "index": self.index,
             "message": self.message,
+            **extra,
         }
 
     @classmethod
@@ -61,6 +109,7 @@ class Segment:
             role=data.get("role"),
             index=int(data.get("index", 0)),
             message=data.get("message"),
+            image=ImageGrid.from_dict(data["image"]) if data.get("image") is not None else None,
         )
 
 
@@ -139,12 +188,17 @@ def build_layout(
     source: str,
 ) -> Layout:
     """The ``Layout`` of tokens with ``offsets`` in ``text``: token ranges of the segments, and the template mask
-    (special tokens, and tokens whose anchor lies in no message, document or tool definition)."""
+    (special tokens, and tokens whose anchor lies in no message, document or tool definition). An image's
+    tokens are sources, not template, although the image token is a special one."""
 
     segments = list(segments)
     given = assign(text, offsets, merge_ranges([s.chars for s in segments if s.kind in ("message", "tools")]))
     scaffold = assign(text, offsets, merge_ranges([s.chars for s in segments if s.kind == "scaffold"]))
-    template = [bool(special[p]) or given[p] is None or scaffold[p] is not None for p in range(len(offsets))]
+    image = assign(text, offsets, merge_ranges([s.chars for s in segments if s.kind == "image"]))
+    template = [
+        image[p] is None and (bool(special[p]) or given[p] is None or scaffold[p] is not None)
+        for p in range(len(offsets))
+    ]
     anchors = np.array([-1 if (a := anchor(text, chars)) is None else a for chars in offsets], dtype=np.int64)
     placed = []
     for segment in segments:

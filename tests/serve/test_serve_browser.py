@@ -304,3 +304,25 @@ def test_an_opened_trace_then_a_run_traces_the_new_answer(page, tmp_path: Path) 
     assert json.loads(traced.value.request.post_data)["span"] == "answer"  # not the saved trace's positions
     page.wait_for_selector("#top li")
     assert "".join(page.locator("#generation-tokens .t.in-span").all_text_contents()) == "Seven."
+
+
+def test_an_opened_result_with_images_draws_them_with_a_score_per_cell(page, tmp_path: Path) -> None:
+    from PIL import Image
+    from test_images import image_result  # tests/test_images.py: two images, 2×3 and 1×2 tokens
+
+    from spantrace.inputs.images import preview
+
+    data = image_result().to_dict()
+    first = next(s for s in data["layout"]["segments"] if s["kind"] == "image")
+    first["image"]["preview"] = preview(Image.new("RGB", (90, 60), (30, 120, 200)))
+    saved = tmp_path / "images.json"
+    saved.write_text(json.dumps(data), encoding="utf-8")
+    with page.expect_response(lambda r: r.url.endswith("/api/results")):
+        page.set_input_files("#open-result", str(saved))
+    expect(page.locator("#pictures figure.picture")).to_have_count(2)
+    assert page.locator("#pictures img").evaluate("e => e.complete && e.naturalWidth") == 90  # the page's CSP let it in
+    cells = page.locator("#pictures figure.picture").first.locator(".cells span")
+    assert cells.count() == 6
+    assert cells.nth(5).get_attribute("title") == "image 0 (90×60) · row 1, col 2 · #8 · score 9.000"
+    hottest, coldest = (cells.nth(k).evaluate("e => getComputedStyle(e).opacity") for k in (5, 0))
+    assert float(hottest) > float(coldest)

@@ -315,6 +315,7 @@ function showTrace(trace) {
   drawView();
   drawTop();
   drawSources();
+  drawImages();
   $("export-json").href = `/api/traces/${trace.trace_id}.json`;
   $("export-html").href = `/api/traces/${trace.trace_id}.html`;
   const seconds = Object.entries(trace.timings).map(([name, s]) => `${name.replace(/_s$/, "")} ${s.toFixed(3)} s`);
@@ -500,6 +501,49 @@ function flash(position) {
   element.scrollIntoView({ block: "nearest" });
   element.classList.add("flash");
   setTimeout(() => element.classList.remove("flash"), 1200);
+}
+
+// Each image of the context with its tokens' cells over it, coloured by the combined score; hover a cell for it.
+function drawImages() {
+  const images = state.trace.images || [];
+  $("pictures").hidden = images.length === 0;
+  $("pictures").replaceChildren(
+    ...images.map((image) => {
+      const frame = document.createElement("div");
+      frame.className = "pic";
+      frame.style.width = `${image.width}px`;
+      frame.style.height = `${image.height}px`;
+      if (image.preview) {
+        const picture = document.createElement("img");
+        picture.src = image.preview;
+        picture.alt = image.name;
+        frame.append(picture);
+      }
+      const cells = document.createElement("div");
+      cells.className = "cells";
+      cells.style.gridTemplateColumns = `repeat(${image.cols}, 1fr)`;
+      cells.style.gridTemplateRows = `repeat(${image.rows}, 1fr)`;
+      cells.append(
+        ...image.cells.map((cell) => {
+          const element = document.createElement("span");
+          element.dataset.pos = cell.position;
+          element.title = `${image.name} · row ${cell.row}, col ${cell.col} · #${cell.position} · score ${formatScore(cell.score)}`;
+          if (cell.intensity >= state.info.colours.visible_from) {
+            element.style.backgroundColor = colour(cell.intensity);
+            element.style.opacity = String(0.2 + 0.6 * cell.intensity); // the picture stays visible under it
+          }
+          return element;
+        }),
+      );
+      frame.append(cells);
+      const caption = document.createElement("figcaption");
+      caption.textContent = `${image.name} · ${image.rows}×${image.cols} tokens · ${(100 * image.share).toFixed(1)}% of the context`;
+      const figure = document.createElement("figure");
+      figure.className = "picture";
+      figure.append(frame, caption);
+      return figure;
+    }),
+  );
 }
 
 function colour(intensity) {

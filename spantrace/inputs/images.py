@@ -1,0 +1,184 @@
+"""Images in a conversation: the processor's tokens and pixels, and each image located as a source.
+
+The chat template writes one image marker per picture (``<|vision_start|><|image_pad|><|vision_end|>`` for
+Qwen, ``<image>`` for LLaVA, …); the processor then widens each marker into the image's run of tokens and
+computes the pixels the vision tower reads (``pixel_values``, ``image_grid_thw``, …: the ``model_inputs``).
+``attach_images`` takes the processor's token ids as the truth and rebuilds the text the model reads to match
+them (the rendered text with every inserted token's own text spliced in), so every token keeps a character
+range, every given piece moves with the text around it, and each run of image tokens becomes an ``"image"``
+segment with its grid (``text.layout.ImageGrid``).
+
+The grid: Qwen-style processors give ``image_grid_thw`` (``t × h × w`` vision patches of ``patch_size``
+pixels); after the merger (``merge_size`` × ``merge_size`` patches per token) the image is ``h / merge`` rows
+× ``w / merge`` columns of tokens. Processors without it (LLaVA, Gemma 3) resize every image to one square
+``pixel_values`` and give a square number of tokens: ``√n × √n``, each cell ``size / √n`` pixels.
+"""
+
+from __future__ import annotations
+
+import base64
+import difflib
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from ..errors import InputError
+from ..text.layout import PREVIEW_PREFIX, CharRange, ImageGrid, Segment
+from .given import Message
+from .render import Rendered
+
+PREVIEW_SIDE = 256  # pixels: the longer side of the preview kept in the layout for the views
+
+
+def conversation_images(messages: Sequence[Message]) -> list[tuple[int, Any]]:
+    """Every image of the conversation in reading order, with the index of the message it sits in."""
+    return [(number, image) for number, message in enumerate(messages) for image in message.images]
+
+
+def attach_images(
+    processor: Any,
+    rendered: Rendered,
+    ids: list[int],
+    offsets: list[CharRange],
+    images: Sequence[tuple[int, Any]],
+) -> tuple[Rendered, list[int], list[CharRange], dict[str, Any]]:
+    """``rendered`` (tokenised as ``ids`` with ``offsets``) with its images: the processor's token ids, the text
+    the model reads with each token's range in it, image segments added, and the processor's ``model_inputs``."""
+    try:
+        encoded = processor(text=[rendered.text], images=[image for _, image in images], return_tensors="pt")
+    except Exception as error:  # the processor's own complaint, whatever its type
+        raise InputError(f"the processor could not take these images: {' '.join(str(error).split())}"[:300]) from error
+    full_ids = [int(i) for i in encoded["input_ids"][0].tolist()]
+    model_inputs = {key: value for key, value in encoded.items() if key not in ("input_ids", "attention_mask")}
+    text, full_offsets, move = _splice(processor.tokenizer, rendered.text, ids, offsets, full_ids)
+    runs = _image_runs(full_ids, _image_token_id(processor))
+    if len(runs) != len(images):
+        raise InputError(f"the processor wrote {len(runs)} runs of image tokens for {len(images)} images; "
+                         "give each image its own image part")
+    segments = [replace(s, chars=(move(s.chars[0]), move(s.chars[1]))) for s in rendered.segments]
+    pictures = []
+    for k, ((start, end), (number, image)) in enumerate(zip(runs, images, strict=True)):
+        grid = _grid(processor, encoded, k, end - start, image)
+        chars = (full_offsets[start][0], full_offsets[end - 1][1])
+        pictures.append(Segment("image", f"image {k} ({image.width}×{image.height})", chars, index=k,
+                                message=number, image=grid))
+        segments = [_widened(s, chars, number) for s in segments]
+    ordered = sorted(segments + pictures, key=lambda s: (s.chars[0], -s.chars[1]))
+    return Rendered(text, ordered), full_ids, full_offsets, model_inputs
+
+
+def _splice(
+    tokenizer: Any, text: str, ids: list[int], offsets: list[CharRange], full_ids: list[int]
+) -> tuple[str, list[CharRange], Any]:
+    """The text that ``full_ids`` read: ``text`` (read as ``ids``) with the tokens the processor inserted or
+    replaced written in as their own text. Returns it, each token's range, and old → new character position."""
+    pieces: list[str] = []
+    full_offsets: list[CharRange] = []
+    edits: list[tuple[int, int, int]] = []  # (old start, old end, shift after it)
+    old, shift = 0, 0
+    matcher = difflib.SequenceMatcher(None, ids, full_ids, autojunk=False)
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            full_offsets += [(a + shift, b + shift) for a, b in offsets[i1:i2]]
+            continue
+        start = offsets[i1][0] if i1 < len(offsets) else len(text)
+        end = max(start, offsets[i2 - 1][1]) if i2 > i1 else start
+        if start < old:
+            raise InputError("the processor's tokens do not follow the rendered text; spantrace cannot place them")
+        pieces.append(text[old:start])
+        position = start + shift
+        for token in full_ids[j1:j2]:
+            piece = tokenizer.decode([token])
+            full_offsets.append((position, position + len(piece)))
+            pieces.append(piece)
+            position += len(piece)
+        shift = position - end
+        edits.append((start, end, shift))
+        old = end
+    pieces.append(text[old:])
+
+    def move(position: int) -> int:
+        """Where character ``position`` of the rendered text sits in the spliced text (a position inside a
+        replaced stretch goes to the stretch's start; inserted tokens come before the character they precede)."""
+        before = 0
+        for start, end, after in edits:
+            if position < end:
+                return start + before if position > start else position + before
+            before = after
+        return position + before
+
+    return "".join(pieces), full_offsets, move
+
+
+def _image_token_id(processor: Any) -> int:
+    token_id = getattr(processor, "image_token_id", None)
+    if token_id is None and getattr(processor, "image_token", None) is not None:
+        token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
+    if token_id is None:
+        raise InputError("this processor names no image token, so spantrace cannot find the images' tokens")
+    return int(token_id)
+
+
+def _image_runs(ids: list[int], token_id: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of every run of ``token_id`` in ``ids``."""
+    runs: list[tuple[int, int]] = []
+    for position, token in enumerate(ids):
+        if token != token_id:
+            continue
+        if runs and runs[-1][1] == position:
+            runs[-1] = (runs[-1][0], position + 1)
+        else:
+            runs.append((position, position + 1))
+    return runs
+
+
+def _grid(processor: Any, encoded: Any, k: int, count: int, image: Any) -> ImageGrid:
+    """Image ``k``'s grid of ``count`` tokens (module docstring), its sizes and its preview."""
+    image_processor = getattr(processor, "image_processor", None)
+    if "image_grid_thw" in encoded:
+        frames, height, width = (int(v) for v in encoded["image_grid_thw"][k].tolist())
+        merge = int(getattr(image_processor, "merge_size", 1) or 1)
+        patch = int(getattr(image_processor, "patch_size", 14) or 14)
+        if frames != 1:
+            raise InputError(f"image {k} has {frames} frames; videos are not supported, give still images")
+        rows, cols = height // merge, width // merge
+        input_size, cell = (width * patch, height * patch), (patch * merge, patch * merge)
+    else:
+        side = math.isqrt(count)
+        pixel_height, pixel_width = (int(v) for v in encoded["pixel_values"].shape[-2:])
+        rows, cols = side, side
+        input_size, cell = (pixel_width, pixel_height), (max(pixel_width // side, 1), max(pixel_height // side, 1))
+    if rows * cols != count:
+        raise InputError(f"image {k}'s {count} tokens do not form a grid spantrace knows (got {rows} × {cols}); "
+                         "this processor's image layout is not supported")
+    seen = _center_crop(image, input_size) if getattr(image_processor, "do_center_crop", False) else image
+    return ImageGrid(rows=rows, cols=cols, size=(image.width, image.height), input_size=input_size, cell=cell,
+                     preview=preview(seen))
+
+
+def _center_crop(image: Any, input_size: tuple[int, int]) -> Any:
+    """The part of ``image`` a resize-then-center-crop processor keeps: the largest centred box with the
+    crop's aspect ratio."""
+    aspect = input_size[0] / input_size[1]
+    width, height = (image.width, round(image.width / aspect)) if image.width / image.height <= aspect else (
+        round(image.height * aspect), image.height)
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+def preview(image: Any, side: int = PREVIEW_SIDE) -> str:
+    """A small PNG of ``image`` (longer side at most ``side`` pixels) as a ``data:`` URI."""
+    small = image.copy()
+    small.thumbnail((side, side))
+    buffer = io.BytesIO()
+    small.save(buffer, format="PNG", optimize=True)
+    return PREVIEW_PREFIX + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _widened(segment: Segment, chars: CharRange, number: int) -> Segment:
+    """Message ``number``'s segment grown to hold its image at ``chars`` (the image is part of the message)."""
+    if segment.kind != "message" or segment.message != number:
+        return segment
+    return replace(segment, chars=(min(segment.chars[0], chars[0]), max(segment.chars[1], chars[1])))

@@ -1,0 +1,162 @@
+"""Images in: messages with image parts, rendered by a processor's own chat template and tokenised by it, each
+image located as a source with its grid. The processors are built offline from their parts (a PIL image
+processor and the built-in tokenizer with the image special tokens added); no model is needed."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from transformers import LlavaProcessor, Qwen2VLProcessor
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from spantrace import TraceResult
+from spantrace.errors import InputError
+from spantrace.inputs import complete_layout, prepare
+
+
+def template(marker: str) -> str:
+    """A Qwen-like chat template that writes ``marker`` for each image part."""
+    return (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+        "{% else %}{% for p in m['content'] %}{% if p['type'] == 'image' %}" + marker +
+        "{% elif p['type'] == 'text' %}{{ p['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
+class ImagesOnlyQwen2VLProcessor(Qwen2VLProcessor):
+    """Qwen2-VL's processor without a video processor (that one needs torchvision, which is not installed)."""
+
+    def check_argument_for_proper_class(self, argument_name, argument):  # noqa: ANN001, ANN201
+        if argument_name == "video_processor" and argument is None:
+            return None
+        return super().check_argument_for_proper_class(argument_name, argument)
+
+
+@pytest.fixture(scope="module")
+def llava(tokenizer):
+    own = copy.deepcopy(tokenizer)  # the session's tokenizer stays as it is
+    own.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    images = CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
+    return LlavaProcessor(image_processor=images, tokenizer=own, chat_template=template("<image>"), patch_size=14,
+                          vision_feature_select_strategy="default", image_token="<image>",
+                          num_additional_image_tokens=1)
+
+
+@pytest.fixture(scope="module")
+def qwen(tokenizer):
+    own = copy.deepcopy(tokenizer)
+    own.add_special_tokens({"additional_special_tokens": ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>"]})
+    images = Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=28 * 28 * 64)
+    return ImagesOnlyQwen2VLProcessor(image_processor=images, tokenizer=own,
+                                      chat_template=template("<|vision_start|><|image_pad|><|vision_end|>"))
+
+
+def picture(width: int, height: int, seed: int = 0) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def traced(processor, prepared) -> TraceResult:
+    """A result over the prepared tokens (scores = position + 1 on the context): for the source tables."""
+    layout = complete_layout(processor.tokenizer, prepared, prepared.output_ids)
+    ids = prepared.ids + prepared.output_ids
+    n, context = len(ids), len(prepared.ids)
+    scores = np.where(np.arange(n) < context, np.arange(1, n + 1), 0).astype(np.float32)
+    return TraceResult(tokens=processor.tokenizer.convert_ids_to_tokens(ids), token_ids=ids, prompt_length=context,
+                       span=(context, n), method="flashtrace", scores=scores, hop_scores=[scores], rho=[1.0],
+                       recursive_span=(context, n), layout=layout)
+
+
+def test_llava_image_becomes_a_square_grid_of_sources(llava) -> None:
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "image", "image": picture(90, 60)}, {"type": "text", "text": "What?"}]},
+        {"role": "assistant", "content": "Noise."},
+    ]
+    prepared = prepare(llava.tokenizer, messages=messages, processor=llava)
+    image_id = llava.tokenizer.convert_tokens_to_ids("<image>")
+    assert prepared.ids.count(image_id) == 16  # 56 × 56 pixels in 14-pixel patches, CLS dropped
+    assert tuple(prepared.model_inputs["pixel_values"].shape) == (1, 3, 56, 56)
+    [image] = [s for s in prepared.context.segments if s.kind == "image"]
+    grid = image.image
+    assert (grid.rows, grid.cols, grid.size, grid.input_size, grid.cell) == (4, 4, (90, 60), (56, 56), (14, 14))
+    assert grid.preview.startswith("data:image/png;base64,")
+    result = traced(llava, prepared)
+    first = prepared.ids.index(image_id)
+    assert result.layout.of_kind("image")[0].tokens == (first, first + 16)
+    assert not result.template_mask[first : first + 16].any()
+    [row] = result.by("image")
+    assert row.score == pytest.approx(result.image_map(0).sum())
+    user = next(r for r in result.by("message") if r.name.startswith("user"))
+    assert set(range(first, first + 16)) <= set(user.positions)  # the image is part of its message
+
+
+def test_qwen_grids_follow_image_grid_thw(qwen, tmp_path: Path) -> None:
+    path = tmp_path / "small.png"
+    picture(30, 30, seed=1).save(path)
+    content = [{"type": "image", "image": picture(90, 60)}, {"type": "text", "text": "Which is larger?"},
+               {"type": "image", "image": str(path)}]
+    prepared = prepare(qwen.tokenizer, messages=[{"role": "user", "content": content}], output="The first.",
+                       processor=qwen)
+    assert prepared.ids == qwen(text=[qwen.apply_chat_template([{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": "Which is larger?"}, {"type": "image"}]}],
+        add_generation_prompt=True, tokenize=False)], images=[picture(90, 60), picture(30, 30, 1)])["input_ids"][0]
+    assert prepared.model_inputs["image_grid_thw"].tolist() == [[1, 4, 6], [1, 4, 4]]
+    first, second = (s.image for s in prepared.context.segments if s.kind == "image")
+    assert (first.rows, first.cols, first.input_size, first.cell) == (2, 3, (84, 56), (28, 28))
+    assert (second.rows, second.cols, second.size) == (2, 2, (30, 30))
+    result = traced(qwen, prepared)
+    assert [r.name for r in result.by("image")] == ["image 1 (30×30)", "image 0 (90×60)"]  # later: higher scores
+    text = result.layout.text
+    assert "Which is larger?" in [text[slice(*r.chars)] for r in result.by("sentence")]
+    images = {p for s in result.layout.of_kind("image") for p in range(*s.tokens)}
+    assert all(not images & set(r.positions) for r in result.by("word"))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ([{"type": "image", "image": "/no/such/picture.png"}], "does not exist"),
+        ([{"type": "image", "image": 3}], "a PIL image or a local file path"),
+        ([{"type": "text", "text": "a"}, {"type": "image", "image": "IMG"}, {"type": "text", "text": "b"}],
+         "between text parts"),
+        ([{"type": "image", "image": "TXT"}], "not an image file"),
+    ],
+)
+def test_bad_image_parts_are_one_line_errors(qwen, tmp_path: Path, content, message: str) -> None:
+    (tmp_path / "notes.txt").write_text("not a picture")
+    picture(8, 8).save(tmp_path / "pic.png")
+    for part in content:
+        if part.get("image") in ("TXT", "IMG"):
+            part["image"] = str(tmp_path / ("notes.txt" if part["image"] == "TXT" else "pic.png"))
+    with pytest.raises(InputError, match=message) as caught:
+        prepare(qwen.tokenizer, messages=[{"role": "user", "content": content}], processor=qwen)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_image_needs_a_processor_and_a_user_message(qwen) -> None:
+    image = {"type": "image", "image": picture(8, 8)}
+    with pytest.raises(InputError, match="needs the model's processor"):
+        prepare(qwen.tokenizer, messages=[{"role": "user", "content": [image]}])
+    with pytest.raises(InputError, match="images go into a user or system message"):
+        prepare(qwen.tokenizer, messages=[{"role": "user", "content": "hi"}, {"role": "assistant", "content": [image]}],
+                processor=qwen)
+
+
+def test_load_takes_a_processor_and_run_hands_its_images_on(llava) -> None:
+    import spantrace
+
+    model = spantrace.load(processor=llava)  # the built-in model: text-only, so its run refuses the pixels
+    assert model.processor is llava
+    image = {"type": "image", "image": picture(20, 20)}
+    prepared = model.prepare(messages=[{"role": "user", "content": [image, {"type": "text", "text": "Hue?"}]}],
+                             output="Grey.")
+    assert set(prepared.model_inputs) == {"pixel_values"}
+    with pytest.raises(InputError, match="takes no model_inputs"):
+        model.run(prepared=prepared)
