@@ -21,6 +21,7 @@ import torch
 
 from .contract import ArchitectureAdapter
 from .kernels.rows import CPU_FLASH_ATTENTION
+from .offload import execution_device, is_dispatched, materialized
 
 
 @dataclass(frozen=True)
@@ -66,10 +67,14 @@ def capture_residuals(
     x_in: list[torch.Tensor | None] = [None] * num_layers
     x_mid: list[torch.Tensor | None] = [None] * num_layers
     scales: list[torch.Tensor | None] = [None] * num_layers
+    base = adapter.base_model()
+    # On a model dispatched by accelerate, what a layer keeps goes where that layer runs (its trace work runs there).
+    dispatched = is_dispatched(base)
+    homes = [execution_device(adapter.layer(i)) if dispatched else None for i in range(num_layers)]
 
-    def keep(t: torch.Tensor) -> torch.Tensor:
+    def keep(t: torch.Tensor, index: int) -> torch.Tensor:
         t = t[0].detach()  # drop the batch axis: [N, D]
-        stored = t.to(dtype=store_dtype or t.dtype, device=store_device or t.device)
+        stored = t.to(dtype=store_dtype or t.dtype, device=store_device or homes[index] or t.device)
         return stored.clone() if stored.data_ptr() == t.data_ptr() else stored
 
     recorder = _LogSumExpRecorder(num_layers, store_device)
@@ -77,16 +82,17 @@ def capture_residuals(
     for index in range(num_layers):
 
         def keep_in(module, args, kwargs, index=index):
-            x_in[index] = keep(_first_tensor(args, kwargs))
+            x_in[index] = keep(_first_tensor(args, kwargs), index)
             recorder.layer = index
 
         def keep_mid(module, args, kwargs, index=index):
-            x_mid[index] = keep(_first_tensor(args, kwargs))
+            x_mid[index] = keep(_first_tensor(args, kwargs), index)
             recorder.layer = None
 
         handles.append(adapter.layer(index).register_forward_pre_hook(keep_in, with_kwargs=True))
         handles.append(adapter.mid_hook_module(index).register_forward_pre_hook(keep_mid, with_kwargs=True))
-        sandwich = adapter.sandwich_norm(index)
+        with materialized(adapter.layer(index)):  # the adapter may read the norm's gain here
+            sandwich = adapter.sandwich_norm(index)
         if sandwich is not None:
 
             def keep_scale(module, args, kwargs, index=index, eps=sandwich.eps):
@@ -96,8 +102,7 @@ def capture_residuals(
 
             handles.append(sandwich.module.register_forward_pre_hook(keep_scale, with_kwargs=True))
 
-    base = adapter.base_model()
-    device = next(base.parameters()).device
+    device = execution_device(base) or torch.device("cpu")
     try:
         with recording_logsumexp(recorder):
             base(input_ids=input_ids[None].to(device), use_cache=False)

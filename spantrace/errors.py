@@ -29,3 +29,11 @@ class ResultFormatError(SpanTraceError, ValueError):
 
 class GroupingError(SpanTraceError, ValueError):
     """A grouping is unknown, malformed, or one the result has no boundaries for."""
+
+
+class OffloadedWeightError(ModelLoadError):
+    """A weight sits on the meta device and no accelerate offload hook will load it."""
+
+
+class QuantizedWeightError(UnsupportedArchitectureError):
+    """A weight is kept quantised inside its module (bitsandbytes, FP8, packed MXFP4) and cannot be read as numbers."""
