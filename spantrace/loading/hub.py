@@ -98,7 +98,7 @@ def load_hf(
     torch_device = resolve_device(device)
     want_tokenizer = tokenizer is None
     dispatch = dispatch_options(device_map, max_memory, offload_folder, torch_device)
-    if dispatch and not isinstance(source, (str, os.PathLike)) or dispatch and source == DEFAULT_MODEL:
+    if dispatch and (not isinstance(source, (str, os.PathLike)) or source == DEFAULT_MODEL):
         raise ModelLoadError(
             "device_map, max_memory and offload_folder apply to a model folder or hub id; dispatch a model object "
             "yourself (accelerate.dispatch_model or from_pretrained(device_map=...)) and pass it as is"
