@@ -21,6 +21,7 @@ from .layers.softmax import KeyValueCache
 from .memory import MemoryPlan, planned_capture
 from .methods.hops import MAX_HOPS, RECURSIVE_SPANS, trace_hops
 from .methods.registry import get_method
+from .offload import check_weights, execution_device
 from .result import TraceResult
 from .selfcheck import SelfCheck, self_check
 from .spans import check_span, resolve_span, turn_start
@@ -64,6 +65,7 @@ class Model:
         self.tokenizer = tokenizer
         self.processor = processor
         self.model_id = model_id or getattr(model.config, "_name_or_path", "") or type(model).__name__
+        check_weights(self.hf_model)  # no quantised weight, no meta weight without an accelerate hook to load it
         self.adapter: ArchitectureAdapter = adapter_for(self.hf_model)
         self.context_limit = context_limit(self.hf_model)  # the trained context length, from the config
         self.self_check: SelfCheck | None = None
@@ -78,7 +80,8 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
+        """Where the model reads its input ids (a dispatched model's first layer's execution device)."""
+        return execution_device(self.hf_model.get_input_embeddings()) or torch.device("cpu")
 
     # tokenisation ----------------------------------------------------------------------------------
     def _require_tokenizer(self, what: str) -> Any:
@@ -447,8 +450,17 @@ def load(
     device: torch.device | str | None = None,
     check: bool = True,
     processor: Any | None = None,
+    device_map: str | int | dict[str, Any] | None = None,
+    max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | None = None,
 ) -> Model:
     """Load a causal LM to trace: the built-in model (default), a hub id, a folder, a GGUF file or a model.
+
+    A model that does not fit one device: ``device_map`` (``"auto"``, ``"balanced"``, ``"sequential"``, ``"cpu"``
+    or a dict of module names to a device, ``"cpu"`` or ``"disk"``), ``max_memory`` (``{0: "20GiB", "cpu":
+    "60GiB"}``) and ``offload_folder`` (for the layers on ``"disk"``) go to ``from_pretrained`` for a folder or hub
+    id; a model you dispatched with accelerate yourself is taken as it is. Scores are the same as on the model held
+    whole (docs/big-models.md).
 
     Every model is self-checked at load: a short slice of tokens runs through every layer and the adapter
     must rebuild each layer's attention output from its per-source parts, or the model is refused with
@@ -458,6 +470,9 @@ def load(
     """
     from .loading.hub import load_hf
 
-    loaded = load_hf(source, tokenizer=tokenizer, dtype=dtype, device=device)
+    loaded = load_hf(
+        source, tokenizer=tokenizer, dtype=dtype, device=device, device_map=device_map, max_memory=max_memory,
+        offload_folder=offload_folder,
+    )
     processor = processor if processor is not None else loaded.processor
     return Model(loaded.model, loaded.tokenizer, loaded.model_id, check=check, processor=processor)

@@ -26,6 +26,7 @@ import torch
 from .contract import ArchitectureAdapter
 from .errors import InputError, NonFiniteError
 from .kernels.rows import CPU_FLASH_ATTENTION
+from .offload import execution_device, is_dispatched, materialized
 
 # What a run may keep its residuals in: the kernels compute from floating point (upcast to float32).
 STORE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -76,12 +77,16 @@ def capture_residuals(
     x_in: list[torch.Tensor | None] = [None] * num_layers
     x_mid: list[torch.Tensor | None] = [None] * num_layers
     scales: list[torch.Tensor | None] = [None] * num_layers
+    base = adapter.base_model()
+    # On a model dispatched by accelerate, what a layer keeps goes where that layer runs (its trace work runs there).
+    dispatched = is_dispatched(base)
+    homes = [execution_device(adapter.layer(i)) if dispatched else None for i in range(num_layers)]
 
     watch = _FiniteWatch()
 
-    def keep(t: torch.Tensor, where: str) -> torch.Tensor:
+    def keep(t: torch.Tensor, index: int, where: str) -> torch.Tensor:
         t = t[0].detach()  # drop the batch axis: [N, D]
-        stored = t.to(dtype=store_dtype or t.dtype, device=store_device or t.device)
+        stored = t.to(dtype=store_dtype or t.dtype, device=store_device or homes[index] or t.device)
         watch.check(where, t, stored)
         if stored.dtype == torch.float16 and t.dtype != torch.float16:  # a narrower range: it may overflow
             watch.check(where, stored, stored, stored=True)
@@ -93,16 +98,18 @@ def capture_residuals(
 
         def keep_in(module, args, kwargs, index=index):
             # the input of layer 0 is the embedding; of layer k, layer k-1's output
-            x_in[index] = keep(_first_tensor(args, kwargs), "the embedding" if index == 0 else f"layer {index - 1}")
+            where = "the embedding" if index == 0 else f"layer {index - 1}"
+            x_in[index] = keep(_first_tensor(args, kwargs), index, where)
             recorder.layer = index
 
         def keep_mid(module, args, kwargs, index=index):
-            x_mid[index] = keep(_first_tensor(args, kwargs), f"layer {index}'s token mixing (attention)")
+            x_mid[index] = keep(_first_tensor(args, kwargs), index, f"layer {index}'s token mixing (attention)")
             recorder.layer = None
 
         handles.append(adapter.layer(index).register_forward_pre_hook(keep_in, with_kwargs=True))
         handles.append(adapter.mid_hook_module(index).register_forward_pre_hook(keep_mid, with_kwargs=True))
-        sandwich = adapter.sandwich_norm(index)
+        with materialized(adapter.layer(index)):  # the adapter may read the norm's gain here
+            sandwich = adapter.sandwich_norm(index)
         if sandwich is not None:
 
             def keep_scale(module, args, kwargs, index=index, eps=sandwich.eps):
@@ -112,8 +119,7 @@ def capture_residuals(
 
             handles.append(sandwich.module.register_forward_pre_hook(keep_scale, with_kwargs=True))
 
-    base = adapter.base_model()
-    device = next(base.parameters()).device
+    device = execution_device(base) or torch.device("cpu")
     try:
         with recording_logsumexp(recorder):
             output = base(input_ids=input_ids[None].to(device), use_cache=False)

@@ -41,3 +41,11 @@ class RegistryError(SpanTraceError, ValueError):
 
 class MemoryPlanError(SpanTraceError):
     """A capture and its traces would not fit the free memory of a device (planned before the capture starts)."""
+
+
+class OffloadedWeightError(ModelLoadError):
+    """A weight sits on the meta device and no accelerate offload hook will load it."""
+
+
+class QuantizedWeightError(UnsupportedArchitectureError):
+    """A weight is kept quantised inside its module (bitsandbytes, FP8, packed MXFP4) and cannot be read as numbers."""

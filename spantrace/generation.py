@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from .errors import NonFiniteError
+from .offload import execution_device
 
 
 class NonFiniteLogitsError(NonFiniteError):
@@ -62,7 +63,7 @@ def greedy_generate(
     model: PreTrainedModel, prompt_ids: list[int], *, max_new_tokens: int, progress: bool = True
 ) -> list[int]:
     """The greedy continuation of ``prompt_ids``: new token ids only, EOS kept when reached."""
-    device = next(model.parameters()).device
+    device = execution_device(model.get_input_embeddings()) or torch.device("cpu")  # not meta when offloaded
     inputs = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     config = model.generation_config
     eos = config.eos_token_id if config.eos_token_id is not None else model.config.eos_token_id

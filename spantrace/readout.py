@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .errors import SpanTraceError
+from .offload import execution_device
 
 LOGIT_BUDGET = 2**26  # float32 logits answer_log_probs keeps at once (256 MiB)
 
@@ -115,7 +116,7 @@ def _padded_batch(model: torch.nn.Module, prompts: list[Sequence[int]], answer: 
         mask[row, : len(sequence)] = 1
     # Row r's answer token j is predicted by the logits at its position length_r − 1 + j.
     positions = torch.tensor(lengths)[:, None] - 1 + torch.arange(len(answer))[None, :]  # [B, A]
-    device = next(model.parameters()).device
+    device = execution_device(model.get_input_embeddings()) or torch.device("cpu")  # not meta when offloaded
     with torch.inference_mode():
         values = token_log_probs(model, positions, torch.tensor(answer), input_ids=ids.to(device),
                                  attention_mask=mask.to(device))

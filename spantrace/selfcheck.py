@@ -24,7 +24,7 @@ import torch
 from .capture import Capture, capture_residuals
 from .contract import ArchitectureAdapter, MixingLayer
 from .errors import NonFiniteError, UnsupportedArchitectureError
-from .layers.dispatch import mixing_layer
+from .layers.dispatch import iter_layers
 
 SELF_CHECK_TOKENS = 16
 # Worst tolerated error, relative to the largest entry of the layer's attention update x_mid − x_in.
@@ -67,7 +67,7 @@ def layer_errors(adapter: ArchitectureAdapter, input_ids: torch.Tensor) -> list[
 @torch.inference_mode()
 def capture_errors(adapter: ArchitectureAdapter, capture: Capture) -> list[float]:
     """``layer_errors`` on a capture already made."""
-    return [layer_error(mixing_layer(adapter, capture, index)) for index in range(capture.num_layers)]
+    return [layer_error(layer) for layer in iter_layers(adapter, capture)]
 
 
 @torch.inference_mode()

@@ -6,12 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from ..errors import ModelLoadError
+from ..loading.placement import dispatch_options, parse_device_map, parse_max_memory
 from ..methods.registry import available_methods
 
 USAGE_ERROR = 2  # exit code of every error the user can fix (Click's own usage errors use it too)
@@ -55,6 +57,37 @@ def json_option(path: Path, name: str) -> Any:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         message = f"could not read {path} as JSON ({one_line(str(error))})"
         raise typer.BadParameter(message, param_hint=f"'{name}'") from error
+
+
+# --device-map, --max-memory, --offload-folder: the same three options on `trace`, `eval` and `serve`.
+DeviceMapOption = Annotated[str | None, typer.Option(
+    "--device-map", metavar="MAP", help="Spread the model over devices, the CPU and disk with accelerate: auto, "
+    "balanced, sequential, cpu, or a JSON dict of module names to a device, 'cpu' or 'disk'.")]
+MaxMemoryOption = Annotated[str | None, typer.Option(
+    "--max-memory", metavar="LIMITS", help="With --device-map: memory per device, e.g. 0=20GiB,cpu=60GiB (or JSON).")]
+OffloadFolderOption = Annotated[Path | None, typer.Option(
+    "--offload-folder", file_okay=False, metavar="PATH", help="With --device-map: where layers on 'disk' go.")]
+
+
+def placement_options(
+    device_map: str | None, max_memory: str | None, offload_folder: Path | None, device: str | None = None
+) -> dict[str, Any]:
+    """``spantrace.load``'s ``device_map``, ``max_memory`` and ``offload_folder`` from the three options, checked
+    before the model loads (only those given); a one-line usage error naming the option otherwise."""
+    hint = "'--device-map'"
+    try:
+        mapped = parse_device_map(device_map) if device_map is not None else None
+        hint = "'--max-memory'"
+        limits = parse_max_memory(max_memory) if max_memory is not None else None
+        hint = "'--device-map' / '--max-memory' / '--offload-folder'"
+        dispatch_options(mapped, limits, offload_folder, device=None)
+        if device is not None and mapped is not None:
+            raise ModelLoadError("give either --device (the whole model on one device) or --device-map, not both")
+    except ModelLoadError as error:
+        raise typer.BadParameter(str(error), param_hint=hint) from error
+    folder = str(offload_folder) if offload_folder is not None else None
+    given = {"device_map": mapped, "max_memory": limits, "offload_folder": folder}
+    return {name: value for name, value in given.items() if value is not None}  # none given: load as before
 
 
 @contextmanager

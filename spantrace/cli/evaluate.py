@@ -13,7 +13,16 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from ..api import load
 from ..errors import SpanTraceError
 from ..methods.registry import list_methods
-from .common import check_method, fail, quiet_transformers, working
+from .common import (
+    DeviceMapOption,
+    MaxMemoryOption,
+    OffloadFolderOption,
+    check_method,
+    fail,
+    placement_options,
+    quiet_transformers,
+    working,
+)
 
 
 def eval_(
@@ -43,6 +52,9 @@ def eval_(
     ] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", metavar="SOURCE", help="[default: built-in]")] = None,
     device: Annotated[str | None, typer.Option(help="Device, e.g. cpu or cuda.")] = None,
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
+    offload_folder: OffloadFolderOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     ray: Annotated[bool, typer.Option("--ray", help="Run samples as Ray tasks (a local cluster by default).")] = False,
     ray_address: Annotated[
@@ -71,6 +83,7 @@ def eval_(
         fail(f"--methods names no method ({methods!r}); give e.g. flashtrace,ifr or 'all'")
     for name in names:
         check_method(name)
+    placement = placement_options(device_map, max_memory, offload_folder, device)
     quiet_transformers()
     progress = not quiet and sys.stderr.isatty()
     try:
@@ -84,7 +97,7 @@ def eval_(
             distributed = ray or ray_address is not None
             if not distributed:
                 with working("loading the model", progress):
-                    language_model = load(model, device=device)
+                    language_model = load(model, device=device, **placement)
             count = TextColumn("{task.completed}/{task.total}")
             columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), count, TimeElapsedColumn())
             with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
@@ -92,7 +105,7 @@ def eval_(
                 rows = bar.add_task(f"eval {task}", total=total, completed=min(done, total))
                 if distributed:
                     gpus = 1.0 if device is not None and device.startswith("cuda") else 0.0
-                    run_eval_ray(partial(load, model, device=device), config, results, address=ray_address,
+                    run_eval_ray(partial(load, model, device=device, **placement), config, results, address=ray_address,
                                  workers=workers, gpus_per_worker=gpus, on_row=lambda _: bar.advance(rows))
                 else:
                     run_eval(language_model, config, results, on_row=lambda _: bar.advance(rows))

@@ -9,7 +9,15 @@ import typer
 
 from ..api import load
 from ..errors import SpanTraceError
-from .common import fail, quiet_transformers, working
+from .common import (
+    DeviceMapOption,
+    MaxMemoryOption,
+    OffloadFolderOption,
+    fail,
+    placement_options,
+    quiet_transformers,
+    working,
+)
 
 EXAMPLES = "\b\nExamples:\n  spantrace serve\n  spantrace serve --model Qwen/Qwen3-0.6B --port 8080"
 
@@ -23,6 +31,9 @@ def serve(
     max_runs: Annotated[int, typer.Option(min=1, help="Runs kept in memory (least recently used dropped).")] = 8,
     dtype: Annotated[str | None, typer.Option(help="Model dtype, e.g. float32, bfloat16.")] = None,
     device: Annotated[str | None, typer.Option(help="Device, e.g. cpu or cuda.")] = None,
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
+    offload_folder: OffloadFolderOption = None,
 ) -> None:
     """Open the interactive viewer: a local web page to run prompts and trace any span by selecting it.
 
@@ -32,10 +43,11 @@ def serve(
 
     from ..serve import Limits, create_app
 
+    placement = placement_options(device_map, max_memory, offload_folder, device)
     quiet_transformers()
     try:
         with working("loading the model", sys.stderr.isatty()):
-            language_model = load(model, dtype=dtype, device=device)
+            language_model = load(model, dtype=dtype, device=device, **placement)
     except SpanTraceError as error:
         fail(str(error))
     limits = Limits(max_tokens=max_tokens, max_new_tokens=max_new_tokens, max_runs=max_runs)

@@ -19,7 +19,18 @@ from ..groups import GROUPINGS
 from ..inputs import parse_conversation
 from ..methods.hops import MAX_HOPS, RECURSIVE_SPANS
 from ..spans import SPAN_FORMS
-from .common import check_method, fail, json_option, quiet_transformers, text_option, working
+from .common import (
+    DeviceMapOption,
+    MaxMemoryOption,
+    OffloadFolderOption,
+    check_method,
+    fail,
+    json_option,
+    placement_options,
+    quiet_transformers,
+    text_option,
+    working,
+)
 
 DEFAULT_MAX_NEW_TOKENS = 256
 Recursive = Enum("Recursive", {name: name for name in RECURSIVE_SPANS}, type=str)  # --recursive choices
@@ -153,6 +164,9 @@ def trace(
     chunk_size: Annotated[int, typer.Option(min=1, help="Sinks scored at a time (memory only).")] = DEFAULT_CHUNK_SIZE,
     dtype: Annotated[str | None, typer.Option(help="Model dtype, e.g. float32, bfloat16.")] = None,
     device: Annotated[str | None, typer.Option(help="Device, e.g. cpu or cuda.")] = None,
+    device_map: DeviceMapOption = None,
+    max_memory: MaxMemoryOption = None,
+    offload_folder: OffloadFolderOption = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     allow_long: Annotated[
         bool, typer.Option("--allow-long", help="Trace an input longer than the model's trained context (warned).")
@@ -175,6 +189,7 @@ def trace(
     documents = json_option(documents_file, "--documents") if documents_file is not None else None
     if span is not None:
         span_argument(span)  # malformed positions fail here, before the model loads
+    placement = placement_options(device_map, max_memory, offload_folder, device)
     if by is not None and by not in GROUPINGS:
         raise typer.BadParameter(f"unknown grouping {by!r}; choose from {', '.join(GROUPINGS)}", param_hint="'--by'")
     progress = not quiet and sys.stderr.isatty()
@@ -182,7 +197,7 @@ def trace(
     try:
         with working("loading the model", progress):
             started = time.perf_counter()
-            language_model = load(model, dtype=dtype, device=device)
+            language_model = load(model, dtype=dtype, device=device, **placement)
             load_seconds = time.perf_counter() - started
         messages, tools = None, None
         if conversation is not None:

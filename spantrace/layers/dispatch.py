@@ -12,6 +12,7 @@ import torch
 
 from ..capture import Capture
 from ..contract import ArchitectureAdapter, MixingLayer
+from ..offload import materialized
 from .softmax import KeyValueCache, layer_inputs
 
 
@@ -57,7 +58,11 @@ def layer_kind(adapter: ArchitectureAdapter, index: int) -> str:
 def iter_layers(
     adapter: ArchitectureAdapter, capture: Capture, cache: KeyValueCache | None = None
 ) -> Iterator[MixingLayer]:
-    """Every layer, split over its sources, in order; ``cache`` keeps what can be reused between traces."""
+    """Every layer, split over its sources, in order; ``cache`` keeps what can be reused between traces.
+
+    On a model dispatched by accelerate, each layer's offloaded weights are loaded while the caller works on it
+    (``spantrace.offload.materialized``): a layer reads its modules lazily (queries, gates) until the next one."""
     for index in range(capture.num_layers):
-        yield mixing_layer(adapter, capture, index, cache)
+        with materialized(adapter.layer(index)):
+            yield mixing_layer(adapter, capture, index, cache)
 

@@ -24,6 +24,7 @@ from ..kernels.rows import (
     plain_causal,
     weighted_row_sum,
 )
+from ..offload import materialized
 
 
 @dataclass(frozen=True, eq=False)
@@ -190,9 +191,10 @@ def layer_inputs(
     elif source == index:
         keys, values = adapter.keys_values(index, model_x_in)
     else:
-        source_parameter = next(adapter.layer(source).parameters())
-        source_x_in = capture.x_in[source].to(device=source_parameter.device, dtype=source_parameter.dtype)
-        keys, values = adapter.keys_values(source, source_x_in)
+        with materialized(adapter.layer(source)):  # that layer's weights, if accelerate offloaded them
+            source_parameter = next(adapter.layer(source).parameters())
+            source_x_in = capture.x_in[source].to(device=source_parameter.device, dtype=source_parameter.dtype)
+            keys, values = adapter.keys_values(source, source_x_in)
     if cache is not None:
         cache[source] = (keys, values)
     keys, values = keys.to(parameter.device), values.to(parameter.device)  # no-op unless the source sits elsewhere

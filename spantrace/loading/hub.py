@@ -29,6 +29,8 @@ import torch
 from spantrace.errors import ModelLoadError
 from spantrace.loading import builtin
 from spantrace.loading.builtin import DEFAULT_MODEL
+from spantrace.loading.placement import dispatch_options
+from spantrace.offload import is_dispatched
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -86,6 +88,9 @@ def load_hf(
     tokenizer: str | os.PathLike[str] | PreTrainedTokenizerBase | None = None,
     dtype: torch.dtype | str | None = None,
     device: torch.device | str | None = None,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
 ) -> LoadedModel:
     """Load a causal LM and its tokenizer.
 
@@ -94,14 +99,22 @@ def load_hf(
     ``tokenizer``: a tokenizer, or a path / hub id / ``DEFAULT_MODEL`` to load one; replaces the model's own.
     ``dtype``: None keeps float32 for files and the given model's dtype; else a torch dtype or its name.
     ``device``: None loads files onto the CPU and leaves a given model where it is.
+    ``device_map``, ``max_memory``, ``offload_folder``: passed to ``from_pretrained`` for a folder or hub id, which
+    then spreads the layers over devices, the CPU and the disk with accelerate (``spantrace.loading.placement``).
     """
     torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
     want_tokenizer = tokenizer is None
+    dispatch = dispatch_options(device_map, max_memory, offload_folder, torch_device)
+    if dispatch and (not isinstance(source, (str, os.PathLike)) or source == DEFAULT_MODEL):
+        raise ModelLoadError(
+            "device_map, max_memory and offload_folder apply to a model folder or hub id; dispatch a model object "
+            "yourself (accelerate.dispatch_model or from_pretrained(device_map=...)) and pass it as is"
+        )
     if source is None or (isinstance(source, str) and source == DEFAULT_MODEL):
         loaded = load_builtin(torch_dtype or torch.float32, torch_device or torch.device("cpu"))
     elif isinstance(source, (str, os.PathLike)):
-        loaded = load_named(os.fspath(source), torch_dtype or torch.float32, want_tokenizer)
+        loaded = load_named(os.fspath(source), torch_dtype or torch.float32, want_tokenizer, dispatch)
         loaded = dataclasses.replace(loaded, model=place(loaded.model, None, torch_device))
     else:
         loaded = wrap_model(source, torch_dtype, torch_device)
@@ -170,14 +183,19 @@ def load_builtin(dtype: torch.dtype, device: torch.device) -> LoadedModel:
         return _BUILTIN_MEMO[key]
 
 
-def load_named(name: str, dtype: torch.dtype, want_tokenizer: bool) -> LoadedModel:
-    """A model from a string: a .gguf file, a model folder, or else a hub id."""
+def load_named(
+    name: str, dtype: torch.dtype, want_tokenizer: bool, dispatch: dict[str, Any] | None = None
+) -> LoadedModel:
+    """A model from a string: a .gguf file, a model folder, or else a hub id (``dispatch``: from_pretrained's
+    device_map, max_memory, offload_folder)."""
     path = local_path(name)
     if path.is_file():
+        if dispatch:
+            raise ModelLoadError(f"{path} is a GGUF file, which loads whole; device_map applies to model folders")
         return load_gguf(path, dtype, want_tokenizer)
     if path.is_dir():
-        return load_folder(path, dtype, want_tokenizer)
-    return load_hub(name, dtype, want_tokenizer)
+        return load_folder(path, dtype, want_tokenizer, dispatch or {})
+    return load_hub(name, dtype, want_tokenizer, dispatch or {})
 
 
 def local_path(name: str) -> Path:
@@ -224,7 +242,9 @@ def check_gguf_header(path: Path) -> None:
         raise ModelLoadError(f"{path} is not a valid GGUF file: it ends inside its header (truncated).")
 
 
-def load_folder(path: Path, dtype: torch.dtype, want_tokenizer: bool) -> LoadedModel:
+def load_folder(
+    path: Path, dtype: torch.dtype, want_tokenizer: bool, dispatch: dict[str, Any] | None = None
+) -> LoadedModel:
     """A model, and its tokenizer if the folder has one, from a folder saved with ``save_pretrained``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -233,7 +253,7 @@ def load_folder(path: Path, dtype: torch.dtype, want_tokenizer: bool) -> LoadedM
         hint = f" To load a GGUF file in it, pass its path, e.g. {path / ggufs[0]}." if ggufs else ""
         raise ModelLoadError(f"{path} is a folder without config.json, so not a model folder.{hint} {SOURCE_HELP}")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **(dispatch or {}))
     except Exception as exc:
         raise ModelLoadError(f"Could not load the model in {path}: {type(exc).__name__}: {exc}") from exc
     found = optional(lambda: AutoTokenizer.from_pretrained(path), str(path), want_tokenizer)
@@ -260,14 +280,16 @@ def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
         return False
 
 
-def load_hub(repo_id: str, dtype: torch.dtype, want_tokenizer: bool) -> LoadedModel:
+def load_hub(
+    repo_id: str, dtype: torch.dtype, want_tokenizer: bool, dispatch: dict[str, Any] | None = None
+) -> LoadedModel:
     """A model, and its tokenizer if it has one, from the Hugging Face hub (or its local cache; only that when
     the hub cannot be reached)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     offline = not hub_reachable()
     try:
-        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype, local_files_only=offline, **(dispatch or {}))
     except Exception as exc:
         if offline:
             raise ModelLoadError(
@@ -303,6 +325,13 @@ def wrap_model(model: Any, dtype: torch.dtype | None, device: torch.device | Non
         raise ModelLoadError(f"Cannot load a model from a {type(model).__name__}. {SOURCE_HELP}")
     architectures = model.config.architectures or [type(model).__name__]
     model_id = model.config._name_or_path or architectures[0]
+    if is_dispatched(model):  # accelerate placed it: moving or casting it would break its hooks
+        if dtype is not None and dtype != next(model.parameters()).dtype or device is not None:
+            raise ModelLoadError(
+                "this model was dispatched by accelerate (it has a device map or offload hooks), so spantrace does "
+                "not move or cast it: leave out device= and dtype=, or dispatch it in the dtype you want"
+            )
+        return LoadedModel(model.eval(), None, model_id)
     return LoadedModel(place(model, dtype, device), None, model_id)
 
 

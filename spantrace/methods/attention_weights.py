@@ -18,6 +18,7 @@ import torch
 
 from ..errors import UnsupportedArchitectureError
 from ..layers.dispatch import layer_kind, mixing_layer
+from ..offload import materialized
 from ..protocols import RunView
 from .base import AttributionMethod, SinkScores
 from .registry import register_method
@@ -27,10 +28,11 @@ def sink_attention(
     run: RunView, index: int, sinks: torch.Tensor, sink_weights: torch.Tensor, chunk_size: int
 ) -> torch.Tensor:
     """``Σ_i w_i · mean_h α[index, h, i, :]``: layer ``index``'s head-averaged attention of the sinks. [N] float32."""
-    layer = mixing_layer(run.adapter, run.capture, index, run.key_value_cache)
     width = int(sinks.max()) + 1  # later sources get nothing
     scores = torch.zeros(run.num_tokens, dtype=torch.float32)
-    scores[:width] = layer.summed_rows(sinks, sink_weights, width, chunk_size).mean(0).cpu()  # mean over heads
+    with materialized(run.adapter.layer(index)):  # its weights, if accelerate offloaded them
+        layer = mixing_layer(run.adapter, run.capture, index, run.key_value_cache)
+        scores[:width] = layer.summed_rows(sinks, sink_weights, width, chunk_size).mean(0).cpu()  # mean over heads
     return scores
 
 

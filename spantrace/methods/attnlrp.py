@@ -31,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 from ..architectures.llama import LlamaStyleAdapter
 from ..contract import AttentionRule
 from ..errors import UnsupportedArchitectureError
+from ..offload import execution_device, materialized
 from ..protocols import RunView
 from . import lrp_rules as rules
 from .base import AttributionMethod, SinkScores
@@ -109,17 +110,24 @@ class LlamaRelevanceModel:
         for index in range(self.adapter.num_layers()):
             hidden = checkpoint(self.layer, index, hidden, use_reentrant=False)
         readout = objective.readout.to(hidden.device).clone()  # clones: never inference tensors in autograd
-        normed = rules.rms_norm(hidden[readout], self.adapter.base_model().norm)  # [M', D]
-        head = self.model.get_output_embeddings()
-        targets = objective.targets.to(hidden.device).clone()
-        rows = head.weight[targets.to(head.weight.device)].to(normed.device, normed.dtype)  # [M', D]
-        logits = (normed * rows).sum(-1)  # [M']
-        if getattr(head, "bias", None) is not None:
-            logits = rules.add_bias(logits, head.bias[targets.to(head.bias.device)], self.ledger)
+        head, norm = self.model.get_output_embeddings(), self.adapter.base_model().norm
+        with materialized(norm), materialized(head):  # their weights, if accelerate offloaded them
+            normed = rules.rms_norm(hidden[readout], norm)  # [M', D]
+            targets = objective.targets.to(hidden.device).clone()
+            rows = head.weight[targets.to(head.weight.device)].to(normed.device, normed.dtype)  # [M', D]
+            logits = (normed * rows).sum(-1)  # [M']
+            if getattr(head, "bias", None) is not None:
+                logits = rules.add_bias(logits, head.bias[targets.to(head.bias.device)], self.ledger)
         return logits
 
     def layer(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
-        """Decoder layer ``index``: hidden [T, D] -> [T, D]."""
+        """Decoder layer ``index``: hidden [T, D] -> [T, D], on the layer's device with its weights loaded (also
+        when the backward pass recomputes it)."""
+        block = self.adapter.layer(index)
+        with materialized(block):
+            return self._layer(index, hidden.to(execution_device(block) or hidden.device))
+
+    def _layer(self, index: int, hidden: torch.Tensor) -> torch.Tensor:
         block = self.adapter.layer(index)
         attention, mlp, ledger = block.self_attn, block.mlp, self.ledger
         rule = self.adapter.attention_rule(index)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SpanTraceError, UnsupportedArchitectureError
+from ..offload import execution_device
 from ..protocols import RunView
 from ..readout import token_log_probs
 
@@ -107,8 +108,8 @@ def input_embeddings(run: RunView, token_ids: torch.Tensor) -> torch.Tensor:
     Uses the model's own embedding module, so scaled embeddings (Gemma) come out as the layers see them.
     """
     embedding = run.model.hf_model.get_input_embeddings()
-    with torch.no_grad():
-        return embedding(token_ids.to(embedding.weight.device)).detach().clone()
+    with torch.no_grad():  # an offloaded table is on meta: its hook loads it on its execution device
+        return embedding(token_ids.to(execution_device(embedding) or "cpu")).detach().clone()
 
 
 def auto_batch_size(run: RunView, length: int, readouts: int, limit: int) -> int:

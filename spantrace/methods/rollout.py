@@ -19,6 +19,7 @@ import torch
 
 from ..kernels.rows import sink_chunks
 from ..layers.dispatch import mixing_layer
+from ..offload import materialized
 from ..protocols import RunView
 from .attention_weights import attention_layers
 from .base import AttributionMethod, SinkScores
@@ -48,14 +49,15 @@ class Rollout(AttributionMethod):
         mass.index_add_(0, sinks, sink_weights.float())
         layers, notes = attention_layers(run)
         for index in reversed(layers):
-            layer = mixing_layer(run.adapter, run.capture, index, run.key_value_cache)
-            device = layer.x_in.device
-            current = mass.to(device)
-            holding = torch.nonzero(current).flatten()  # only rows with mass matter
-            carried = torch.zeros(width, dtype=torch.float32, device=device)
-            for _, chunk in sink_chunks(holding, chunk_size):
-                rows = rollout_rows(layer.rows(chunk, width), chunk)
-                carried += current[chunk] @ rows  # [width]
+            with materialized(run.adapter.layer(index)):  # its weights, if accelerate offloaded them
+                layer = mixing_layer(run.adapter, run.capture, index, run.key_value_cache)
+                device = layer.x_in.device
+                current = mass.to(device)
+                holding = torch.nonzero(current).flatten()  # only rows with mass matter
+                carried = torch.zeros(width, dtype=torch.float32, device=device)
+                for _, chunk in sink_chunks(holding, chunk_size):
+                    rows = rollout_rows(layer.rows(chunk, width), chunk)
+                    carried += current[chunk] @ rows  # [width]
             mass = carried.cpu()
         scores = torch.zeros(run.num_tokens, dtype=torch.float32)
         scores[:width] = mass
