@@ -38,7 +38,7 @@ QUANTISED_DTYPES = {torch.uint8, torch.int8} | {
 
 def _hooks(module: nn.Module) -> list[object]:
     """The accelerate hooks on ``module`` (a ``SequentialHook``'s parts, one by one)."""
-    hook = getattr(module, "_hf_hook", None)
+    hook = module.__dict__.get("_hf_hook")  # accelerate sets it as a plain attribute; no nn.Module lookup miss
     if hook is None:
         return []
     return list(getattr(hook, "hooks", [hook]))
