@@ -44,7 +44,8 @@ def test_a_catastrophic_regex_is_refused_within_its_limit(model: spantrace.Model
     started = time.monotonic()
     with pytest.raises(SpanError, match="did not finish within") as raised:
         long_run.trace(CATASTROPHIC)
-    assert time.monotonic() - started < REGEX_TIMEOUT_S + 1.5
+    # bounded: without the limit this pattern runs for hours; the margin absorbs a loaded machine's trace time
+    assert time.monotonic() - started < REGEX_TIMEOUT_S + 10
     assert "\n" not in str(raised.value)
     start, end = resolve_span(long_run, "regex:a+$|!")  # a fine pattern still works
     assert long_run.prompt_length <= start < end <= long_run.num_tokens
@@ -87,7 +88,7 @@ def test_the_viewer_refuses_it_and_answers_meanwhile(server: str) -> None:
             assert client.get("/api/status").status_code == 200
             waits.append(time.monotonic() - asked)
             time.sleep(0.02)
-        assert time.monotonic() - started < REGEX_TIMEOUT_S + 3
+        assert time.monotonic() - started < REGEX_TIMEOUT_S + 10
     assert len(waits) > 5 and max(waits) < REGEX_TIMEOUT_S / 2, f"the server stalled while the pattern ran: {waits}"
     assert answers["trace"].status_code == 422 and "did not finish within" in answers["trace"].json()["detail"]
 
