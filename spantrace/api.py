@@ -96,11 +96,22 @@ class Model:
         return token_strings(self.tokenizer, ids)
 
     # running ---------------------------------------------------------------------------------------
-    def generate(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 256, progress: bool = True) -> list[int]:
-        """Greedy continuation of ``prompt_ids`` (stops at EOS), with a progress bar."""
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int = 256,
+        progress: bool = True,
+        model_inputs: dict[str, torch.Tensor] | None = None,
+    ) -> list[int]:
+        """Greedy continuation of ``prompt_ids`` (stops at EOS), with a progress bar; ``model_inputs`` (images)
+        go to the model as given."""
         from .generation import greedy_generate
 
-        return greedy_generate(self.hf_model, list(prompt_ids), max_new_tokens=max_new_tokens, progress=progress)
+        return greedy_generate(
+            self.hf_model, list(prompt_ids), max_new_tokens=max_new_tokens, progress=progress,
+            model_inputs=model_inputs,
+        )
 
     def prepare(
         self,
@@ -138,6 +149,7 @@ class Model:
         input_ids: torch.Tensor | Sequence[int] | None = None,
         prompt_length: int | None = None,
         prepared: Prepared | None = None,
+        model_inputs: Mapping[str, Any] | None = None,
         chat: bool = True,
         max_new_tokens: int = 256,
         store_dtype: torch.dtype | None = None,
@@ -155,8 +167,12 @@ class Model:
         message whose index in ``messages`` is ``documents_message``, negative from the end). Layouts and rules:
         ``spantrace.inputs``; every message's and document's token range is kept in ``Run.layout``.
         ``store_dtype`` (e.g. ``torch.float16``) halves what is kept; ``offload`` keeps it on the CPU.
+        ``model_inputs`` (a dict of tensors, e.g. ``{"pixel_values": ..., "image_grid_thw": ...}`` for a
+        vision-language model whose ``input_ids`` hold the image tokens) go as given to the model's forward in the
+        capture, the generation and every method that re-runs the model (docs/vision-engine.md).
         """
         layout = None
+        given = self._model_inputs(model_inputs)
         texts = (prompt, output, messages, documents, documents_message, tools)
         if prepared is not None:
             if any(x is not None for x in (*texts, input_ids, prompt_length)):
@@ -177,7 +193,10 @@ class Model:
         if prepared is not None:
             tokenizer = self._require_tokenizer("a text prompt")
             if prepared.output_ids is None:
-                generated = self.generate(prepared.ids, max_new_tokens=max_new_tokens, progress=progress)
+                generated = self.generate(
+                    prepared.ids, max_new_tokens=max_new_tokens, progress=progress,
+                    model_inputs=self._completed(prepared.ids, given) or None,
+                )
             else:
                 generated = prepared.output_ids
             ids, prompt_length = prepared.ids + generated, len(prepared.ids)
@@ -196,14 +215,35 @@ class Model:
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
             raise InputError(f"token ids {bad[:5]} are outside the model's vocabulary of {vocab}")
+        extra = self._completed(ids, given)
         started = time.perf_counter()
         capture = capture_residuals(
             self.adapter,
             torch.tensor(ids, dtype=torch.long),
             store_dtype=store_dtype,
             store_device="cpu" if offload else None,
+            model_inputs=extra or None,
         )
-        return Run(self, capture, prompt_length, capture_seconds=time.perf_counter() - started, layout=layout)
+        run = Run(self, capture, prompt_length, capture_seconds=time.perf_counter() - started, layout=layout)
+        run.model_inputs = extra
+        return run
+
+    def _model_inputs(self, model_inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``model_inputs`` checked: a mapping of names to tensors, for a model that takes them."""
+        if model_inputs is None:
+            return {}
+        if not isinstance(model_inputs, Mapping) or not all(isinstance(k, str) for k in model_inputs):
+            raise InputError("model_inputs must be a dict of names to tensors, e.g. {'pixel_values': tensor}")
+        if model_inputs and getattr(self.adapter, "input_model", lambda: None)() is None:
+            raise InputError(f"{self.adapter.name} takes no model_inputs (a text-only model); leave them out")
+        return dict(model_inputs)
+
+    def _completed(self, ids: Sequence[int], model_inputs: dict[str, Any]) -> dict[str, Any]:
+        """``model_inputs`` with what the adapter says the forward needs filled in (nothing when empty)."""
+        complete = getattr(self.adapter, "complete_model_inputs", None)
+        if not model_inputs or complete is None:
+            return model_inputs
+        return complete(torch.tensor(list(ids), dtype=torch.long), model_inputs)
 
 
 class Run:
@@ -228,6 +268,8 @@ class Run:
         self.tokens: list[str] = model.token_strings(self.token_ids)
         # Which characters and tokens came from which message or document, and which are template.
         self.layout: Layout = layout if layout is not None else self._token_layout()
+        # What the model read besides the token ids (images: pixel_values, image_grid_thw, ...); empty for text.
+        self.model_inputs: dict[str, Any] = {}
 
     def _token_layout(self) -> Layout:
         tokenizer = self.model.tokenizer

@@ -78,21 +78,20 @@ def layer_error(layer: MixingLayer) -> float:
     return float((rebuilt - layer.x_mid).abs().max() / update)
 
 
-def self_check(
-    adapter: ArchitectureAdapter, vocab_size: int, dtype: torch.dtype, *, tokens: int = SELF_CHECK_TOKENS
-) -> SelfCheck:
-    """Check every layer of ``adapter``'s model; raise UnsupportedArchitectureError naming the worst layer."""
-    started = time.perf_counter()
+def _checked_errors(
+    adapter: ArchitectureAdapter, input_ids: torch.Tensor, model_inputs: dict | None, what: str
+) -> list[float]:
+    """``capture_errors`` of one forward pass, with any failure as a one-line UnsupportedArchitectureError."""
     try:
-        capture = capture_residuals(adapter, check_tokens(vocab_size, tokens))
+        capture = capture_residuals(adapter, input_ids, model_inputs=model_inputs)
     except Exception as error:
         raise UnsupportedArchitectureError(
-            f"{adapter.name}: the model's own forward pass failed on the {tokens}-token load check "
+            f"{adapter.name}: the model's own forward pass failed on the {what} "
             f"({type(error).__name__}: {error}); check that it runs in this dtype and on this device "
             "(e.g. mixture-of-experts kernels have no float64 path)."
         ) from error
     try:
-        errors = capture_errors(adapter, capture)
+        return capture_errors(adapter, capture)
     except UnsupportedArchitectureError:
         raise
     except Exception as error:
@@ -101,6 +100,20 @@ def self_check(
             f"({type(error).__name__}: {error}); the adapter does not fit this model. "
             "Pass check=False to load it anyway (its scores would not be checked)."
         ) from error
+
+
+def self_check(
+    adapter: ArchitectureAdapter, vocab_size: int, dtype: torch.dtype, *, tokens: int = SELF_CHECK_TOKENS
+) -> SelfCheck:
+    """Check every layer of ``adapter``'s model; raise UnsupportedArchitectureError naming the worst layer."""
+    started = time.perf_counter()
+    ids = check_tokens(vocab_size, tokens)
+    errors = _checked_errors(adapter, ids, None, f"{tokens}-token load check")
+    image = getattr(adapter, "synthetic_image_inputs", None)
+    if image is not None:  # a vision-language model: the image path too, with a small synthetic image
+        image_ids, model_inputs = image(ids)
+        with_image = _checked_errors(adapter, image_ids, model_inputs, "load check with a synthetic image")
+        errors = [max(a, b) if a == a and b == b else float("nan") for a, b in zip(errors, with_image, strict=True)]
     worst = max(range(len(errors)), key=lambda i: errors[i] if errors[i] == errors[i] else float("inf"))
     tolerance = TOLERANCE_BY_DTYPE.get(dtype, 3e-2)
     check = SelfCheck(
