@@ -86,7 +86,7 @@ class LlamaStyleAdapter:
     def input_model(self) -> nn.Module | None:
         """A multimodal wrapper's base model (vision tower, merger and text stack, no LM head): what a capture
         with model inputs (images) runs; None for a text-only model."""
-        return self._outer
+        return getattr(self, "_outer", None)
 
     def position_module(self) -> nn.Module:
         """The rotary module, whose second argument is the position ids the model used (kept by the capture)."""
@@ -95,8 +95,9 @@ class LlamaStyleAdapter:
     def at_positions(self, position_ids: torch.Tensor) -> LlamaStyleAdapter:
         """This adapter with its rotary tables built from ``position_ids`` (what the model's rotary module was
         called with: M-RoPE's [3, 1, N]) instead of 0…N−1; one bound copy is kept per position tensor."""
-        if self._positioned is not None and self._positioned[0] is position_ids:
-            return self._positioned[1]
+        kept = getattr(self, "_positioned", None)
+        if kept is not None and kept[0] is position_ids:
+            return kept[1]
         bound = copy.copy(self)
         bound._positions, bound._cos_sin, bound._positioned = position_ids, {}, None
         self._positioned = (position_ids, bound)
@@ -180,8 +181,9 @@ class LlamaStyleAdapter:
         key = (layer_type, length, like.device, like.dtype)
         if key not in self._cos_sin:
             positions = torch.arange(length, device=like.device)[None]  # [1, N]
-            if self._positions is not None:  # the ids the forward pass used, e.g. M-RoPE's [3, 1, N]
-                positions = self._positions[..., :length].to(like.device)
+            used = getattr(self, "_positions", None)  # subclasses that find their own stack set none
+            if used is not None:  # the ids the forward pass used, e.g. M-RoPE's [3, 1, N]
+                positions = used[..., :length].to(like.device)
             dummy = like.new_zeros(1, length, like.shape[-1])
             if layer_type is None:
                 tables = self._rotary(dummy, positions)

@@ -4,7 +4,8 @@ Each tiny image-text model (text and vision configs tiny, random weights) reads 
 (its markers and image tokens) and a generated answer. The library's FlashTrace (hops 0–2) and token-wise IFR
 must match the float64 reference (``tests/reference.py``), which reads the model's own attention probabilities
 and so knows nothing of M-RoPE positions or bidirectional image blocks; image positions are scored like any
-other. Every registered method runs finite or refuses in one line.
+other. Every registered method runs finite or refuses in one line; the methods that re-run the model do so as it
+read the image (its own log-probability with the pixels in).
 """
 
 from __future__ import annotations
@@ -157,3 +158,18 @@ def test_image_token_count_must_match_the_images() -> None:
     fewer[fewer == IMAGE_TOKEN] = 5
     with pytest.raises(SpanTraceError, match="image tokens"):
         loaded.run(input_ids=fewer, prompt_length=prompt_length, model_inputs=model_inputs)
+
+
+def test_generation_reads_the_images() -> None:
+    """``Model.generate`` passes the model inputs to the model's own generation: its first token is the argmax of
+    the forward pass with the pixels in."""
+    model, ids, prompt_length, model_inputs, _, run = case("qwen2_5_vl")
+    prompt = ids[:prompt_length]
+    new = run.model.generate(prompt.tolist(), max_new_tokens=2, progress=False, model_inputs={
+        **model_inputs, "mm_token_type_ids": model_inputs["mm_token_type_ids"][:, :prompt_length]})
+    with torch.no_grad():
+        logits = model(input_ids=prompt[None], **{**model_inputs, "mm_token_type_ids":
+                                                   model_inputs["mm_token_type_ids"][:, :prompt_length]}).logits
+        blind = model(input_ids=prompt[None]).logits
+    assert new[0] == int(logits[0, -1].argmax())
+    assert int(blind[0, -1].argmax()) != new[0] or not torch.allclose(blind, logits)  # the image mattered
