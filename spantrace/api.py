@@ -108,15 +108,26 @@ class Model:
         return token_strings(self.tokenizer, ids)
 
     # running ---------------------------------------------------------------------------------------
-    def generate(self, prompt_ids: Sequence[int], *, max_new_tokens: int = 256, progress: bool = True) -> list[int]:
-        """Greedy continuation of ``prompt_ids`` (stops at EOS), with a progress bar; NonFiniteError (saying where)
-        when the model's forward goes non-finite."""
+    def generate(
+        self,
+        prompt_ids: Sequence[int],
+        *,
+        max_new_tokens: int = 256,
+        progress: bool = True,
+        model_inputs: dict[str, torch.Tensor] | None = None,
+    ) -> list[int]:
+        """Greedy continuation of ``prompt_ids`` (stops at EOS), with a progress bar; ``model_inputs`` (images)
+        go to the model as given. NonFiniteError (saying where) when the model's forward goes non-finite."""
         from .generation import NonFiniteLogitsError, greedy_generate
 
         try:
-            return greedy_generate(self.hf_model, list(prompt_ids), max_new_tokens=max_new_tokens, progress=progress)
+            return greedy_generate(
+                self.hf_model, list(prompt_ids), max_new_tokens=max_new_tokens, progress=progress,
+                model_inputs=model_inputs,
+            )
         except NonFiniteLogitsError as error:  # one forward over what it read says which layer (or: the head)
-            capture_residuals(self.adapter, torch.tensor(error.ids, dtype=torch.long))
+            if not model_inputs:  # the prompt's images are not the generated tokens': no second forward then
+                capture_residuals(self.adapter, torch.tensor(error.ids, dtype=torch.long))
             raise NonFiniteError(f"{error} (the layers were finite: the output head's weights?)") from None
 
     def prepare(
@@ -159,6 +170,7 @@ class Model:
         input_ids: torch.Tensor | Sequence[int] | None = None,
         prompt_length: int | None = None,
         prepared: Prepared | None = None,
+        model_inputs: Mapping[str, Any] | None = None,
         chat: bool = True,
         max_new_tokens: int = 256,
         store_dtype: torch.dtype | None = None,
@@ -182,10 +194,14 @@ class Model:
         warning kept in each result's ``info["warnings"]`` (never past GPT-2-style learned positions).
         ``plan_memory`` (default on) first plans the capture's memory per device (``spantrace.memory``): where it
         does not fit, the capture goes to the CPU if that fits, else ``MemoryPlanError`` says what would.
+        ``model_inputs`` (a dict of tensors, e.g. ``{"pixel_values": ..., "image_grid_thw": ...}`` for a
+        vision-language model whose ``input_ids`` hold the image tokens) go as given to the model's forward in the
+        capture, the generation and every method that re-runs the model (docs/vision-engine.md).
         """
         check_store_dtype(store_dtype)  # before any generation
         warnings: list[str] = []
         layout = None
+        given = self._model_inputs(model_inputs)
         texts = (prompt, output, messages, documents, documents_message, tools)
         if prepared is not None:
             if any(x is not None for x in (*texts, input_ids, prompt_length)):
@@ -205,11 +221,16 @@ class Model:
             )
         if prepared is not None:
             tokenizer = self._require_tokenizer("a text prompt")
-            if prepared.model_inputs:  # images: vlmcore's run(model_inputs=...) takes them on merging (issue 26)
-                raise InputError(f"{self.adapter.name} takes no model_inputs (a text-only model); leave out the images")
+            if prepared.model_inputs:  # the processor's pixel values etc., made by prepare
+                if given:
+                    raise InputError("give images either through `prepared` or as `model_inputs`, not both")
+                given = self._model_inputs(prepared.model_inputs)
             if prepared.output_ids is None:  # generation stops where the trained context ends, unless allow_long
                 room = room_to_generate(self.context_limit, len(prepared.ids), max_new_tokens, allow_long=allow_long)
-                generated = self.generate(prepared.ids, max_new_tokens=room, progress=progress)
+                generated = self.generate(
+                    prepared.ids, max_new_tokens=room, progress=progress,
+                    model_inputs=self._completed(prepared.ids, given) or None,
+                )
                 if room < max_new_tokens and len(generated) == room:
                     warnings.append(f"generation stopped after {room} tokens, where the model's context ends")
             else:
@@ -236,17 +257,37 @@ class Model:
         if plan_memory:
             plan = planned_capture(self.adapter, len(ids), store_dtype=store_dtype, offload=offload)
         offload = plan.offload if plan is not None else offload  # the plan's fallback may keep it on the CPU
+        extra = self._completed(ids, given)
         started = time.perf_counter()
         capture = capture_residuals(
             self.adapter,
             torch.tensor(ids, dtype=torch.long),
             store_dtype=store_dtype,
             store_device="cpu" if offload else None,
+            model_inputs=extra or None,
         )
         run = Run(self, capture, prompt_length, capture_seconds=time.perf_counter() - started, layout=layout)
         run.warnings = warnings
         run.memory_plan = plan
+        run.model_inputs = extra
         return run
+
+    def _model_inputs(self, model_inputs: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``model_inputs`` checked: a mapping of names to tensors, for a model that takes them."""
+        if model_inputs is None:
+            return {}
+        if not isinstance(model_inputs, Mapping) or not all(isinstance(k, str) for k in model_inputs):
+            raise InputError("model_inputs must be a dict of names to tensors, e.g. {'pixel_values': tensor}")
+        if model_inputs and getattr(self.adapter, "input_model", lambda: None)() is None:
+            raise InputError(f"{self.adapter.name} takes no model_inputs (a text-only model); leave them out")
+        return dict(model_inputs)
+
+    def _completed(self, ids: Sequence[int], model_inputs: dict[str, Any]) -> dict[str, Any]:
+        """``model_inputs`` with what the adapter says the forward needs filled in (nothing when empty)."""
+        complete = getattr(self.adapter, "complete_model_inputs", None)
+        if not model_inputs or complete is None:
+            return model_inputs
+        return complete(torch.tensor(list(ids), dtype=torch.long), model_inputs)
 
 
 class Run:
@@ -274,6 +315,8 @@ class Run:
         self.warnings: list[str] = []  # what every trace of this run must carry (an input past the context)
         # What Model.run planned for this capture's memory (None when it was not planned).
         self.memory_plan: MemoryPlan | None = None
+        # What the model read besides the token ids (images: pixel_values, image_grid_thw, ...); empty for text.
+        self.model_inputs: dict[str, Any] = {}
 
     def _token_layout(self) -> Layout:
         tokenizer = self.model.tokenizer

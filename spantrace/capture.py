@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -42,6 +42,10 @@ class Capture:
     sandwich_scale: list[torch.Tensor | None]  # L x ([N] float32, or None without a sandwich norm)
     # L x ([H, N] float32 log-sum-exp of each row of the layer's softmax, or None where it was not recorded)
     logsumexp: list[torch.Tensor | None]
+    # With model inputs (images): the position ids the model's rotary module was called with (M-RoPE: [3, 1, N]),
+    # and the bidirectional blocks its mask used; None and () on a text-only run (the adapter's own positions).
+    position_ids: torch.Tensor | None = None
+    bidirectional_blocks: tuple[tuple[int, int], ...] = ()
 
     @property
     def num_layers(self) -> int:
@@ -65,12 +69,15 @@ def capture_residuals(
     *,
     store_dtype: torch.dtype | None = None,
     store_device: torch.device | str | None = None,
+    model_inputs: Mapping[str, torch.Tensor] | None = None,
 ) -> Capture:
     """Run ``adapter``'s model once over ``input_ids [N]`` and keep ``x_in``/``x_mid`` per layer.
 
     ``store_dtype`` (e.g. ``torch.float16``) and ``store_device`` (e.g. ``"cpu"`` for a GPU model)
     shrink what is kept; the arithmetic later upcasts to float32. A forward pass that goes non-finite raises
-    ``NonFiniteError`` saying where.
+    ``NonFiniteError`` saying where. ``model_inputs`` (e.g. ``pixel_values``,
+    ``image_grid_thw``) go as given to the forward of the adapter's ``input_model()`` (a vision-language
+    model's base, which merges the image features into the embeddings), whose position ids are kept.
     """
     check_store_dtype(store_dtype)
     num_layers = adapter.num_layers()
@@ -120,9 +127,25 @@ def capture_residuals(
             handles.append(sandwich.module.register_forward_pre_hook(keep_scale, with_kwargs=True))
 
     device = execution_device(base) or torch.device("cpu")
+    extra: dict[str, torch.Tensor] = {}
+    positions: list[torch.Tensor] = []
+    blocks: tuple[tuple[int, int], ...] = ()
+    if model_inputs:
+        base, extra = _input_model(adapter), {k: _to(v, device) for k, v in model_inputs.items()}
+        position_module = getattr(adapter, "position_module", None)
+        if position_module is not None:
+
+            def keep_positions(module, args, kwargs):
+                if not positions:  # the first call; a model may call it once per layer type with the same ids
+                    found = args[1] if len(args) > 1 else kwargs["position_ids"]
+                    positions.append(found.detach().to(store_device or found.device))
+
+            handles.append(position_module().register_forward_pre_hook(keep_positions, with_kwargs=True))
+        finder = getattr(adapter, "bidirectional_blocks", None)
+        blocks = tuple(finder(input_ids, model_inputs)) if finder is not None else ()
     try:
         with recording_logsumexp(recorder):
-            output = base(input_ids=input_ids[None].to(device), use_cache=False)
+            output = base(input_ids=input_ids[None].to(device), use_cache=False, **extra)
     finally:
         for handle in handles:
             handle.remove()
@@ -139,6 +162,8 @@ def capture_residuals(
         x_mid=list(x_mid),  # type: ignore[arg-type]
         sandwich_scale=scales,
         logsumexp=recorder.kept(),
+        position_ids=positions[0] if positions else None,
+        bidirectional_blocks=blocks,
     )
 
 
@@ -197,6 +222,22 @@ def non_finite_message(where: str, position: int, token: int, dtype: torch.dtype
         f"the model's forward went non-finite at {where}, token position {position} (token id {token}, "
         f"dtype {name}): {advice}"
     )
+
+
+def _input_model(adapter: ArchitectureAdapter) -> torch.nn.Module:
+    """The module that takes ``input_ids`` with model inputs (images), or a one-line refusal."""
+    finder = getattr(adapter, "input_model", None)
+    module = finder() if finder is not None else None
+    if module is None:
+        raise InputError(
+            f"{adapter.name} takes no model_inputs (it is a text-only model here); leave `model_inputs` out"
+        )
+    return module
+
+
+def _to(value: object, device: torch.device) -> object:
+    """A model input on the model's device (tensors only; anything else as given)."""
+    return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
 class _LogSumExpRecorder:

@@ -42,6 +42,9 @@ class AttentionRule:
     sink_logits: torch.Tensor | None = None
     # Chunked attention (Llama 4): sink i sees source j only inside its own block, i // chunk == j // chunk.
     attention_chunk: int | None = None
+    # Bidirectional blocks (Gemma 3's images): ``(start, end)`` runs, end exclusive, inside which a sink also sees
+    # the later positions of its own block (windows and chunks still apply). Set per run, from the capture.
+    bidirectional_blocks: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -60,9 +60,15 @@ class _ProgressStreamer:
 
 @torch.inference_mode()
 def greedy_generate(
-    model: PreTrainedModel, prompt_ids: list[int], *, max_new_tokens: int, progress: bool = True
+    model: PreTrainedModel,
+    prompt_ids: list[int],
+    *,
+    max_new_tokens: int,
+    progress: bool = True,
+    model_inputs: dict[str, torch.Tensor] | None = None,
 ) -> list[int]:
-    """The greedy continuation of ``prompt_ids``: new token ids only, EOS kept when reached."""
+    """The greedy continuation of ``prompt_ids``: new token ids only, EOS kept when reached. ``model_inputs``
+    (images) go to ``generate`` as given."""
     device = execution_device(model.get_input_embeddings()) or torch.device("cpu")  # not meta when offloaded
     inputs = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     config = model.generation_config
@@ -80,5 +86,6 @@ def greedy_generate(
         temperature=None,
         top_p=None,
         top_k=None,
+        **{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in (model_inputs or {}).items()},
     )
     return [int(t) for t in output[0, len(prompt_ids) :]]

@@ -42,6 +42,7 @@ class RunView(Protocol):
     tokens: list[str]
     layout: Layout
     key_value_cache: KeyValueCache
+    model_inputs: dict[str, Any]  # what the model read besides the token ids (images); empty for text
 
     @property
     def adapter(self) -> ArchitectureAdapter: ...

@@ -35,14 +35,16 @@ def token_log_probs(
     input_ids: torch.Tensor | None = None,
     inputs_embeds: torch.Tensor | None = None,
     attention_mask: torch.Tensor | None = None,
+    **extra: Any,
 ) -> torch.Tensor:
     """``log p(targets | logits at positions)`` for each row of a batch -> ``[B, M]`` float32.
 
     positions: ``[M]`` (the same for every row) or ``[B, M]`` long; targets: the same shape (``[M]`` is
-    shared by the rows). input_ids ``[B, T]`` or inputs_embeds ``[B, T, D]``; attention_mask ``[B, T]``.
+    shared by the rows). input_ids ``[B, T]`` or inputs_embeds ``[B, T, D]``; attention_mask ``[B, T]``;
+    ``extra`` goes to the forward as given (a vision-language model's position ids or token types).
     """
     values, _ = _read(model, positions, targets, input_ids=input_ids, inputs_embeds=inputs_embeds,
-                      attention_mask=attention_mask, use_cache=False)
+                      attention_mask=attention_mask, use_cache=False, **extra)
     return values
 
 

@@ -101,30 +101,23 @@ def check_weights(model: torch.nn.Module) -> None:
         )
 
 
-def self_check(
-    adapter: ArchitectureAdapter,
-    vocab_size: int,
-    dtype: torch.dtype,
-    *,
-    tokens: int = SELF_CHECK_TOKENS,
-    model: torch.nn.Module | None = None,
-) -> SelfCheck:
-    """Check every weight of ``model`` (default: the adapter's base model) and every layer of ``adapter``'s model;
-    raise NonFiniteError for non-finite weights or forward, UnsupportedArchitectureError naming the worst layer."""
-    started = time.perf_counter()
-    check_weights(model if model is not None else adapter.base_model())
+def _checked_errors(
+    adapter: ArchitectureAdapter, input_ids: torch.Tensor, model_inputs: dict | None, what: str
+) -> list[float]:
+    """``capture_errors`` of one forward pass, with any failure as a one-line UnsupportedArchitectureError
+    (a non-finite forward keeps its own NonFiniteError: the model, not the adapter)."""
     try:
-        capture = capture_residuals(adapter, check_tokens(vocab_size, tokens))
+        capture = capture_residuals(adapter, input_ids, model_inputs=model_inputs)
     except NonFiniteError:  # the model's forward, not the adapter: its own line says where and what to do
         raise
     except Exception as error:
         raise UnsupportedArchitectureError(
-            f"{adapter.name}: the model's own forward pass failed on the {tokens}-token load check "
+            f"{adapter.name}: the model's own forward pass failed on the {what} "
             f"({type(error).__name__}: {error}); check that it runs in this dtype and on this device "
             "(e.g. mixture-of-experts kernels have no float64 path)."
         ) from error
     try:
-        errors = capture_errors(adapter, capture)
+        return capture_errors(adapter, capture)
     except UnsupportedArchitectureError:
         raise
     except Exception as error:
@@ -133,6 +126,28 @@ def self_check(
             f"({type(error).__name__}: {error}); the adapter does not fit this model. "
             "Pass check=False to load it anyway (its scores would not be checked)."
         ) from error
+
+
+def self_check(
+    adapter: ArchitectureAdapter,
+    vocab_size: int,
+    dtype: torch.dtype,
+    *,
+    tokens: int = SELF_CHECK_TOKENS,
+    model: torch.nn.Module | None = None,
+) -> SelfCheck:
+    """Check every weight of ``model`` (default: the adapter's base model) and every layer of ``adapter``'s model
+    (a vision-language model's image path too, with a small synthetic image); raise NonFiniteError for
+    non-finite weights or forward, UnsupportedArchitectureError naming the worst layer."""
+    started = time.perf_counter()
+    check_weights(model if model is not None else adapter.base_model())
+    ids = check_tokens(vocab_size, tokens)
+    errors = _checked_errors(adapter, ids, None, f"{tokens}-token load check")
+    image = getattr(adapter, "synthetic_image_inputs", None)
+    if image is not None:  # a vision-language model: the image path too, with a small synthetic image
+        image_ids, model_inputs = image(ids)
+        with_image = _checked_errors(adapter, image_ids, model_inputs, "load check with a synthetic image")
+        errors = [max(a, b) if a == a and b == b else float("nan") for a, b in zip(errors, with_image, strict=True)]
     worst = max(range(len(errors)), key=lambda i: errors[i] if errors[i] == errors[i] else float("inf"))
     tolerance = TOLERANCE_BY_DTYPE.get(dtype, 3e-2)
     check = SelfCheck(

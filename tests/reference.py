@@ -161,8 +161,9 @@ def _first_tensor(args: tuple, kwargs: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def capture(model64: nn.Module, ids: torch.Tensor) -> list[LayerCapture]:
-    """One forward pass of the float64 eager model on ``ids`` [N], hooks on every layer."""
+def capture(model64: nn.Module, ids: torch.Tensor, model_inputs: dict | None = None) -> list[LayerCapture]:
+    """One forward pass of the float64 eager model on ``ids`` [N], hooks on every layer. ``model_inputs``
+    (a vision-language model's pixels, grids, token types) go to the forward as given, floats in float64."""
     modules = layer_modules(model64)
     seen: list[dict[str, torch.Tensor]] = [{} for _ in modules]
     by_attention = {id(parts.attn): store for parts, store in zip(modules, seen, strict=True)}
@@ -175,8 +176,10 @@ def capture(model64: nn.Module, ids: torch.Tensor) -> list[LayerCapture]:
     def intercept(eager):
         def wrapped(module, query, key, value, *args, **kwargs):
             out, probs = eager(module, query, key, value, *args, **kwargs)
+            store = by_attention.get(id(module))
+            if store is None:  # a vision tower's attention: not a decoder layer
+                return out, probs
             assert probs is not None, "eager attention returned no probabilities"
-            store = by_attention[id(module)]
             store["alpha"] = probs[0].clone()  # [H, N, N]
             store["values"] = value[0].clone()  # [G, N, d_v]
             store["head_out"] = out[0].clone()  # [N, H, d_v]
@@ -198,7 +201,12 @@ def capture(model64: nn.Module, ids: torch.Tensor) -> list[LayerCapture]:
             patched[modeling] = modeling.eager_attention_forward
             modeling.eager_attention_forward = intercept(modeling.eager_attention_forward)
     try:
-        model64(input_ids=ids[None].to(next(model64.parameters()).device), use_cache=False)
+        device = next(model64.parameters()).device
+        extra = {
+            k: (v.to(device, torch.float64) if v.is_floating_point() else v.to(device))
+            for k, v in (model_inputs or {}).items()
+        }
+        model64(input_ids=ids[None].to(device), use_cache=False, **extra)
     finally:
         for handle in handles:
             handle.remove()
@@ -217,9 +225,11 @@ def capture(model64: nn.Module, ids: torch.Tensor) -> list[LayerCapture]:
 
 @dataclass(frozen=True)
 class LayerTerms:
-    """One layer's attention update split per sink i: x_mid_i = Σ_{h, j≤i} contrib[h, i, j] + residual_i."""
+    """One layer's attention update split per sink i: x_mid_i = Σ_{h, j} contrib[h, i, j] + residual_i."""
 
-    contrib: np.ndarray  # [H, N, N, D]; [h, i, j] = head-h contribution of source j to sink i (0 if j > i)
+    # [H, N, N, D]; [h, i, j] = head-h contribution of source j to sink i (0 where the model's mask hid j from i:
+    # every j > i of a causal row; a row inside a bidirectional image block sees the later tokens of its block)
+    contrib: np.ndarray
     residual: np.ndarray  # [N, D]
     x_mid: np.ndarray  # [N, D]
 
@@ -274,15 +284,15 @@ def layer_terms(parts: LayerModules, cap: LayerCapture) -> LayerTerms:
     for i in range(N):
         residual[i] = x_in[i] + sink_scale[i] * gain * b_o
         for h in range(H):
-            for j in range(i + 1):
+            for j in range(N):  # α is 0 wherever the mask hid j from i
                 contrib[h, i, j] = alpha[h, i, j] * sink_scale[i] * gain * v[h, j]
     return LayerTerms(contrib, residual, _np(cap.x_mid))
 
 
-def reference_terms(model: nn.Module, ids: torch.Tensor) -> list[LayerTerms]:
+def reference_terms(model: nn.Module, ids: torch.Tensor, model_inputs: dict | None = None) -> list[LayerTerms]:
     """The exact float64 decomposition of every layer of ``model`` on ``ids`` [N] (model left untouched)."""
     model64 = float64_eager_copy(model)
-    captures = capture(model64, ids)
+    captures = capture(model64, ids, model_inputs)
     return [layer_terms(parts, cap) for parts, cap in zip(layer_modules(model64), captures, strict=True)]
 
 
@@ -295,7 +305,7 @@ def decomposition_error(terms: list[LayerTerms]) -> float:
         for i in range(N):
             total = t.residual[i].copy()  # [D]
             for h in range(H):
-                for j in range(i + 1):
+                for j in range(N):
                     total += t.contrib[h, i, j]
             worst = max(worst, float(np.abs(total - t.x_mid[i]).max()) / scale)
     return worst
@@ -318,7 +328,7 @@ def ifr_row(terms: list[LayerTerms], i: int) -> np.ndarray:
     for t in terms:
         y = t.x_mid[i]  # [D]
         p = np.zeros(N)  # [N], Σ_h p[h, j→i]
-        for j in range(i + 1):
+        for j in range(N):
             for h in range(H):
                 p[j] += prox(t.contrib[h, i, j], y)
         denominator = p.sum() + prox(t.residual[i], y)
@@ -350,7 +360,7 @@ def flashtrace_scores(terms: list[LayerTerms], weights: np.ndarray) -> np.ndarra
             y += weights[i] * t.x_mid[i]
             r += weights[i] * t.residual[i]
             for h in range(H):
-                for j in range(i + 1):
+                for j in range(N):
                     z[h, j] += weights[i] * t.contrib[h, i, j]
         p = np.zeros(N)  # [N], Σ_h p[h, j→S]
         for j in range(N):

@@ -172,6 +172,8 @@ def make_config(arch: str, **overrides):
         text = make_config(_WRAPPED_TEXT[arch]).to_dict()
         vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
                       image_size=28, patch_size=14)
+        if arch == "gemma3":  # 256 tokens per image (the default) cannot come out of a 2x2-patch image
+            overrides.setdefault("mm_tokens_per_image", 4)
         if arch == "llama4":  # its projector defaults to 4096/7680 wide
             vision.update(vision_output_dim=16, projector_input_dim=16, projector_output_dim=16)
         if arch == "gemma4":  # media token ids default past the tiny vocabulary: use pad's, which they map to anyway
@@ -230,3 +232,91 @@ def random_ids(length: int, *, seed: int = 0, vocab_size: int = 97) -> torch.Ten
     """A 1-D LongTensor of random token ids that avoids the special ids 0–2."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randint(3, vocab_size, (length,), generator=generator)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Vision-language models: tiny text AND vision configs, random weights, images as raw pixel inputs
+# ----------------------------------------------------------------------------------------------------
+
+VISION_ARCHITECTURES = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "gemma3", "llava")
+# Token ids of the image placeholders inside the tiny vocabulary of 97 (ids 0–2 are pad, BOS, EOS).
+IMAGE_TOKEN, VISION_START, VISION_END, VIDEO_TOKEN = 90, 91, 92, 93
+
+_QWEN_VISION = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=48, patch_size=4,
+                    spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
+
+
+def make_vision_config(arch: str):
+    """A tiny image-text config of ``arch`` (one of ``VISION_ARCHITECTURES``)."""
+    if arch == "llava":  # a Llama text stack behind a 2-layer CLIP tower: 2x2 patches, 4 image tokens
+        vision = dict(model_type="clip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, image_size=28, patch_size=14)
+        return AutoConfig.for_model("llava", text_config=make_config("llama").to_dict(), vision_config=vision,
+                                    image_token_index=IMAGE_TOKEN, tie_word_embeddings=False)
+    if arch == "gemma3":
+        return make_config("gemma3", mm_tokens_per_image=4, image_token_index=IMAGE_TOKEN, boi_token_index=VISION_START,
+                           eoi_token_index=VISION_END)
+    text = dict(_COMMON, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2]})
+    text.pop("tie_word_embeddings")
+    vision = dict(_QWEN_VISION)
+    if arch == "qwen2_5_vl":
+        vision.update(window_size=8, fullatt_block_indexes=[0])
+        text.pop("head_dim")
+    else:  # Qwen3-VL: interleaved M-RoPE, q/k norms, deepstack features added after the first layer
+        vision = dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=48, patch_size=4,
+                      spatial_merge_size=2, temporal_patch_size=2, in_channels=3, num_position_embeddings=16,
+                      deepstack_visual_indexes=[0])
+        text["rope_parameters"]["mrope_section"] = [2, 2, 2]
+        text["rope_parameters"]["mrope_interleaved"] = True
+        if arch == "qwen3_vl_moe":
+            text.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, decoder_sparse_step=1)
+    return AutoConfig.for_model(arch, text_config=text, vision_config=vision, image_token_id=IMAGE_TOKEN,
+                                video_token_id=VIDEO_TOKEN, vision_start_token_id=VISION_START,
+                                vision_end_token_id=VISION_END, tie_word_embeddings=False)
+
+
+def make_tiny_vlm(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A tiny image-text model with random weights (norm gains and biases randomised too), in eval mode."""
+    config = make_vision_config(arch)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config, attn_implementation="sdpa")
+    generator = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf == "bias" or "norm" in name:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.3)
+            elif not parameter.any():  # zero-initialised (Gemma 3's projector): the image would vanish
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+            elif parameter.dim() >= 2 and "visual" not in name and "vision" not in name:
+                parameter.mul_(3.0)
+    return model.to(dtype).eval()
+
+
+def vision_inputs(arch: str, model: PreTrainedModel, *, seed: int = 0, text: int = 6, answer: int = 5):
+    """``(input_ids [N], prompt_length, model_inputs)``: ``text`` random tokens, one random image (its markers and
+    tokens), ``text`` more tokens, then ``answer`` generated tokens; pixels as the model's forward takes them."""
+    generator = torch.Generator().manual_seed(seed)
+    before, after = random_ids(text, seed=seed, vocab_size=IMAGE_TOKEN), random_ids(text + answer, seed=seed + 1,
+                                                                                   vocab_size=IMAGE_TOKEN)
+    if arch in ("gemma3", "llava"):
+        vision = model.config.vision_config
+        size = int(vision.image_size)
+        model_inputs = {"pixel_values": torch.randn(1, 3, size, size, generator=generator)}
+        count = int(model.config.mm_tokens_per_image) if arch == "gemma3" else 4
+        image = [VISION_START] + [IMAGE_TOKEN] * count + [VISION_END]
+    else:
+        vision = model.config.vision_config
+        grid = torch.tensor([[1, 4, 6]])  # 24 patches, merged 2x2 into 6 image tokens (2 rows x 3 columns)
+        width = vision.in_channels * vision.temporal_patch_size * vision.patch_size**2
+        model_inputs = {"pixel_values": torch.randn(int(grid.prod()), width, generator=generator),
+                        "image_grid_thw": grid}
+        image = [VISION_START] + [IMAGE_TOKEN] * 6 + [VISION_END]
+    ids = torch.cat([before, torch.tensor(image), after])
+    # 1 at the image tokens, as a processor gives it: Qwen's M-RoPE and Gemma 3's bidirectional mask read it
+    types = (ids == IMAGE_TOKEN)[None].long()
+    if arch != "llava":
+        model_inputs["token_type_ids" if arch == "gemma3" else "mm_token_type_ids"] = types
+    dtype = next(model.parameters()).dtype
+    model_inputs["pixel_values"] = model_inputs["pixel_values"].to(dtype)
+    return ids, ids.shape[0] - answer, model_inputs

@@ -2,4 +2,4 @@
 file per family. Importing this package registers every built-in family with ``registry.register_adapter``,
 as an outside user registers one."""
 
-from . import deepseek, gemma4, gpt2, llama, llama4, mamba_hybrid, olmo, qwen_hybrid  # noqa: F401  (registers them)
+from . import deepseek, gemma4, gpt2, llama, llama4, mamba_hybrid, olmo, qwen_hybrid, vision  # noqa: F401  (registers them)

@@ -27,7 +27,16 @@ NOTES: dict[str, ArchitectureNote] = {
     "gemma": ArchitectureNote("Gemma 1", "(1 + w) RMSNorm, scaled embeddings"),
     "gemma2": ArchitectureNote("Gemma 2", "sandwich norms (per-sink scale frozen), logit soft-capping, windows"),
     "gemma3_text": ArchitectureNote("Gemma 3 1B, text-only loads", "sandwich norms, q/k norms, per-layer-type rotary"),
-    "gemma3": ArchitectureNote("gemma-3-4b/12b/27b-it (multimodal wrapper)", "text stack at model.language_model"),
+    "gemma3": ArchitectureNote(
+        "gemma-3-4b/12b/27b-it (image-text)",
+        "text stack at model.language_model; images: bidirectional attention inside each image block",
+    ),
+    "qwen2_5_vl": ArchitectureNote("Qwen2.5-VL 3B/7B/32B/72B (image-text)", "M-RoPE positions read from the model"),
+    "qwen3_vl": ArchitectureNote(
+        "Qwen3-VL dense, Instruct and Thinking (image-text)", "interleaved M-RoPE, q/k norms, deepstack features"
+    ),
+    "llava": ArchitectureNote("LLaVA 1.5 (llava-hf, image-text)", "a Llama-shaped text stack; projected patch tokens"),
+    "qwen3_vl_moe": ArchitectureNote("Qwen3-VL-30B-A3B, 235B-A22B (image-text)", "as qwen3_vl; MoE MLP"),
     "phi3": ArchitectureNote("Phi-3/3.5, Phi-4 (mini, reasoning)", "fused qkv, partial rotary, sliding window"),
     "gpt2": ArchitectureNote("GPT-2", "LayerNorm, fused Conv1D qkv, learned positions, o bias"),
     "gpt_oss": ArchitectureNote(

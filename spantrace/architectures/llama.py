@@ -13,6 +13,7 @@ and a query scale that grows with position (Ministral 3's ``llama_4_scaling_beta
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -63,8 +64,12 @@ class LlamaStyleAdapter:
         self.text_type = getattr(self.config, "model_type", self.name)
         self._base = require(model, "model", self.name, type(model).__name__)
         where = "model.model"
+        self._outer: nn.Module | None = None  # a multimodal wrapper's base: takes input_ids with images
         if hasattr(self._base, "language_model"):
+            self._outer = self._base
             self._base, where = self._base.language_model, "model.model.language_model"
+        self._positions: torch.Tensor | None = None  # position ids a forward pass used (see ``at_positions``)
+        self._positioned: tuple[torch.Tensor, LlamaStyleAdapter] | None = None
         self._layers = require(self._base, "layers", self.name, where)
         self._rotary = require(self._base, "rotary_emb", self.name, where)
         self._sandwich_norms: dict[int, SandwichNorm | None] = {}
@@ -77,6 +82,26 @@ class LlamaStyleAdapter:
 
     def num_layers(self) -> int:
         return len(self._layers)
+
+    def input_model(self) -> nn.Module | None:
+        """A multimodal wrapper's base model (vision tower, merger and text stack, no LM head): what a capture
+        with model inputs (images) runs; None for a text-only model."""
+        return getattr(self, "_outer", None)
+
+    def position_module(self) -> nn.Module:
+        """The rotary module, whose second argument is the position ids the model used (kept by the capture)."""
+        return self._rotary
+
+    def at_positions(self, position_ids: torch.Tensor) -> LlamaStyleAdapter:
+        """This adapter with its rotary tables built from ``position_ids`` (what the model's rotary module was
+        called with: M-RoPE's [3, 1, N]) instead of 0…N−1; one bound copy is kept per position tensor."""
+        kept = getattr(self, "_positioned", None)
+        if kept is not None and kept[0] is position_ids:
+            return kept[1]
+        bound = copy.copy(self)
+        bound._positions, bound._cos_sin, bound._positioned = position_ids, {}, None
+        self._positioned = (position_ids, bound)
+        return bound
 
     def layer(self, index: int) -> nn.Module:
         return self._layers[index]
@@ -156,6 +181,9 @@ class LlamaStyleAdapter:
         key = (layer_type, length, like.device, like.dtype)
         if key not in self._cos_sin:
             positions = torch.arange(length, device=like.device)[None]  # [1, N]
+            used = getattr(self, "_positions", None)  # subclasses that find their own stack set none
+            if used is not None:  # the ids the forward pass used, e.g. M-RoPE's [3, 1, N]
+                positions = used[..., :length].to(like.device)
             dummy = like.new_zeros(1, length, like.shape[-1])
             if layer_type is None:
                 tables = self._rotary(dummy, positions)
@@ -277,7 +305,6 @@ for _model_type in (
     "granitemoe",
     "ministral3",
     "mistral3",
-    "gemma3",
     # only the MLP differs (mixture of experts): attention attribution is the Llama-style one
     "qwen3_moe",
     "glm4_moe",

@@ -38,6 +38,11 @@ def attention_rows(
     if width is None:
         width = int(sinks.max()) + 1
     chosen = queries if queries_selected else queries[:, sinks]  # [H, C, d]
+    # A sink inside a bidirectional block also sees later positions of its block: its row is normalised over
+    # all of them, then cut to ``width``.
+    seen = min(keys.shape[1], max(width, int(last_visible(sinks, rule).max()) + 1))
+    if seen > width:
+        return attention_rows(chosen, keys, sinks, rule, seen, queries_selected=True)[..., :width]
     logits = attention_logits(chosen, keys, sinks, rule, width)
     # softmax in place (one [H, C, width] buffer instead of three); every row sees its own sink
     top = logits.amax(dim=-1, keepdim=True)  # [H, C, 1]
@@ -69,11 +74,23 @@ def visible_sources(sinks: torch.Tensor, width: int, rule: AttentionRule) -> tor
     """[C, width] bool: which sources each sink attends to (causal, sliding window, chunked attention)."""
     sources = torch.arange(width, device=sinks.device)
     visible = sources[None, :] <= sinks[:, None]  # [C, width]
+    for start, end in rule.bidirectional_blocks:  # a sink in a block also sees the block's later positions
+        inside = (sinks[:, None] >= start) & (sinks[:, None] < end)  # [C, 1]
+        visible |= inside & (sources[None, :] >= start) & (sources[None, :] < end)
     if rule.sliding_window is not None:
         visible &= sources[None, :] > sinks[:, None] - rule.sliding_window
     if rule.attention_chunk is not None:
         visible &= (sources[None, :] // rule.attention_chunk) == (sinks[:, None] // rule.attention_chunk)
     return visible
+
+
+def last_visible(sinks: torch.Tensor, rule: AttentionRule) -> torch.Tensor:
+    """The last source each sink can see: [C] long (the sink itself, or the last position of its bidirectional
+    block)."""
+    last = sinks.clone()
+    for start, end in rule.bidirectional_blocks:
+        last = torch.where((sinks >= start) & (sinks < end), torch.full_like(sinks, end - 1), last)
+    return last
 
 
 # Elements of one chunk's [H, C, width] rows: ~8 MB fp32 keeps them in cache and off the page-fault path.
@@ -172,6 +189,8 @@ def weighted_row_sum(
         channel_weights = channel_weights.to(device=device, dtype=torch.float32)
     if sinks.numel() == 0:
         return total
+    if rule.bidirectional_blocks:  # rows that see later positions: the plain row-by-row path, exact
+        return _blocked_row_sum(queries, keys, sinks, weights, rule, width, max_sinks or 64, total, channel_weights)
     # scale (and the soft-cap's 1/cap) folded into the queries: [H, M, d] instead of a pass over every logit
     factor = rule.scaling / rule.softcap if rule.softcap is not None else rule.scaling
     queries = queries.float() * factor  # [H, M, d]
@@ -207,6 +226,31 @@ def weighted_row_sum(
     return total
 
 
+def _blocked_row_sum(
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    sinks: torch.Tensor,
+    weights: torch.Tensor,
+    rule: AttentionRule,
+    width: int,
+    chunk: int,
+    total: torch.Tensor,
+    channel_weights: torch.Tensor | None,
+) -> torch.Tensor:
+    """``weighted_row_sum`` under bidirectional blocks: ``attention_rows`` (which normalises a block row over its
+    later positions too) for ``chunk`` sinks at a time, summed with their weights into ``total``."""
+    weights = weights.to(device=keys.device, dtype=torch.float32)
+    for start in range(0, sinks.shape[0], chunk):
+        part = slice(start, start + chunk)
+        rows = attention_rows(queries[:, part], keys, sinks[part], rule, width, queries_selected=True)  # [H, C, W]
+        if channel_weights is None:
+            total += torch.einsum("c,hcw->hw", weights[part], rows)
+        else:
+            weighted = weights[part][None, :, None] * channel_weights[:, part]  # [H, C, c]
+            total += torch.einsum("hcw,hck->hwk", rows, weighted)
+    return total
+
+
 # The CPU flash-attention kernel behind sdpa, which also returns each row's log-sum-exp.
 CPU_FLASH_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
@@ -214,7 +258,7 @@ CPU_FLASH_ATTENTION = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 def plain_causal(rule: AttentionRule) -> bool:
     """Whether the rule's rows are ``softmax(scale · q·k)`` under the causal mask alone (no soft-cap, window,
     chunk or sink logit): the rows whose normaliser a plain causal sdpa call computes."""
-    unmasked = rule.sliding_window is None and rule.attention_chunk is None
+    unmasked = rule.sliding_window is None and rule.attention_chunk is None and not rule.bidirectional_blocks
     return unmasked and rule.softcap is None and rule.sink_logits is None
 
 

@@ -8,7 +8,7 @@ only for the sinks a trace asks about. The rows themselves and their weighted su
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import torch
@@ -181,6 +181,7 @@ def layer_inputs(
     adapter: ArchitectureAdapter, capture: Capture, index: int, cache: KeyValueCache | None = None
 ) -> LayerInputs:
     """Recompute layer ``index``'s keys and values from the captured ``x_in`` (or take them from ``cache``)."""
+    adapter = positioned(adapter, capture)
     parameter = next(adapter.layer(index).parameters())
     model_x_in = capture.x_in[index].to(device=parameter.device, dtype=parameter.dtype)
     # A layer may attend to an earlier layer's keys and values (Gemma 4's KV sharing): they are that layer's,
@@ -208,9 +209,12 @@ def layer_inputs(
         out_weight = out_weight * gain
         out_bias = out_bias * gain if out_bias is not None else None
         sink_scale = capture.sandwich_scale[index].to(out_weight.device).float()
+    rule = adapter.attention_rule(index)
+    if capture.bidirectional_blocks:  # the run's image blocks, where the model's mask let rows see later positions
+        rule = replace(rule, bidirectional_blocks=capture.bidirectional_blocks)
     return LayerInputs(
         index=index,
-        rule=adapter.attention_rule(index),
+        rule=rule,
         keys=keys,
         values=values,
         out_weight=out_weight,
@@ -222,6 +226,15 @@ def layer_inputs(
         model_x_in=model_x_in,
         logsumexp=capture.logsumexp[index],
     )
+
+
+def positioned(adapter: ArchitectureAdapter, capture: Capture) -> ArchitectureAdapter:
+    """The adapter reading the position ids the capture's forward pass used (a vision-language model's M-RoPE
+    positions, through its optional ``at_positions``); ``adapter`` itself on a text-only run."""
+    binder = getattr(adapter, "at_positions", None)
+    if capture.position_ids is None or binder is None:
+        return adapter
+    return binder(capture.position_ids)
 
 
 def key_value_layer(adapter: ArchitectureAdapter, index: int) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..architectures.vision import image_blocks
 from ..errors import SpanTraceError, UnsupportedArchitectureError
 from ..offload import execution_device
 from ..protocols import RunView
@@ -50,7 +51,12 @@ def require_one_embedding_channel(run: RunView, method: str) -> None:
 
 
 def objective_for(run: RunView, sinks: torch.Tensor, sink_weights: torch.Tensor) -> Objective | None:
-    """The teacher-forced objective of the weighted sinks, or None when no sink can be predicted."""
+    """The teacher-forced objective of the weighted sinks, or None when no sink can be predicted.
+
+    On a run with model inputs (images) the methods re-run the model from input embeddings in which the image
+    positions hold the merged image features; a model whose images enter elsewhere too is refused here
+    (``replay_inputs``, docs/vision-engine.md)."""
+    replay_inputs(run, 1, 1)
     keep = (sinks > 0) & (sink_weights != 0)
     notes = ("a sink at position 0 has no prefix to be predicted from; left out",) if bool((sinks == 0).any()) else ()
     if not bool(keep.any()):
@@ -66,15 +72,17 @@ def weighted_log_prob(
     *,
     input_ids: torch.Tensor | None = None,
     inputs_embeds: torch.Tensor | None = None,
+    **extra: torch.Tensor,
 ) -> torch.Tensor:
     """``f`` for each sequence of a batch: input_ids [B, T] or inputs_embeds [B, T, D] -> [B] float32.
+    ``extra``: more forward inputs (``replay_inputs``).
 
     Only the logits at ``objective.readout`` are computed (``readout.token_log_probs``), never ``[T, V]``.
     """
     given = input_ids if input_ids is not None else inputs_embeds
     attention_mask = torch.ones(given.shape[:2], dtype=torch.long, device=given.device)  # no padding: all real
     chosen = token_log_probs(model, objective.readout, objective.targets, input_ids=input_ids,
-                             inputs_embeds=inputs_embeds, attention_mask=attention_mask)  # [B, M']
+                             inputs_embeds=inputs_embeds, attention_mask=attention_mask, **extra)  # [B, M']
     # A clone: the objective may have been made under inference_mode, and autograd cannot save such tensors.
     return chosen @ objective.weights.to(given.device).clone()
 
@@ -105,11 +113,48 @@ def neutral_token_id(run: RunView) -> int:
 def input_embeddings(run: RunView, token_ids: torch.Tensor) -> torch.Tensor:
     """The model's input embeddings of ``token_ids [..., T]`` -> ``[..., T, D]``, detached, in the model's dtype.
 
-    Uses the model's own embedding module, so scaled embeddings (Gemma) come out as the layers see them.
+    Uses the model's own embedding module, so scaled embeddings (Gemma) come out as the layers see them. On a run
+    with images, each image position whose id is still the run's image token holds the merged image feature the
+    text stack read (the captured ``x_in`` of layer 0 there), not the placeholder's embedding.
     """
     embedding = run.model.hf_model.get_input_embeddings()
-    with torch.no_grad():  # an offloaded table is on meta: its hook loads it on its execution device
-        return embedding(token_ids.to(execution_device(embedding) or "cpu")).detach().clone()
+    with torch.no_grad():
+        # an offloaded table is on meta: its hook loads it on its execution device
+        embedded = embedding(token_ids.to(execution_device(embedding) or "cpu")).detach().clone()
+    image = image_mask(run, token_ids.shape[-1])
+    if image is not None:
+        token = torch.tensor(run.token_ids[: image.shape[0]])  # the run's ids: an image token kept in place
+        image = (image & (token_ids.cpu() == token)).to(embedded.device)  # [..., T]
+        features = run.capture.x_in[0][: image.shape[-1]].to(device=embedded.device, dtype=embedded.dtype)
+        embedded = torch.where(image[..., None], features, embedded)
+    return embedded
+
+
+def image_mask(run: RunView, length: int) -> torch.Tensor | None:
+    """[length] bool: the image positions among the first ``length`` of a run with images; None for text."""
+    if not getattr(run, "model_inputs", None):
+        return None
+    mask = torch.zeros(length, dtype=torch.bool)
+    for start, end in image_blocks(run.token_ids, run.model.hf_model.config):
+        mask[start : min(end, length)] = True
+    return mask
+
+
+def replay_inputs(run: RunView, length: int, batch: int) -> dict[str, torch.Tensor]:
+    """What a forward from input embeddings needs besides them to be the run's own on its first ``length`` tokens,
+    for ``batch`` rows: nothing for text; the captured positions or token types of a run with images (the
+    adapter's ``replay_inputs``). A model that cannot be replayed so (its image features also enter later layers,
+    as Qwen3-VL's deepstack does) is refused in one line."""
+    if not getattr(run, "model_inputs", None):
+        return {}
+    replay = getattr(run.adapter, "replay_inputs", None)
+    if replay is None:
+        raise UnsupportedArchitectureError(
+            f"this method re-runs {run.adapter.name} from input embeddings, but its image features also enter "
+            "later layers, which that forward pass would leave out; use flashtrace, ifr, ifr-rollout, "
+            "attention-last, attention-mean or rollout on runs with images"
+        )
+    return replay(run.capture, run.model_inputs, length, batch)
 
 
 def auto_batch_size(run: RunView, length: int, readouts: int, limit: int) -> int:
@@ -137,6 +182,7 @@ def embedding_gradients(
     model = run.model.hf_model
     with torch.inference_mode(False), torch.enable_grad():
         leaf = inputs_embeds.detach().clone().requires_grad_(True)
-        values = weighted_log_prob(model, objective, inputs_embeds=leaf)  # [B]
+        extra = replay_inputs(run, leaf.shape[1], leaf.shape[0])
+        values = weighted_log_prob(model, objective, inputs_embeds=leaf, **extra)  # [B]
         (gradient,) = torch.autograd.grad(values.sum(), leaf)  # rows are independent: one backward for all
     return values.detach(), gradient.detach()

@@ -17,7 +17,15 @@ import torch
 from ..errors import SpanTraceError
 from ..protocols import RunView
 from .base import AttributionMethod, SinkScores
-from .objective import auto_batch_size, neutral_token_id, objective_for, weighted_log_prob
+from .objective import (
+    auto_batch_size,
+    image_mask,
+    input_embeddings,
+    neutral_token_id,
+    objective_for,
+    replay_inputs,
+    weighted_log_prob,
+)
 from .registry import register_method
 
 GROUPINGS = ("equal", "sentences")
@@ -82,12 +90,29 @@ class Occlusion(AttributionMethod):
             sequences[row, group] = neutral
         model = run.model.hf_model
         batch = self.batch_size or auto_batch_size(run, ids.shape[0], objective.readout.shape[0], len(groups) + 1)
+        image = image_mask(run, ids.shape[0])
+        rows = sequences if image is None else _occluded_embeddings(run, ids, sequences, image)
+        key = "input_ids" if image is None else "inputs_embeds"
         values = torch.cat(
             [
-                weighted_log_prob(model, objective, input_ids=sequences[start : start + batch].to(run.model.device))
+                weighted_log_prob(
+                    model, objective, **{key: rows[start : start + batch].to(run.model.device)},
+                    **replay_inputs(run, ids.shape[0], rows[start : start + batch].shape[0]),
+                )
                 for start in range(0, sequences.shape[0], batch)
             ]
         ).cpu()  # [k + 1]
         for row, group in enumerate(groups, start=1):
             scores[group] = values[0] - values[row]
         return SinkScores(scores=scores, notes=objective.notes)
+
+
+def _occluded_embeddings(
+    run: RunView, ids: torch.Tensor, sequences: torch.Tensor, image: torch.Tensor
+) -> torch.Tensor:
+    """The occluded rows of a run with images as input embeddings ``[k + 1, T, D]``: an occluded text position
+    gets the neutral token's embedding, an occluded image position the zero vector (no image feature at all; its
+    position and its block stay as they were), every other position what the model read."""
+    embedded = input_embeddings(run, sequences)  # image positions still holding the image token: their features
+    occluded_image = image[None] & (sequences != ids[None])  # [k + 1, T]
+    return embedded.masked_fill(occluded_image[..., None].to(embedded.device), 0.0)

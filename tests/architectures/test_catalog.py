@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tiny_models import ARCHITECTURES, HYBRID_ARCHITECTURES
+from tiny_models import ARCHITECTURES, HYBRID_ARCHITECTURES, VISION_ARCHITECTURES
 from transformers import AutoConfig, AutoModelForCausalLM
 
 import spantrace
@@ -19,7 +19,7 @@ def test_every_supported_type_has_a_note_a_docs_row_and_a_tiny_test_model():
     for model_type in supported_architectures():
         assert model_type in NOTES, f"{model_type}: no entry in spantrace/architectures/catalog.py"
         assert f"`{model_type}`" in DOCS, f"{model_type}: not in docs/architectures.md"
-        tested = ARCHITECTURES + HYBRID_ARCHITECTURES
+        tested = ARCHITECTURES + HYBRID_ARCHITECTURES + VISION_ARCHITECTURES
         assert model_type in tested, f"{model_type}: no tiny model in the tests"
 
 

@@ -1,0 +1,259 @@
+"""Vision-language models traced exactly: Qwen2.5-VL, Qwen3-VL (dense and MoE), Gemma 3 and LLaVA 1.5.
+
+After the vision tower and its merger, each image is a run of token positions whose input embeddings are the image
+features; the text stack is a Llama-shaped decoder (``LlamaStyleAdapter``), and every method attributes to those
+positions like any other. What the images change, and how each is kept exact:
+
+- The capture runs the wrapper's base model (``input_model``: vision tower, merger, text stack, no LM head) with
+  the model inputs as given, so ``x_in`` of layer 0 at an image position is the merged image feature the text
+  stack received (Qwen3-VL's deepstack features, added after early layers, are in the next layers' ``x_in``).
+- Positions: Qwen's M-RoPE gives each image token a (t, h, w) position; the capture keeps the position ids the
+  model's rotary module was called with, and the rotary tables are rebuilt from them by that same module
+  (``LlamaStyleAdapter.at_positions``).
+- Gemma 3 lets an image token see the later tokens of its own image (a bidirectional block, also under the
+  sliding window). The blocks are read from the ``token_type_ids`` the model's mask was built from (runs of 1,
+  the model's own rule) and the row kernels handle them (``AttentionRule.bidirectional_blocks``).
+- The load-time self-check runs a small synthetic image too (``synthetic_image_inputs``), built from the vision
+  config the way the model's forward takes pixels, without a processor.
+
+Refused: video inputs (``pixel_values_videos``), with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..errors import InputError, UnsupportedArchitectureError
+from .llama import LlamaStyleAdapter
+from .registry import register_adapter
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from ..capture import Capture
+
+# A fixed seed: the self-check's synthetic image is the same on every load.
+_IMAGE_SEED = 20260207
+
+
+def image_token_id(config: Any) -> int | None:
+    """The id of the placeholder token that stands for one image feature (None if the config has none)."""
+    for name in ("image_token_id", "image_token_index"):
+        value = getattr(config, name, None)
+        if value is not None:
+            return int(value)
+    return None
+
+
+def image_blocks(input_ids: torch.Tensor | list[int], config: Any) -> list[tuple[int, int]]:
+    """The token ranges ``(start, end)`` (end exclusive) of the images in ``input_ids``: each maximal run of the
+    config's image token, in order (one run per image when images are separated by text or markers, as every
+    processor writes them)."""
+    token = image_token_id(config)
+    ids = input_ids.tolist() if isinstance(input_ids, torch.Tensor) else list(input_ids)
+    if isinstance(ids, list) and ids and isinstance(ids[0], list):  # a batch of one
+        ids = ids[0]
+    blocks: list[tuple[int, int]] = []
+    start = None
+    for position, value in enumerate([*ids, None]):
+        if value == token and token is not None:
+            start = position if start is None else start
+        elif start is not None:
+            blocks.append((start, position))
+            start = None
+    return blocks
+
+
+def _runs_of_ones(mask: torch.Tensor) -> list[tuple[int, int]]:
+    """``(start, end)`` of each maximal run of nonzero entries of a 1-D (or [1, N]) tensor."""
+    flags = [int(v) == 1 for v in mask.reshape(-1).tolist()]
+    runs, start = [], None
+    for position, flag in enumerate([*flags, False]):
+        if flag and start is None:
+            start = position
+        elif not flag and start is not None:
+            runs.append((start, position))
+            start = None
+    return runs
+
+
+class VisionLanguageAdapter(LlamaStyleAdapter):
+    """The text stack of an image-text wrapper, with the image path: model inputs, positions, self-check image."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__(model)
+        if self._outer is None:
+            raise UnsupportedArchitectureError(
+                f"{self.name}: expected an image-text wrapper (model.model.language_model) but found a text stack only"
+            )
+
+    def complete_model_inputs(self, input_ids: torch.Tensor, model_inputs: Mapping[str, Any]) -> dict[str, Any]:
+        """``model_inputs`` checked, with what a processor adds and the forward needs filled in when missing."""
+        if model_inputs.get("pixel_values_videos") is not None or model_inputs.get("video_grid_thw") is not None:
+            raise UnsupportedArchitectureError(
+                f"{self.name}: video inputs are not traced yet (frames share temporal positions and tokens); "
+                "give images (pixel_values) only"
+            )
+        return dict(model_inputs)
+
+    def replay_inputs(
+        self, capture: Capture, model_inputs: Mapping[str, Any], length: int, batch: int
+    ) -> dict[str, torch.Tensor]:
+        """What a forward from the merged input embeddings (no pixels) needs besides them to repeat the capture's
+        first ``length`` tokens, for ``batch`` rows: nothing for a causal model with plain positions."""
+        return {}
+
+    def _check_image_count(self, input_ids: torch.Tensor, count: int) -> None:
+        tokens = sum(end - start for start, end in image_blocks(input_ids, self.model.config))
+        if tokens != count:
+            raise InputError(
+                f"the input_ids hold {tokens} image tokens but the images give {count} features; put one image "
+                "token per feature (the processor's expansion of each image placeholder)"
+            )
+
+
+class QwenVisionAdapter(VisionLanguageAdapter):
+    """Qwen2.5-VL and Qwen3-VL (dense and MoE): M-RoPE positions, merged patch features per image."""
+
+    def complete_model_inputs(self, input_ids: torch.Tensor, model_inputs: Mapping[str, Any]) -> dict[str, Any]:
+        completed = super().complete_model_inputs(input_ids, model_inputs)
+        grid = completed.get("image_grid_thw")
+        if completed.get("pixel_values") is not None and grid is None:
+            raise InputError("pixel_values need image_grid_thw (each image's t, h, w patch grid, as a processor gives)")
+        if grid is not None:
+            merge = int(self.model.config.vision_config.spatial_merge_size)
+            self._check_image_count(input_ids, int(torch.as_tensor(grid).prod(-1).sum()) // merge**2)
+            if completed.get("mm_token_type_ids") is None:  # what the processor gives: 1 at image tokens
+                ids = torch.as_tensor(input_ids).reshape(1, -1)
+                completed["mm_token_type_ids"] = (ids == image_token_id(self.model.config)).int()
+        return completed
+
+    def replay_inputs(
+        self, capture: Capture, model_inputs: Mapping[str, Any], length: int, batch: int
+    ) -> dict[str, torch.Tensor]:
+        """The M-RoPE position ids the capture used (the model recomputes none when given them)."""
+        if capture.position_ids is None:
+            return {}
+        positions = capture.position_ids[..., :length]
+        return {"position_ids": positions.expand(positions.shape[0], batch, length).to(self.model.device)}
+
+    def synthetic_image_inputs(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``input_ids`` with one small random image put in the middle (start marker, image tokens, end marker),
+        and its model inputs: a (1, 2m, 2m) patch grid (m the merge size), so 4 image tokens."""
+        config, vision = self.model.config, self.model.config.vision_config
+        merge = int(vision.spatial_merge_size)
+        grid = torch.tensor([[1, 2 * merge, 2 * merge]])
+        width = int(vision.in_channels) * int(vision.temporal_patch_size) * int(vision.patch_size) ** 2
+        generator = torch.Generator().manual_seed(_IMAGE_SEED)
+        pixels = torch.randn(int(grid.prod()), width, generator=generator).to(next(self.model.parameters()).dtype)
+        middle = input_ids.shape[0] // 2
+        image = [int(config.vision_start_token_id), *[image_token_id(config)] * 4, int(config.vision_end_token_id)]
+        ids = torch.cat([input_ids[:middle], torch.tensor(image), input_ids[middle:]])
+        ids = _avoid_tokens(ids, image, keep=range(middle, middle + len(image)))
+        return ids, self.complete_model_inputs(ids, {"pixel_values": pixels, "image_grid_thw": grid})
+
+
+class Qwen3VisionAdapter(QwenVisionAdapter):
+    """Qwen3-VL: as Qwen2.5-VL, and its deepstack image features join the residual after the first layers; a
+    forward from input embeddings alone cannot repeat that, so the methods that re-run the model refuse it."""
+
+    replay_inputs = None
+
+
+class Gemma3VisionAdapter(VisionLanguageAdapter):
+    """Gemma 3 image-text: bidirectional attention inside each image block, read from ``token_type_ids``."""
+
+    def complete_model_inputs(self, input_ids: torch.Tensor, model_inputs: Mapping[str, Any]) -> dict[str, Any]:
+        completed = super().complete_model_inputs(input_ids, model_inputs)
+        pixels = completed.get("pixel_values")
+        if pixels is not None:
+            count = int(torch.as_tensor(pixels).shape[0]) * int(self.model.config.mm_tokens_per_image)
+            self._check_image_count(input_ids, count)
+            if completed.get("token_type_ids") is None:  # what the processor gives: 1 at image tokens
+                ids = torch.as_tensor(input_ids).reshape(1, -1)
+                completed["token_type_ids"] = (ids == image_token_id(self.model.config)).long()
+        return completed
+
+    def bidirectional_blocks(
+        self, input_ids: torch.Tensor, model_inputs: Mapping[str, Any]
+    ) -> list[tuple[int, int]]:
+        """The runs of ``token_type_ids == 1``: the blocks the model's mask makes bidirectional (none without)."""
+        types = model_inputs.get("token_type_ids")
+        return _runs_of_ones(torch.as_tensor(types) == 1) if types is not None else []
+
+    def replay_inputs(
+        self, capture: Capture, model_inputs: Mapping[str, Any], length: int, batch: int
+    ) -> dict[str, torch.Tensor]:
+        """The token types, from which the model's mask makes each image block bidirectional again."""
+        types = model_inputs.get("token_type_ids")
+        if types is None:
+            return {}
+        return {"token_type_ids": torch.as_tensor(types)[:, :length].expand(batch, length).to(self.model.device)}
+
+    def synthetic_image_inputs(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``input_ids`` with one random image (``mm_tokens_per_image`` tokens) in the middle, and its inputs."""
+        config, vision = self.model.config, self.model.config.vision_config
+        size = int(vision.image_size)
+        generator = torch.Generator().manual_seed(_IMAGE_SEED)
+        pixels = torch.randn(1, int(vision.num_channels), size, size, generator=generator)
+        pixels = pixels.to(next(self.model.parameters()).dtype)
+        middle = input_ids.shape[0] // 2
+        image = [image_token_id(config)] * int(config.mm_tokens_per_image)
+        ids = torch.cat([input_ids[:middle], torch.tensor(image), input_ids[middle:]])
+        ids = _avoid_tokens(ids, image, keep=range(middle, middle + len(image)))
+        return ids, self.complete_model_inputs(ids, {"pixel_values": pixels})
+
+
+class LlavaAdapter(VisionLanguageAdapter):
+    """LLaVA (1.5-style): a vision tower's patch features, projected, one token per feature; a causal text stack."""
+
+    def tokens_per_image(self) -> int:
+        """Image tokens per image: the vision tower's patches, plus its class token under the "full" strategy
+        (the "default" strategy drops the first feature)."""
+        config, vision = self.model.config, self.model.config.vision_config
+        patches = (int(vision.image_size) // int(vision.patch_size)) ** 2
+        tower = self._outer.vision_tower
+        embeddings = getattr(getattr(tower, "vision_model", tower), "embeddings", None)
+        features = patches + (1 if hasattr(embeddings, "class_embedding") else 0)
+        return features - (1 if config.vision_feature_select_strategy == "default" else 0)
+
+    def complete_model_inputs(self, input_ids: torch.Tensor, model_inputs: Mapping[str, Any]) -> dict[str, Any]:
+        completed = super().complete_model_inputs(input_ids, model_inputs)
+        pixels = completed.get("pixel_values")
+        if pixels is not None:
+            self._check_image_count(input_ids, int(torch.as_tensor(pixels).shape[0]) * self.tokens_per_image())
+        return completed
+
+    def synthetic_image_inputs(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``input_ids`` with one random image (its tokens) in the middle, and its pixel values."""
+        vision = self.model.config.vision_config
+        size = int(vision.image_size)
+        generator = torch.Generator().manual_seed(_IMAGE_SEED)
+        pixels = torch.randn(1, int(vision.num_channels), size, size, generator=generator)
+        pixels = pixels.to(next(self.model.parameters()).dtype)
+        middle = input_ids.shape[0] // 2
+        image = [image_token_id(self.model.config)] * self.tokens_per_image()
+        ids = torch.cat([input_ids[:middle], torch.tensor(image), input_ids[middle:]])
+        ids = _avoid_tokens(ids, image, keep=range(middle, middle + len(image)))
+        return ids, self.complete_model_inputs(ids, {"pixel_values": pixels})
+
+
+def _avoid_tokens(ids: torch.Tensor, special: list[int], keep: range) -> torch.Tensor:
+    """``ids`` with the image's special tokens replaced outside ``keep`` (a random text token that happened to be
+    one would be read as an extra image token)."""
+    ids = ids.clone()
+    for position in range(ids.shape[0]):
+        if position not in keep and int(ids[position]) in special:
+            ids[position] = 3
+    return ids
+
+
+# the model types these adapters read (docs/vision-engine.md)
+register_adapter("qwen2_5_vl", QwenVisionAdapter)
+for _model_type in ("qwen3_vl", "qwen3_vl_moe"):
+    register_adapter(_model_type, Qwen3VisionAdapter)
+register_adapter("gemma3", Gemma3VisionAdapter)
+register_adapter("llava", LlavaAdapter)
