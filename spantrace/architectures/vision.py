@@ -38,6 +38,9 @@ if TYPE_CHECKING:
 # A fixed seed: the self-check's synthetic image is the same on every load.
 _IMAGE_SEED = 20260207
 
+# Model inputs with one value per token (1 at image tokens), which a processor gives for the prompt it read only.
+PER_TOKEN_INPUTS = ("mm_token_type_ids", "token_type_ids")
+
 
 def image_token_id(config: Any) -> int | None:
     """The id of the placeholder token that stands for one image feature (None if the config has none)."""
@@ -97,7 +100,14 @@ class VisionLanguageAdapter(LlamaStyleAdapter):
                 f"{self.name}: video inputs are not traced yet (frames share temporal positions and tokens); "
                 "give images (pixel_values) only"
             )
-        return dict(model_inputs)
+        completed = dict(model_inputs)
+        length = int(torch.as_tensor(input_ids).reshape(-1).shape[0])
+        for key in PER_TOKEN_INPUTS:  # a processor's per-token types cover the prompt: the generation is text (0)
+            types = completed.get(key)
+            if types is not None and torch.as_tensor(types).shape[-1] < length:
+                types = torch.as_tensor(types).reshape(1, -1)
+                completed[key] = torch.cat([types, types.new_zeros(1, length - types.shape[-1])], dim=-1)
+        return completed
 
     def replay_inputs(
         self, capture: Capture, model_inputs: Mapping[str, Any], length: int, batch: int

@@ -1,0 +1,134 @@
+"""A vision-language model end to end: an image in a chat message, read by the model's processor, traced, and
+its scores on the image. The processor is built offline from its parts (a PIL image processor and the built-in
+tokenizer with an ``<image>`` token added); the model is a tiny random LLaVA whose vocabulary is that tokenizer's.
+
+The engine's exactness against the float64 reference is in tests/architectures/test_vision.py (raw pixel inputs);
+here the point is the path a user takes: ``messages=`` with an image part gives the same scores as the raw
+``input_ids`` + ``model_inputs`` of the same tokens and pixels, and the image comes out as one source."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tiny_models import _COMMON, _QWEN_VISION, make_config
+from transformers import AutoConfig, AutoModelForImageTextToText, LlavaProcessor, Qwen2VLProcessor
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+import spantrace
+from spantrace import TraceResult
+
+# 56 × 56 pixels in 14-pixel patches: a 4 × 4 grid; LLaVA keeps 16 image tokens (the CLS feature dropped),
+# Qwen2.5-VL merges 2 × 2 patches into one token: 2 × 2 image tokens
+SIDE, PATCH = 56, 14
+GRIDS = {"llava": (4, 4), "qwen2_5_vl": (2, 2)}
+
+
+def template(marker: str) -> str:
+    """A Qwen-like chat template that writes ``marker`` for each image part."""
+    return (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
+        "{% else %}{% for p in m['content'] %}{% if p['type'] == 'image' %}" + marker +
+        "{% elif p['type'] == 'text' %}{{ p['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
+class ImagesOnlyQwen2VLProcessor(Qwen2VLProcessor):
+    """Qwen2-VL's processor without a video processor (that one needs torchvision, which is not installed)."""
+
+    def check_argument_for_proper_class(self, argument_name, argument):  # noqa: ANN001, ANN201
+        if argument_name == "video_processor" and argument is None:
+            return None
+        return super().check_argument_for_proper_class(argument_name, argument)
+
+
+@pytest.fixture(scope="module", params=sorted(GRIDS))
+def vlm(request, tokenizer) -> spantrace.Model:
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(scope="module")
+def qwen2_5_vl(tokenizer) -> spantrace.Model:
+    own = copy.deepcopy(tokenizer)
+    marks = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    own.add_special_tokens({"additional_special_tokens": marks})
+    images = Qwen2VLImageProcessorPil(min_pixels=SIDE * SIDE, max_pixels=SIDE * SIDE, patch_size=PATCH, merge_size=2)
+    processor = ImagesOnlyQwen2VLProcessor(image_processor=images, tokenizer=own,
+                                           chat_template=template("<|vision_start|><|image_pad|><|vision_end|>"))
+    text = dict(_COMMON, vocab_size=len(own),
+                rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2]})
+    text.pop("tie_word_embeddings")
+    text.pop("head_dim")
+    vision = dict(_QWEN_VISION, patch_size=PATCH, window_size=PATCH * 2, fullatt_block_indexes=[0])
+    start, end, image, video = own.convert_tokens_to_ids(marks)
+    config = AutoConfig.for_model("qwen2_5_vl", text_config=text, vision_config=vision, image_token_id=image,
+                                  video_token_id=video, vision_start_token_id=start, vision_end_token_id=end,
+                                  tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(config, attn_implementation="sdpa").eval()
+    return spantrace.load(model, tokenizer=own, processor=processor)
+
+
+@pytest.fixture(scope="module")
+def llava(tokenizer) -> spantrace.Model:
+    own = copy.deepcopy(tokenizer)
+    own.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    images = CLIPImageProcessorPil(size={"shortest_edge": SIDE}, crop_size={"height": SIDE, "width": SIDE})
+    processor = LlavaProcessor(image_processor=images, tokenizer=own, chat_template=template("<image>"),
+                               patch_size=PATCH,
+                               vision_feature_select_strategy="default", image_token="<image>",
+                               num_additional_image_tokens=1)
+    vision = dict(model_type="clip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                  num_attention_heads=2, image_size=SIDE, patch_size=PATCH)
+    config = AutoConfig.for_model(
+        "llava", text_config=make_config("llama", vocab_size=len(own)).to_dict(), vision_config=vision,
+        image_token_index=own.convert_tokens_to_ids("<image>"), tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(config, attn_implementation="sdpa").eval()
+    return spantrace.load(model, tokenizer=own, processor=processor)
+
+
+def picture() -> Image.Image:
+    pixels = np.random.default_rng(0).integers(0, 255, (SIDE, SIDE, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def test_an_image_in_a_message_is_traced_as_one_source(vlm: spantrace.Model, tmp_path) -> None:
+    messages = [{"role": "user", "content": [{"type": "image", "image": picture()},
+                                             {"type": "text", "text": "What colour is it?"}]}]
+    prepared = vlm.prepare(messages=messages, output="Grey, mostly.")
+    run = vlm.run(prepared=prepared)
+    result = run.trace("answer", hops=1)
+    images = result.by("image")
+    assert len(images) == 1
+    row = images[0]
+    start, end = row.tokens
+    rows, cols = GRIDS[vlm.adapter.name] if vlm.adapter.name in GRIDS else GRIDS[vlm.hf_model.config.model_type]
+    assert end - start == rows * cols
+    image_token = vlm.hf_model.config.image_token_id
+    assert all(result.token_ids[p] == image_token for p in range(start, end))
+    grid = result.image_map(0)
+    assert grid.shape == (rows, cols)
+    np.testing.assert_allclose(grid.ravel(), result.scores[start:end], rtol=0, atol=0)  # row-major
+    np.testing.assert_allclose(grid.sum(), row.score, rtol=1e-5)
+    assert np.abs(result.scores[start:end]).sum() > 0  # the image carries score: it is read, not masked
+    # the same tokens and pixels given raw give the same scores: the processor path adds nothing of its own
+    ids = prepared.ids + prepared.output_ids
+    raw = vlm.run(input_ids=ids, prompt_length=len(prepared.ids), model_inputs=prepared.model_inputs)
+    np.testing.assert_allclose(raw.trace((len(prepared.ids), len(ids)), hops=1).scores, result.scores,
+                               rtol=1e-6, atol=1e-9)
+    # without the pixels the image positions read other features: the scores differ (the pixels reach the model)
+    changed = dict(prepared.model_inputs, pixel_values=prepared.model_inputs["pixel_values"].flip(-1))
+    other = vlm.run(input_ids=ids, prompt_length=len(prepared.ids), model_inputs=changed)
+    assert not np.allclose(other.trace((len(prepared.ids), len(ids)), hops=1).scores, result.scores)
+    # the image layout round-trips through JSON
+    saved = tmp_path / "trace.json"
+    result.save(saved)
+    again = TraceResult.load(saved)
+    np.testing.assert_array_equal(again.image_map(0), grid)
