@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError, UnsupportedArchitectureError
+from ..text.tokens import runs
 from .llama import LlamaStyleAdapter
 from .registry import register_adapter
 
@@ -59,28 +60,7 @@ def image_blocks(input_ids: torch.Tensor | list[int], config: Any) -> list[tuple
     ids = input_ids.tolist() if isinstance(input_ids, torch.Tensor) else list(input_ids)
     if isinstance(ids, list) and ids and isinstance(ids[0], list):  # a batch of one
         ids = ids[0]
-    blocks: list[tuple[int, int]] = []
-    start = None
-    for position, value in enumerate([*ids, None]):
-        if value == token and token is not None:
-            start = position if start is None else start
-        elif start is not None:
-            blocks.append((start, position))
-            start = None
-    return blocks
-
-
-def _runs_of_ones(mask: torch.Tensor) -> list[tuple[int, int]]:
-    """``(start, end)`` of each maximal run of nonzero entries of a 1-D (or [1, N]) tensor."""
-    flags = [int(v) == 1 for v in mask.reshape(-1).tolist()]
-    runs, start = [], None
-    for position, flag in enumerate([*flags, False]):
-        if flag and start is None:
-            start = position
-        elif not flag and start is not None:
-            runs.append((start, position))
-            start = None
-    return runs
+    return runs(value == token for value in ids) if token is not None else []
 
 
 class VisionLanguageAdapter(LlamaStyleAdapter):
@@ -192,7 +172,7 @@ class Gemma3VisionAdapter(VisionLanguageAdapter):
     ) -> list[tuple[int, int]]:
         """The runs of ``token_type_ids == 1``: the blocks the model's mask makes bidirectional (none without)."""
         types = model_inputs.get("token_type_ids")
-        return _runs_of_ones(torch.as_tensor(types) == 1) if types is not None else []
+        return runs(int(v) == 1 for v in torch.as_tensor(types).reshape(-1).tolist()) if types is not None else []
 
     def replay_inputs(
         self, capture: Capture, model_inputs: Mapping[str, Any], length: int, batch: int

@@ -26,6 +26,7 @@ from typing import Any
 
 from ..errors import InputError
 from ..text.layout import PREVIEW_PREFIX, CharRange, ImageGrid, Segment
+from ..text.tokens import runs
 from .given import Message
 from .render import Rendered
 
@@ -53,13 +54,14 @@ def attach_images(
     full_ids = [int(i) for i in encoded["input_ids"][0].tolist()]
     model_inputs = {key: value for key, value in encoded.items() if key not in ("input_ids", "attention_mask")}
     text, full_offsets, move = _splice(processor.tokenizer, rendered.text, ids, offsets, full_ids)
-    runs = _image_runs(full_ids, _image_token_id(processor))
-    if len(runs) != len(images):
-        raise InputError(f"the processor wrote {len(runs)} runs of image tokens for {len(images)} images; "
+    image_token = _image_token_id(processor)
+    image_runs = runs(token == image_token for token in full_ids)
+    if len(image_runs) != len(images):
+        raise InputError(f"the processor wrote {len(image_runs)} runs of image tokens for {len(images)} images; "
                          "give each image its own image part")
     segments = [replace(s, chars=(move(s.chars[0]), move(s.chars[1]))) for s in rendered.segments]
     pictures = []
-    for k, ((start, end), (number, image)) in enumerate(zip(runs, images, strict=True)):
+    for k, ((start, end), (number, image)) in enumerate(zip(image_runs, images, strict=True)):
         grid = _grid(processor, encoded, k, end - start, image)
         chars = (full_offsets[start][0], full_offsets[end - 1][1])
         pictures.append(Segment("image", f"image {k} ({image.width}×{image.height})", chars, index=k,
@@ -119,19 +121,6 @@ def _image_token_id(processor: Any) -> int:
     if token_id is None:
         raise InputError("this processor names no image token, so spantrace cannot find the images' tokens")
     return int(token_id)
-
-
-def _image_runs(ids: list[int], token_id: int) -> list[tuple[int, int]]:
-    """``[start, end)`` of every run of ``token_id`` in ``ids``."""
-    runs: list[tuple[int, int]] = []
-    for position, token in enumerate(ids):
-        if token != token_id:
-            continue
-        if runs and runs[-1][1] == position:
-            runs[-1] = (runs[-1][0], position + 1)
-        else:
-            runs.append((position, position + 1))
-    return runs
 
 
 def _grid(processor: Any, encoded: Any, k: int, count: int, image: Any) -> ImageGrid:

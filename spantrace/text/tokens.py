@@ -1,10 +1,11 @@
-"""Token rules: which tokens are special (control tokens), which are stop tokens, and each token's text."""
+"""Token rules: which tokens are special (control tokens), which are stop tokens, each token's text, and runs of
+marked tokens (an image's placeholder tokens)."""
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 SPECIAL_TOKEN = re.compile(r"<\|[^|<>]*\|>|</?s>|<unk>|<pad>|<bos>|<eos>")
@@ -48,3 +49,17 @@ def token_strings(tokenizer: Any | None, ids: Sequence[int]) -> list[str]:
                     break
         index += 1
     return pieces
+
+
+def runs(flags: Iterable[bool]) -> list[tuple[int, int]]:
+    """``[start, end)`` of each maximal run of true ``flags``, in order (e.g. the tokens of each image: the runs of
+    its placeholder token)."""
+    found: list[tuple[int, int]] = []
+    start = None
+    for position, flag in enumerate([*flags, False]):
+        if flag and start is None:
+            start = position
+        elif not flag and start is not None:
+            found.append((start, position))
+            start = None
+    return found
