@@ -87,12 +87,14 @@ def check_weights(model: torch.nn.Module) -> None:
     Weights that accelerate offloaded (on ``meta`` until their layer runs) are not read here: reading them all
     would load the whole model at once; the capture's per-layer check sees a non-finite one when its layer runs.
     """
+    # A sum is non-finite when any term is (NaN or infinity), and costs no tensor of the weight's size, as
+    # isfinite would (a bool per weight); a sum that merely overflowed is told apart element by element.
     flags = [
-        (name, torch.isfinite(parameter).all())
+        (name, parameter, torch.isfinite(parameter.sum(dtype=torch.float32)))
         for name, parameter in model.named_parameters()
-        if parameter.device.type != "meta"
+        if parameter.device.type != "meta" and parameter.is_floating_point()
     ]
-    bad = [name for name, finite in flags if not bool(finite)]
+    bad = [name for name, parameter, finite in flags if not bool(finite) and not bool(torch.isfinite(parameter).all())]
     if bad:
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise NonFiniteError(
