@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_images_inputs import ImagesOnlyQwen2VLProcessor, template  # the offline processors' parts
 from tiny_models import _COMMON, _QWEN_VISION, make_config
-from transformers import AutoConfig, AutoModelForImageTextToText, LlavaProcessor, Qwen2VLProcessor
+from transformers import AutoConfig, AutoModelForImageTextToText, LlavaProcessor
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
@@ -26,25 +27,6 @@ from spantrace import TraceResult
 # Qwen2.5-VL merges 2 × 2 patches into one token: 2 × 2 image tokens
 SIDE, PATCH = 56, 14
 GRIDS = {"llava": (4, 4), "qwen2_5_vl": (2, 2)}
-
-
-def template(marker: str) -> str:
-    """A Qwen-like chat template that writes ``marker`` for each image part."""
-    return (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
-        "{% else %}{% for p in m['content'] %}{% if p['type'] == 'image' %}" + marker +
-        "{% elif p['type'] == 'text' %}{{ p['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-
-
-class ImagesOnlyQwen2VLProcessor(Qwen2VLProcessor):
-    """Qwen2-VL's processor without a video processor (that one needs torchvision, which is not installed)."""
-
-    def check_argument_for_proper_class(self, argument_name, argument):  # noqa: ANN001, ANN201
-        if argument_name == "video_processor" and argument is None:
-            return None
-        return super().check_argument_for_proper_class(argument_name, argument)
 
 
 @pytest.fixture(scope="module", params=sorted(GRIDS))

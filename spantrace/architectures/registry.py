@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..contract import ArchitectureAdapter
 from ..errors import RegistryError, UnsupportedArchitectureError
+from ..shadowing import ShadowingTable
 from .catalog import refusal_reason
 
 if TYPE_CHECKING:
@@ -21,8 +22,8 @@ AdapterFactory = Callable[["PreTrainedModel"], ArchitectureAdapter]
 
 # config.model_type -> adapter factory; the family files of this package fill it through ``register_adapter``
 # when ``spantrace.architectures`` is imported, and users add theirs the same way.
-_ADAPTERS: dict[str, AdapterFactory] = {}
-_SHADOWED: dict[str, list[AdapterFactory]] = {}  # model_type -> the factories replace=True put aside, oldest first
+_TABLE: ShadowingTable[AdapterFactory] = ShadowingTable()
+_ADAPTERS = _TABLE.entries  # model_type -> the factory in force
 # What the capture and the self-check call on every adapter (the rest depends on the model's layer kinds).
 ADAPTER_MEMBERS = ("name", "base_model", "num_layers", "layer", "mid_hook_module", "sandwich_norm")
 
@@ -40,25 +41,16 @@ def register_adapter(model_type: str, factory: AdapterFactory, *, replace: bool 
     if not callable(factory):
         raise RegistryError(f"register_adapter: the factory for {model_type!r} must be callable (model -> adapter)")
     previous = _ADAPTERS.get(model_type)
-    if previous is not None and previous is not factory:
-        if not replace:
-            raise RegistryError(
-                f"an adapter is already registered for {model_type!r} ({_describe(previous)}); "
-                "pass replace=True to override it"
-            )
-        _SHADOWED.setdefault(model_type, []).append(previous)
-    _ADAPTERS[model_type] = factory
+    clash = "" if previous is None else (  # what a second registration under model_type is told
+        f"an adapter is already registered for {model_type!r} ({_describe(previous)}); "
+        "pass replace=True to override it"
+    )
+    _TABLE.add(model_type, factory, replace=replace, clash=clash)
 
 
 def unregister_adapter(model_type: str) -> AdapterFactory:
     """Remove the factory registered for ``model_type`` and return it; the one it replaced is back."""
-    if model_type not in _ADAPTERS:
-        raise RegistryError(f"no adapter is registered for {model_type!r}")
-    removed = _ADAPTERS.pop(model_type)
-    shadowed = _SHADOWED.get(model_type)
-    if shadowed:
-        _ADAPTERS[model_type] = shadowed.pop()
-    return removed
+    return _TABLE.remove(model_type, missing=f"no adapter is registered for {model_type!r}")
 
 
 def _describe(factory: object) -> str:

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import RegistryError, SpanTraceError
+from ..shadowing import ShadowingTable
 from .base import AttributionMethod
 
-_METHODS: dict[str, type[AttributionMethod]] = {}
-_SHADOWED: dict[str, list[type[AttributionMethod]]] = {}  # name -> the classes replace=True put aside, oldest first
+_TABLE: ShadowingTable[type[AttributionMethod]] = ShadowingTable()
+_METHODS = _TABLE.entries  # name -> the class in force
 # What `--method NAME` and `eval --methods A,B` can carry: no comma, no whitespace, not empty.
 NAME_SYNTAX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 RESERVED_NAMES = ("all", "random")  # eval's --methods all, and the random baseline's rows
@@ -50,26 +51,18 @@ def register_method(method: type[AttributionMethod], *, replace: bool = False) -
             f"and - _ . + only (no comma or space), and not {' or '.join(RESERVED_NAMES)}"
         )
     previous = _METHODS.get(name)
-    if previous is not None and previous is not method:
-        if not replace:
-            raise RegistryError(
-                f"a method is already registered as {name!r} ({previous.__module__}.{previous.__qualname__}); "
-                "pass replace=True to override it, or choose another name"
-            )
-        _SHADOWED.setdefault(name, []).append(previous)
-    _METHODS[name] = method
+    clash = "" if previous is None else (  # what a second registration under name is told
+        f"a method is already registered as {name!r} ({previous.__module__}.{previous.__qualname__}); "
+        "pass replace=True to override it, or choose another name"
+    )
+    _TABLE.add(name, method, replace=replace, clash=clash)
     return method
 
 
 def unregister_method(name: str) -> type[AttributionMethod]:
     """Remove the method registered as ``name`` and return it; the one it replaced (``replace=True``) is back."""
-    if name not in _METHODS:
-        raise RegistryError(f"no method is registered as {name!r}; registered: {', '.join(sorted(_METHODS))}")
-    removed = _METHODS.pop(name)
-    shadowed = _SHADOWED.get(name)
-    if shadowed:
-        _METHODS[name] = shadowed.pop()
-    return removed
+    registered = ", ".join(sorted(_METHODS))
+    return _TABLE.remove(name, missing=f"no method is registered as {name!r}; registered: {registered}")
 
 
 def get_method(name: str, **options: Any) -> AttributionMethod:
