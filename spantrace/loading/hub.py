@@ -242,18 +242,38 @@ def check_gguf_header(path: Path) -> None:
         raise ModelLoadError(f"{path} is not a valid GGUF file: it ends inside its header (truncated).")
 
 
+def auto_class(source: str | Path, **options: Any) -> Any:
+    """The transformers auto class to build ``source``'s model with: ``AutoModelForCausalLM``, or, for an
+    image-text model that has no causal-LM class of its own (LLaVA, Qwen2.5-VL, Qwen3-VL),
+    ``AutoModelForImageTextToText``. A config that cannot be read leaves it to ``from_pretrained``'s own error."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+    )
+
+    try:
+        model_type = AutoConfig.from_pretrained(source, **options).model_type
+    except Exception:  # from_pretrained says what is wrong with the folder or the id
+        return AutoModelForCausalLM
+    image_text = model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+    return AutoModelForImageTextToText if image_text and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else (
+        AutoModelForCausalLM
+    )
+
+
 def load_folder(
     path: Path, dtype: torch.dtype, want_tokenizer: bool, dispatch: dict[str, Any] | None = None
 ) -> LoadedModel:
     """A model, and its tokenizer if the folder has one, from a folder saved with ``save_pretrained``."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     if not (path / "config.json").is_file():
         ggufs = sorted(child.name for child in path.glob("*.gguf"))
         hint = f" To load a GGUF file in it, pass its path, e.g. {path / ggufs[0]}." if ggufs else ""
         raise ModelLoadError(f"{path} is a folder without config.json, so not a model folder.{hint} {SOURCE_HELP}")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **(dispatch or {}))
+        model = auto_class(path).from_pretrained(path, dtype=dtype, **(dispatch or {}))
     except Exception as exc:
         raise ModelLoadError(f"Could not load the model in {path}: {type(exc).__name__}: {exc}") from exc
     found = optional(lambda: AutoTokenizer.from_pretrained(path), str(path), want_tokenizer)
@@ -285,11 +305,12 @@ def load_hub(
 ) -> LoadedModel:
     """A model, and its tokenizer if it has one, from the Hugging Face hub (or its local cache; only that when
     the hub cannot be reached)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     offline = not hub_reachable()
     try:
-        model = AutoModelForCausalLM.from_pretrained(repo_id, dtype=dtype, local_files_only=offline, **(dispatch or {}))
+        auto = auto_class(repo_id, local_files_only=offline)
+        model = auto.from_pretrained(repo_id, dtype=dtype, local_files_only=offline, **(dispatch or {}))
     except Exception as exc:
         if offline:
             raise ModelLoadError(
