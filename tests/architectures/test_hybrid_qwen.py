@@ -162,6 +162,10 @@ def test_image_text_wrappers_trace_their_text_stack(wrapper: str) -> None:
     assert model.self_check.max_relative_error <= 1e-5
     scores = model.run(input_ids=ids(), prompt_length=PROMPT_LENGTH).trace(span=SPAN, hops=1).scores
     assert np.isfinite(np.asarray(scores)).all() and np.asarray(scores)[:PROMPT_LENGTH].sum() > 0
+    # with images: refused in one line that says the type is traced on text only (not "a text-only model")
+    with pytest.raises(spantrace.InputError, match="on text only for now") as refused:
+        model.run(input_ids=ids(), prompt_length=PROMPT_LENGTH, model_inputs={"pixel_values": torch.zeros(4, 8)})
+    assert "\n" not in str(refused.value)
 
 
 @pytest.mark.parametrize("method", sorted(spantrace.available_methods()))
