@@ -167,3 +167,12 @@ def json_text(data: object) -> str:
     import json
 
     return json.dumps(data)
+
+
+@pytest.mark.parametrize("content", ["[" * 100_000 + "]" * 100_000, "[" + "9" * 5000 + "]", "\udcff"])
+def test_a_messages_file_that_json_cannot_read_is_one_line(tmp_path: Path, content: str) -> None:
+    """Nested thousands deep, an integer past Python's digit limit, bytes that are not UTF-8: one line, exit 2."""
+    path = tmp_path / "chat.json"
+    path.write_bytes(content.encode("utf-8", "surrogateescape"))
+    result = CliRunner().invoke(app, ["trace", "--messages", str(path)])
+    assert result.exit_code == 2 and "could not read" in result.output and "Traceback" not in result.output

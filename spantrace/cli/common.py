@@ -54,8 +54,9 @@ def json_option(path: Path, name: str) -> Any:
 
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        message = f"could not read {path} as JSON ({one_line(str(error))})"
+    except (OSError, ValueError, RecursionError) as error:  # ValueError: bad JSON, bad UTF-8, a huge integer
+        reason = "nested too deeply" if isinstance(error, RecursionError) else one_line(str(error))
+        message = f"could not read {path} as JSON ({reason})"
         raise typer.BadParameter(message, param_hint=f"'{name}'") from error
 
 
