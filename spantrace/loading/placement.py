@@ -58,9 +58,9 @@ def check_device_map(device_map: Any) -> str | int | dict[str, Any]:
     if isinstance(device_map, (int, torch.device)):
         return device_map
     if isinstance(device_map, str):
-        if device_map in STRATEGIES or device_map == "disk" or _is_device(device_map):
-            if device_map == "disk":
-                raise ModelLoadError("device_map 'disk' puts every layer on disk; map only some layers to 'disk'")
+        if device_map == "disk":
+            raise ModelLoadError("device_map 'disk' puts every layer on disk; map only some layers to 'disk'")
+        if device_map in STRATEGIES or _is_device(device_map):
             return device_map
         raise ModelLoadError(f"device_map {device_map!r} is not a device map; {DEVICE_MAP_HELP}")
     if isinstance(device_map, dict) and device_map:
@@ -106,15 +106,19 @@ def _is_device(text: str) -> bool:
     return True
 
 
+def _json_dict(text: str, option: str) -> Any:
+    """The JSON value of ``option``'s text (a dict, when it is well formed); one line when it is not JSON."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ModelLoadError(f"{option} is not valid JSON ({error.msg} at character {error.pos})") from error
+
+
 def parse_device_map(text: str) -> str | int | dict[str, Any]:
     """The command line's ``--device-map``: a strategy, a device, or a JSON dict; checked like the API's."""
     text = text.strip()
     if text.startswith("{"):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ModelLoadError(f"--device-map is not valid JSON ({error.msg} at character {error.pos})") from error
-        return check_device_map(value)
+        return check_device_map(_json_dict(text, "--device-map"))
     return check_device_map(int(text) if text.isdigit() else text)
 
 
@@ -122,11 +126,7 @@ def parse_max_memory(text: str) -> dict[Any, Any]:
     """The command line's ``--max-memory``: ``0=20GiB,cpu=60GiB`` or a JSON dict; checked like the API's."""
     text = text.strip()
     if text.startswith("{"):
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError as error:
-            raise ModelLoadError(f"--max-memory is not valid JSON ({error.msg} at character {error.pos})") from error
-        return check_max_memory(value)
+        return check_max_memory(_json_dict(text, "--max-memory"))
     pairs: dict[Any, Any] = {}
     for item in filter(None, (part.strip() for part in text.split(","))):
         device, separator, amount = item.partition("=")
