@@ -126,8 +126,8 @@ class Model:
                 model_inputs=model_inputs,
             )
         except NonFiniteLogitsError as error:  # one forward over what it read says which layer (or: the head)
-            if not model_inputs:  # the prompt's images are not the generated tokens': no second forward then
-                capture_residuals(self.adapter, torch.tensor(error.ids, dtype=torch.long))
+            extra = self._completed(error.ids, dict(model_inputs or {}))  # per-token inputs cover the new tokens
+            capture_residuals(self.adapter, torch.tensor(error.ids, dtype=torch.long), model_inputs=extra or None)
             raise NonFiniteError(f"{error} (the layers were finite: the output head's weights?)") from None
 
     def prepare(

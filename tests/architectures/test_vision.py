@@ -173,3 +173,19 @@ def test_generation_reads_the_images() -> None:
         blind = model(input_ids=prompt[None]).logits
     assert new[0] == int(logits[0, -1].argmax())
     assert int(blind[0, -1].argmax()) != new[0] or not torch.allclose(blind, logits)  # the image mattered
+
+
+def test_generation_that_goes_non_finite_with_images_names_the_layer() -> None:
+    """A NaN planted in layer 1 after loading: generation with the image stops with NonFiniteError naming layer 1,
+    found by one forward pass over what it read, the pixels included (not blamed on the output head)."""
+    from tiny_models import make_tiny_vlm, vision_inputs
+
+    model = make_tiny_vlm("qwen2_5_vl")
+    ids, prompt_length, model_inputs = vision_inputs("qwen2_5_vl", model)
+    loaded = st.Model(model, None)
+    with torch.no_grad():
+        loaded.adapter.layer(1).mlp.down_proj.weight[0, 0] = float("nan")
+    prompt = {**model_inputs, "mm_token_type_ids": model_inputs["mm_token_type_ids"][:, :prompt_length]}
+    with pytest.raises(st.NonFiniteError, match="layer 1") as error:
+        loaded.generate(ids[:prompt_length].tolist(), max_new_tokens=2, progress=False, model_inputs=prompt)
+    assert "output head" not in str(error.value) and "\n" not in str(error.value)
