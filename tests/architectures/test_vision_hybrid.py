@@ -231,16 +231,18 @@ def test_an_image_in_a_message_is_one_source_on_its_grid(tokenizer) -> None:
 
 
 def test_a_text_only_run_is_unchanged() -> None:
-    """On the wrapper, a text run takes the text stack alone (no positions kept): the same scores as the text-only
-    adapter's, bit for bit."""
-    model, ids, _, _, run = case("qwen3_5")
-    text = ids[ids != IMAGE_TOKEN][:14]
-    got = run.model.run(input_ids=text, prompt_length=8)
+    """On the wrapper, a text run of the image run's length, traced after it, takes the text stack alone (no
+    positions kept, no M-RoPE tables reused): the same scores as a fresh text-only adapter's, bit for bit."""
+    model, ids, prompt_length, _, run = case("qwen3_5")
+    span = (prompt_length, ids.shape[0])
+    run.trace(span, hops=1)  # the image run's tables are built first
+    text = torch.where(ids == IMAGE_TOKEN, torch.full_like(ids, 5), ids)
+    got = run.model.run(input_ids=text, prompt_length=prompt_length)
     assert got.capture.position_ids is None
     want = st.Model(model, None, check=False)
     want.adapter = hybrid.QwenHybridAdapter(model)
-    expected = want.run(input_ids=text, prompt_length=8)
-    np.testing.assert_array_equal(got.trace((9, 14), hops=1).scores, expected.trace((9, 14), hops=1).scores)
+    expected = want.run(input_ids=text, prompt_length=prompt_length)
+    np.testing.assert_array_equal(got.trace(span, hops=1).scores, expected.trace(span, hops=1).scores)
 
 
 def test_a_wrong_image_token_count_is_one_line() -> None:
@@ -272,7 +274,7 @@ def test_methods_rerun_the_model_as_it_read_the_image(arch: str) -> None:
     span = torch.arange(prompt_length, ids.shape[0])
     want = float(logits[span - 1, ids[span]].sum())
     result = integrated_gradients(run, span, torch.ones(span.shape[0]), steps=2)
-    assert abs(result.objective_input - want) < 1e-3 * max(1.0, abs(want))
+    assert abs(result.objective_input - want) < 1e-5 * max(1.0, abs(want))  # float32 rounding only
     assert abs(result.objective_baseline - want) > 1e-2  # the baseline differs: the check can fail
     (start, end), = image_blocks(ids, model.config)
     for method in ("occlusion", "grad-input"):
