@@ -228,6 +228,11 @@ def test_an_image_in_a_message_is_one_source_on_its_grid(tokenizer) -> None:
     raw = model.run(input_ids=ids, prompt_length=len(prepared.ids), model_inputs=prepared.model_inputs)
     np.testing.assert_allclose(raw.trace((len(prepared.ids), len(ids)), hops=1).scores, result.scores,
                                rtol=1e-6, atol=1e-9)
+    # generated with the image in (the model's own generation, then the capture over prompt and answer)
+    generated = model.run(messages=messages, max_new_tokens=3, progress=False)
+    assert generated.token_ids[: len(prepared.ids)] == prepared.ids and len(generated.token_ids) > len(prepared.ids)
+    (row,) = generated.trace("answer", hops=1).by("image")
+    assert np.isfinite(row.score)
 
 
 def test_a_text_only_run_is_unchanged() -> None:
