@@ -279,11 +279,6 @@ class Model:
         if not isinstance(model_inputs, Mapping) or not all(isinstance(k, str) for k in model_inputs):
             raise InputError("model_inputs must be a dict of names to tensors, e.g. {'pixel_values': tensor}")
         if model_inputs and getattr(self.adapter, "input_model", lambda: None)() is None:
-            if getattr(self.hf_model.config, "vision_config", None) is not None:  # a wrapper traced as text only
-                raise InputError(
-                    f"spantrace traces {self.adapter.name} on text only for now: images (model_inputs) are not "
-                    "supported on this type yet; leave them out (the types that take images: docs/vision-engine.md)"
-                )
             raise InputError(f"{self.adapter.name} takes no model_inputs (a text-only model); leave them out")
         return dict(model_inputs)
 

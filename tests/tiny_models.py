@@ -320,3 +320,48 @@ def vision_inputs(arch: str, model: PreTrainedModel, *, seed: int = 0, text: int
     dtype = next(model.parameters()).dtype
     model_inputs["pixel_values"] = model_inputs["pixel_values"].to(dtype)
     return ids, ids.shape[0] - answer, model_inputs
+
+
+# Qwen3.5 / Qwen3.5-MoE image-text wrappers: the hybrid text stack (three Gated DeltaNet layers, then gated full
+# attention with M-RoPE) behind a tiny Qwen3.5 vision tower; images as raw pixel inputs, as for Qwen2.5-VL
+HYBRID_VISION_ARCHITECTURES = ("qwen3_5", "qwen3_5_moe")
+_HYBRID_TEXT = dict(
+    vocab_size=97, hidden_size=48, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+    num_key_value_heads=2, head_dim=16, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=8,
+    linear_value_head_dim=12, linear_conv_kernel_dim=4, attention_bias=True, pad_token_id=0, bos_token_id=1,
+    eos_token_id=2, tie_word_embeddings=False,
+    # 12 of the 16 head channels rotate, 2 frequencies per M-RoPE axis: t, h and w all reach the attention
+    rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.75,
+                     "mrope_section": [2, 2, 2]},
+)
+_HYBRID_MOE = dict(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16)
+
+
+def make_hybrid_vision_config(arch: str):
+    """A tiny Qwen3.5 image-text config of ``arch`` (one of ``HYBRID_VISION_ARCHITECTURES``)."""
+    text = AutoConfig.for_model(f"{arch}_text", **_HYBRID_TEXT, **(_HYBRID_MOE if arch.endswith("moe") else {}))
+    vision = dict(_QWEN_VISION, depth=2, num_position_embeddings=16)
+    return AutoConfig.for_model(arch, text_config=text.to_dict(), vision_config=vision, image_token_id=IMAGE_TOKEN,
+                                video_token_id=VIDEO_TOKEN, vision_start_token_id=VISION_START,
+                                vision_end_token_id=VISION_END, tie_word_embeddings=False)
+
+
+@torch.no_grad()
+def make_tiny_hybrid_vlm(arch: str, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> PreTrainedModel:
+    """A tiny Qwen3.5 image-text model, every detail away from its initial value: norms and biases (text and
+    vision), decays spread over (0, 1) (``A_log``, ``dt_bias``), β, decay and attention-gate projections scaled up
+    (β and σ(gate) away from 1/2), the other text weights ×3."""
+    config = make_hybrid_vision_config(arch)
+    torch.manual_seed(seed)
+    model = AutoModelForImageTextToText.from_config(config, attn_implementation="sdpa")
+    generator = torch.Generator().manual_seed(seed + 1)
+    for name, parameter in model.named_parameters():
+        leaf = name.rsplit(".", 1)[-1]
+        noise = torch.randn(parameter.shape, generator=generator)
+        if leaf == "A_log":  # e^{A_log} in (0.02, 2.7): per-head decays from ~0.99 down to ~0.1
+            parameter.copy_(torch.rand(parameter.shape, generator=generator) * 4.5 - 4.0)
+        elif leaf in ("dt_bias", "bias") or "norm" in name:
+            parameter.add_(noise * 0.3)
+        elif parameter.dim() >= 2 and "visual" not in name:
+            parameter.mul_(6.0 if any(p in name for p in ("in_proj_b", "in_proj_a", "q_proj")) else 3.0)
+    return model.to(dtype).eval()

@@ -96,9 +96,9 @@ NOTES: dict[str, ArchitectureNote] = {
             "sigmoid output gate per sink and channel, zero-centred q/k norms, partial rotary",
         )
         for qwen, checkpoints in (
-            ("qwen3_5", "Qwen3.5 / Qwen3.6 dense (image-text wrapper; text prompts)"),
+            ("qwen3_5", "Qwen3.5 / Qwen3.6 dense (image-text wrapper; text and images)"),
             ("qwen3_5_text", "Qwen3.5 / Qwen3.6 dense 0.8B–27B, text-only loads"),
-            ("qwen3_5_moe", "Qwen3.5-35B-A3B, Qwen3.6 MoE (image-text wrapper; text prompts)"),
+            ("qwen3_5_moe", "Qwen3.5-35B-A3B, Qwen3.6 MoE (image-text wrapper; text and images)"),
             ("qwen3_5_moe_text", "Qwen3.5 / Qwen3.6 MoE, text-only loads"),
             ("qwen3_next", "Qwen3-Next-80B-A3B (Instruct, Thinking)"),
         )

@@ -1,6 +1,11 @@
 """Qwen3.5 / Qwen3.6 (dense and MoE) and Qwen3-Next: three Gated DeltaNet layers before every gated
 full-attention layer, both split exactly (``spantrace.layers.deltanet``, ``spantrace.layers.gated_attention``,
 docs/hybrids.md) and served as ``SplitLayer`` s.
+
+The Qwen3.5 image-text wrappers (``qwen3_5``, ``qwen3_5_moe`` with a vision tower) take images too
+(``QwenHybridVisionAdapter``): the capture runs the wrapper's base (vision tower, merger, text stack) and keeps the
+M-RoPE position ids its rotary module was called with, and the gated attention's rotary tables are rebuilt by that
+same module from those ids (docs/vision-engine.md). Text-only runs take the text path unchanged.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from ..layers.deltanet import GatedDeltaNetLayer
 from ..layers.gated_attention import GatedAttentionLayer, rotary_tables
 from ..layers.split import GatedAttentionSplit, SplitLayer, float32
 from .registry import register_adapter
+from .vision import QwenImageInputs
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -49,6 +55,7 @@ class QwenHybridAdapter:
         self._stack = text_stack(model)
         self._layers = self._stack.layers
         self._tables: dict[tuple[int, torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._tables_positions: torch.Tensor | None = None  # the position ids the kept tables were built from
         for index, layer in enumerate(self._layers):
             if self.layer_kind(index) == "gated deltanet":
                 continue
@@ -87,17 +94,53 @@ class QwenHybridAdapter:
             return SplitLayer(
                 index, "gated deltanet", split, split.token_values, x_in32, x_mid32
             )
-        cos, sin = self._rotary(x_in.to(device=parameter.device, dtype=parameter.dtype))
+        like = x_in.to(device=parameter.device, dtype=parameter.dtype)
+        cos, sin = self._rotary(like, capture.position_ids)
         attention = GatedAttentionLayer(layer, x_in, cos, sin)
         return GatedAttentionSplit(index, "gated attention", attention, attention.token_values, x_in32, x_mid32)
 
-    def _rotary(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (like.shape[0], like.device, like.dtype)
-        if key not in self._tables:
+    def _rotary(
+        self, like: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin for the tokens of ``like``: text positions 0…N−1, or the position ids a run with images used
+        (M-RoPE's [3, 1, N], kept by the capture), which the model's own rotary module turns into its tables."""
+        length = like.shape[0]
+        key = (length, like.device, like.dtype)
+        if key not in self._tables or self._tables_positions is not positions:  # another run's ids: rebuild
             self._tables.clear()
-            self._tables[key] = rotary_tables(self._stack.rotary_emb, like, like.shape[0])
+            self._tables_positions = positions  # held, so the identity check cannot meet a recycled tensor
+            if positions is None:
+                self._tables[key] = rotary_tables(self._stack.rotary_emb, like, length)
+            else:
+                dummy = like.new_zeros(1, length, like.shape[-1])
+                self._tables[key] = self._stack.rotary_emb(dummy, positions[..., :length].to(like.device))
         return self._tables[key]
 
 
+class QwenHybridVisionAdapter(QwenImageInputs, QwenHybridAdapter):
+    """A Qwen3.5 image-text wrapper with its vision tower: the hybrid text stack, and Qwen's image path (model
+    inputs checked and completed, M-RoPE ids kept and replayed, the self-check's synthetic image). The vision tower
+    has no deepstack: the image features enter only as input embeddings, so a forward from them repeats the run."""
+
+    def input_model(self) -> nn.Module:
+        """The wrapper's base (vision tower, merger, text stack; no LM head): what a capture with images runs."""
+        return self.model.model
+
+    def position_module(self) -> nn.Module:
+        """The text rotary module, whose second argument is the position ids the model used (M-RoPE's [3, 1, N])."""
+        return self._stack.rotary_emb
+
+
+def hybrid_adapter(model: PreTrainedModel) -> QwenHybridAdapter:
+    """The adapter of a ``qwen3_5`` / ``qwen3_5_moe`` load: with images when the model holds a vision tower (the
+    image-text wrapper as released), the text path only otherwise."""
+    base = getattr(model, "model", None)
+    if getattr(base, "visual", None) is not None and hasattr(base, "language_model"):
+        return QwenHybridVisionAdapter(model)
+    return QwenHybridAdapter(model)
+
+
+# the image-text wrappers' types may hold a vision tower; the text-only types never do
+IMAGE_TEXT_TYPES = frozenset({"qwen3_5", "qwen3_5_moe"})
 for _model_type in sorted(HYBRID_TYPES):
-    register_adapter(_model_type, QwenHybridAdapter)
+    register_adapter(_model_type, hybrid_adapter if _model_type in IMAGE_TEXT_TYPES else QwenHybridAdapter)

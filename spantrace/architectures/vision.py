@@ -63,15 +63,12 @@ def image_blocks(input_ids: torch.Tensor | list[int], config: Any) -> list[tuple
     return runs(value == token for value in ids) if token is not None else []
 
 
-class VisionLanguageAdapter(LlamaStyleAdapter):
-    """The text stack of an image-text wrapper, with the image path: model inputs, positions, self-check image."""
+class ImageInputs:
+    """The image path every image-text adapter shares (a mixin over an adapter with ``model`` and ``name``): model
+    inputs checked and completed, and what a forward from input embeddings needs to repeat the capture."""
 
-    def __init__(self, model: PreTrainedModel) -> None:
-        super().__init__(model)
-        if self._outer is None:
-            raise UnsupportedArchitectureError(
-                f"{self.name}: expected an image-text wrapper (model.model.language_model) but found a text stack only"
-            )
+    model: PreTrainedModel
+    name: str
 
     def complete_model_inputs(self, input_ids: torch.Tensor, model_inputs: Mapping[str, Any]) -> dict[str, Any]:
         """``model_inputs`` checked, with what a processor adds and the forward needs filled in when missing."""
@@ -105,8 +102,20 @@ class VisionLanguageAdapter(LlamaStyleAdapter):
             )
 
 
-class QwenVisionAdapter(VisionLanguageAdapter):
-    """Qwen2.5-VL and Qwen3-VL (dense and MoE): M-RoPE positions, merged patch features per image."""
+class VisionLanguageAdapter(ImageInputs, LlamaStyleAdapter):
+    """The text stack of an image-text wrapper, with the image path: model inputs, positions, self-check image."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__(model)
+        if self._outer is None:
+            raise UnsupportedArchitectureError(
+                f"{self.name}: expected an image-text wrapper (model.model.language_model) but found a text stack only"
+            )
+
+
+class QwenImageInputs(ImageInputs):
+    """Qwen's image path (Qwen2.5-VL, Qwen3-VL, and the Qwen3.5 hybrids' wrappers in ``qwen_hybrid``): merged patch
+    features per image, ``mm_token_type_ids`` for M-RoPE, the captured position ids replayed."""
 
     def complete_model_inputs(self, input_ids: torch.Tensor, model_inputs: Mapping[str, Any]) -> dict[str, Any]:
         completed = super().complete_model_inputs(input_ids, model_inputs)
@@ -144,6 +153,10 @@ class QwenVisionAdapter(VisionLanguageAdapter):
         ids = torch.cat([input_ids[:middle], torch.tensor(image), input_ids[middle:]])
         ids = _avoid_tokens(ids, image, keep=range(middle, middle + len(image)))
         return ids, self.complete_model_inputs(ids, {"pixel_values": pixels, "image_grid_thw": grid})
+
+
+class QwenVisionAdapter(QwenImageInputs, VisionLanguageAdapter):
+    """Qwen2.5-VL and Qwen3-VL (dense and MoE): M-RoPE positions, merged patch features per image."""
 
 
 class Qwen3VisionAdapter(QwenVisionAdapter):
@@ -235,9 +248,10 @@ def _avoid_tokens(ids: torch.Tensor, special: list[int], keep: range) -> torch.T
     """``ids`` with the image's special tokens replaced outside ``keep`` (a random text token that happened to be
     one would be read as an extra image token)."""
     ids = ids.clone()
+    filler = next(t for t in range(3, 4 + len(special)) if t not in special)  # past pad/BOS/EOS, none of them
     for position in range(ids.shape[0]):
         if position not in keep and int(ids[position]) in special:
-            ids[position] = 3
+            ids[position] = filler
     return ids
 
 

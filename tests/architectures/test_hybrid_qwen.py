@@ -149,7 +149,8 @@ def test_attention_baselines_skip_the_deltanet_layers() -> None:
 
 @pytest.mark.parametrize("wrapper", ["qwen3_5", "qwen3_5_moe"])
 def test_image_text_wrappers_trace_their_text_stack(wrapper: str) -> None:
-    """Qwen3.5 as released is an image-text wrapper: it loads, self-checks and traces text prompts."""
+    """Qwen3.5 as released is an image-text wrapper: it loads, self-checks and traces text prompts (with images:
+    tests/architectures/test_vision_hybrid.py)."""
     from test_deltanet import _COMMON, _MOE, randomise
     from transformers import AutoConfig, AutoModelForImageTextToText
 
@@ -162,8 +163,9 @@ def test_image_text_wrappers_trace_their_text_stack(wrapper: str) -> None:
     assert model.self_check.max_relative_error <= 1e-5
     scores = model.run(input_ids=ids(), prompt_length=PROMPT_LENGTH).trace(span=SPAN, hops=1).scores
     assert np.isfinite(np.asarray(scores)).all() and np.asarray(scores)[:PROMPT_LENGTH].sum() > 0
-    # with images: refused in one line that says the type is traced on text only (not "a text-only model")
-    with pytest.raises(spantrace.InputError, match="on text only for now") as refused:
+    # it takes images (its vision tower found): pixels without their grid are refused in one line
+    assert isinstance(model.adapter, hybrid.QwenHybridVisionAdapter)
+    with pytest.raises(spantrace.InputError, match="image_grid_thw") as refused:
         model.run(input_ids=ids(), prompt_length=PROMPT_LENGTH, model_inputs={"pixel_values": torch.zeros(4, 8)})
     assert "\n" not in str(refused.value)
 
