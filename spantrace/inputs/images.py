@@ -115,6 +115,12 @@ def _splice(
 
 
 def _image_token_id(processor: Any) -> int:
+    """The token the processor repeats for each image feature. ``image_token_ids`` names it where it is not the
+    marker the template writes (Gemma 3: ``image_token_id`` is ``<start_of_image>``, the features are
+    ``<image_soft_token>``); a list of several (row breaks, …) leaves it to ``image_token_id``."""
+    named = getattr(processor, "image_token_ids", None)
+    if isinstance(named, (list, tuple)) and len(named) == 1 and isinstance(named[0], int):
+        return int(named[0])
     token_id = getattr(processor, "image_token_id", None)
     if token_id is None and getattr(processor, "image_token", None) is not None:
         token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)
