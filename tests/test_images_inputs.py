@@ -57,11 +57,12 @@ def qwen3_vl_processor(tokenizer) -> Qwen3VLProcessor:
 def gemma3_processor(tokenizer, folder) -> Gemma3Processor:
     """Gemma 3's processor built offline: its PIL image processor (56 × 56), the built-in tokenizer with Gemma's
     three image tokens added and named (``boi_token``, ``image_token``, ``eoi_token``, as Gemma's tokenizer
-    config names them: saved and read back, the public way to name them), 4 image tokens per image."""
+    config names them: saved and read back, the public way to name them), 4 image tokens per image. Like
+    Gemma's, the tokenizer adds BOS and the template writes it (the built-in's BOS, ``<|im_start|>``, opens it)."""
     own = copy.deepcopy(tokenizer)
     own.add_special_tokens({"additional_special_tokens": list(GEMMA_MARKS.values())})
     own.save_pretrained(folder)
-    own = type(own).from_pretrained(folder, extra_special_tokens=GEMMA_MARKS)
+    own = type(own).from_pretrained(folder, extra_special_tokens=GEMMA_MARKS, add_bos_token=True)
     images = Gemma3ImageProcessorPil(size={"height": SIDE, "width": SIDE})
     return Gemma3Processor(image_processor=images, tokenizer=own, chat_template=template("<start_of_image>"),
                            image_seq_length=4)
@@ -201,9 +202,10 @@ def test_gemma3_image_is_its_soft_tokens_not_its_start_marker(gemma) -> None:
     content = [{"type": "image", "image": picture(90, 60)}, {"type": "text", "text": "What?"}]
     prepared = prepare(gemma.tokenizer, messages=[{"role": "user", "content": content}], output="Noise.",
                        processor=gemma)
-    assert prepared.ids == gemma(text=[gemma.apply_chat_template([{"role": "user", "content": [
-        {"type": "image"}, {"type": "text", "text": "What?"}]}], add_generation_prompt=True, tokenize=False)],
-        images=[picture(90, 60)])["input_ids"][0]
+    # the ids the processor's own apply_chat_template gives: one BOS (the template wrote it, the tokenizer adds none)
+    assert prepared.ids == gemma.apply_chat_template([{"role": "user", "content": content}], tokenize=True,
+                                                     add_generation_prompt=True, return_dict=True)["input_ids"][0]
+    assert prepared.ids[:2] == [gemma.tokenizer.bos_token_id, gemma.tokenizer.convert_tokens_to_ids("user")]
     [image] = [s for s in prepared.context.segments if s.kind == "image"]
     grid = image.image
     assert (grid.rows, grid.cols, grid.size, grid.input_size, grid.cell) == (2, 2, (90, 60), (SIDE, SIDE), (28, 28))
@@ -235,3 +237,25 @@ def test_images_only_processor_saves_and_loads_without_a_video_processor(tokeniz
     assert images_only(Qwen3VLProcessor) is type(processor)  # one class per processor class
     assert images_only(LlavaProcessor) is LlavaProcessor  # nothing to leave out
     assert load_processor(tmp_path / "nothing-here", "qwen3_vl") is None
+
+
+def test_bos_is_added_once_as_the_processors_own_chat_template_adds_it(tokenizer, tmp_path: Path) -> None:
+    # a LLaVA-1.5-like template that writes no BOS, and a tokenizer that adds one: the processor adds it
+    own = copy.deepcopy(tokenizer)
+    own.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    own.save_pretrained(tmp_path)
+    own = type(own).from_pretrained(tmp_path, add_bos_token=True)
+    plain = ("{% for m in messages %}{{ m['role'].upper() }}: {% if m['content'] is string %}{{ m['content'] }}"
+             "{% else %}{% for p in m['content'] %}{% if p['type'] == 'image' %}<image>\n{% elif p['type'] == 'text' %}"
+             "{{ p['text'] }}{% endif %}{% endfor %}{% endif %}\n{% endfor %}{% if add_generation_prompt %}ASSISTANT:"
+             "{% endif %}")
+    images = CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
+    processor = LlavaProcessor(image_processor=images, tokenizer=own, chat_template=plain, patch_size=14,
+                               vision_feature_select_strategy="default", image_token="<image>",
+                               num_additional_image_tokens=1)
+    content = [{"type": "image", "image": picture(56, 56)}, {"type": "text", "text": "What?"}]
+    prepared = prepare(own, messages=[{"role": "user", "content": content}], output="Noise.", processor=processor)
+    assert prepared.ids == processor.apply_chat_template([{"role": "user", "content": content}], tokenize=True,
+                                                         add_generation_prompt=True, return_dict=True)["input_ids"][0]
+    assert prepared.ids.count(own.bos_token_id) == 1 and prepared.ids[0] == own.bos_token_id
+    assert prepared.context.text.startswith(own.bos_token + "USER: <image>")  # the BOS has its own characters

@@ -47,8 +47,12 @@ def attach_images(
 ) -> tuple[Rendered, list[int], list[CharRange], dict[str, Any]]:
     """``rendered`` (tokenised as ``ids`` with ``offsets``) with its images: the processor's token ids, the text
     the model reads with each token's range in it, image segments added, and the processor's ``model_inputs``."""
+    # the processor's own apply_chat_template's rule: a text the template opened with BOS gets no second one
+    bos = getattr(processor.tokenizer, "bos_token", None)
+    options = {"add_special_tokens": False} if bos and rendered.text.startswith(str(bos)) else {}
     try:
-        encoded = processor(text=[rendered.text], images=[image for _, image in images], return_tensors="pt")
+        encoded = processor(text=[rendered.text], images=[image for _, image in images], return_tensors="pt",
+                            **options)
     except Exception as error:  # the processor's own complaint, whatever its type
         raise InputError(f"the processor could not take these images: {' '.join(str(error).split())}"[:300]) from error
     full_ids = [int(i) for i in encoded["input_ids"][0].tolist()]
