@@ -18,18 +18,18 @@ import torch
 from PIL import Image
 from test_images_inputs import (  # the offline processors' parts
     QWEN_MARKS,
-    ImagesOnlyQwen2VLProcessor,
     gemma3_processor,
     qwen3_vl_processor,
     template,
 )
 from tiny_models import _COMMON, _QWEN_VISION, make_config
-from transformers import AutoConfig, AutoModelForImageTextToText, LlavaProcessor
+from transformers import AutoConfig, AutoModelForImageTextToText, LlavaProcessor, Qwen2_5_VLProcessor
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 import spantrace
 from spantrace import TraceResult
+from spantrace.loading.processor import images_only
 
 # 56 × 56 pixels in 14-pixel patches: a 4 × 4 grid; LLaVA keeps 16 image tokens (the CLS feature dropped),
 # Qwen2.5-VL merges 2 × 2 patches into one token: 2 × 2 image tokens. Qwen3-VL's 16-pixel patches: the picture
@@ -50,8 +50,8 @@ def qwen2_5_vl(tokenizer) -> spantrace.Model:
     marks = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
     own.add_special_tokens({"additional_special_tokens": marks})
     images = Qwen2VLImageProcessorPil(min_pixels=SIDE * SIDE, max_pixels=SIDE * SIDE, patch_size=PATCH, merge_size=2)
-    processor = ImagesOnlyQwen2VLProcessor(image_processor=images, tokenizer=own,
-                                           chat_template=template("<|vision_start|><|image_pad|><|vision_end|>"))
+    processor = images_only(Qwen2_5_VLProcessor)(image_processor=images, tokenizer=own,
+                                                 chat_template=template("<|vision_start|><|image_pad|><|vision_end|>"))
     text = dict(_COMMON, vocab_size=len(own),
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2]})
     text.pop("tie_word_embeddings")
@@ -193,9 +193,8 @@ def test_a_saved_vlm_folder_traces_an_image_from_the_command_line(llava: spantra
     assert json.loads(out.read_text())["layout"]["segments"]  # the image's segment is in the file
 
 
-@pytest.mark.parametrize("name", ["qwen3_vl", "gemma3"])
-def test_a_saved_qwen3_vl_or_gemma3_folder_traces_an_image_from_the_command_line(request, name: str,
-                                                                                  tmp_path) -> None:
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "qwen3_vl", "gemma3"])
+def test_a_saved_qwen_or_gemma3_folder_traces_an_image_from_the_command_line(request, name: str, tmp_path) -> None:
     from typer.testing import CliRunner
 
     from spantrace.cli import app
@@ -203,7 +202,7 @@ def test_a_saved_qwen3_vl_or_gemma3_folder_traces_an_image_from_the_command_line
     vlm = request.getfixturevalue(name)
     folder = tmp_path / f"tiny-{name}"
     vlm.hf_model.save_pretrained(folder)
-    vlm.processor.save_pretrained(folder)  # Qwen3-VL's without a video processor: load() must still find it
+    vlm.processor.save_pretrained(folder)  # Qwen's without a video processor: load() must still find it
     picture().save(tmp_path / "pic.png")
     out = tmp_path / "trace.json"
     result = CliRunner().invoke(app, ["trace", "--model", str(folder), "--image", str(tmp_path / "pic.png"),
