@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 VIDEO_PART = "video_processor"  # the processor's attribute that transformers builds with torchvision
 
 
-@cache  # one subclass per processor class: the same class each time, so isinstance and pickling hold
+@cache  # one subclass per processor class: the same class each time, so isinstance and equality of types hold
 def images_only(processor_class: type) -> type:
     """``processor_class`` (a transformers ``ProcessorMixin`` subclass) without its video processor.
 
