@@ -10,13 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from transformers import LlavaProcessor, Qwen2VLProcessor
+from transformers import Gemma3Processor, LlavaProcessor, Qwen2VLProcessor, Qwen3VLProcessor
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from spantrace import TraceResult
 from spantrace.errors import InputError
 from spantrace.inputs import complete_layout, prepare
+from spantrace.loading.processor import images_only
+
+SIDE = 56  # pixels: the square side the Qwen3-VL and Gemma 3 processors below resize to (Qwen3-VL: to 64)
+QWEN_MARKS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+GEMMA_MARKS = {"boi_token": "<start_of_image>", "image_token": "<image_soft_token>", "eoi_token": "<end_of_image>"}
 
 
 def template(marker: str) -> str:
@@ -36,6 +42,30 @@ class ImagesOnlyQwen2VLProcessor(Qwen2VLProcessor):
         if argument_name == "video_processor" and argument is None:
             return None
         return super().check_argument_for_proper_class(argument_name, argument)
+
+
+def qwen3_vl_processor(tokenizer) -> Qwen3VLProcessor:
+    """Qwen3-VL's processor built offline: the PIL image processor (16-pixel patches, 2 × 2 merged), the built-in
+    tokenizer with Qwen's vision marks added, no video processor (``images_only``: that one needs torchvision)."""
+    own = copy.deepcopy(tokenizer)
+    own.add_special_tokens({"additional_special_tokens": QWEN_MARKS})
+    images = Qwen2VLImageProcessorPil(min_pixels=SIDE * SIDE, max_pixels=64 * 64, patch_size=16, merge_size=2)
+    return images_only(Qwen3VLProcessor)(image_processor=images, tokenizer=own,
+                                         chat_template=template("<|vision_start|><|image_pad|><|vision_end|>"))
+
+
+def gemma3_processor(tokenizer, folder) -> Gemma3Processor:
+    """Gemma 3's processor built offline: its PIL image processor (56 × 56), the built-in tokenizer with Gemma's
+    three image tokens added and named (``boi_token``, ``image_token``, ``eoi_token``, as Gemma's tokenizer
+    config names them: saved and read back, the public way to name them), 4 image tokens per image. Like
+    Gemma's, the tokenizer adds BOS and the template writes it (the built-in's BOS, ``<|im_start|>``, opens it)."""
+    own = copy.deepcopy(tokenizer)
+    own.add_special_tokens({"additional_special_tokens": list(GEMMA_MARKS.values())})
+    own.save_pretrained(folder)
+    own = type(own).from_pretrained(folder, extra_special_tokens=GEMMA_MARKS, add_bos_token=True)
+    images = Gemma3ImageProcessorPil(size={"height": SIDE, "width": SIDE})
+    return Gemma3Processor(image_processor=images, tokenizer=own, chat_template=template("<start_of_image>"),
+                           image_seq_length=4)
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +190,72 @@ def test_load_takes_a_processor_and_run_hands_its_images_on(llava) -> None:
     assert set(prepared.model_inputs) == {"pixel_values"}
     with pytest.raises(InputError, match="takes no model_inputs"):
         model.run(prepared=prepared)
+
+
+@pytest.fixture(scope="module")
+def gemma(tokenizer, tmp_path_factory):
+    return gemma3_processor(tokenizer, tmp_path_factory.mktemp("gemma3-tokenizer"))
+
+
+def test_gemma3_image_is_its_soft_tokens_not_its_start_marker(gemma) -> None:
+    # Gemma 3's processor names <start_of_image> as its image_token_id; the features sit on <image_soft_token>
+    content = [{"type": "image", "image": picture(90, 60)}, {"type": "text", "text": "What?"}]
+    prepared = prepare(gemma.tokenizer, messages=[{"role": "user", "content": content}], output="Noise.",
+                       processor=gemma)
+    # the ids the processor's own apply_chat_template gives: one BOS (the template wrote it, the tokenizer adds none)
+    assert prepared.ids == gemma.apply_chat_template([{"role": "user", "content": content}], tokenize=True,
+                                                     add_generation_prompt=True, return_dict=True)["input_ids"][0]
+    assert prepared.ids[:2] == [gemma.tokenizer.bos_token_id, gemma.tokenizer.convert_tokens_to_ids("user")]
+    [image] = [s for s in prepared.context.segments if s.kind == "image"]
+    grid = image.image
+    assert (grid.rows, grid.cols, grid.size, grid.input_size, grid.cell) == (2, 2, (90, 60), (SIDE, SIDE), (28, 28))
+    result = traced(gemma, prepared)
+    start, end = result.layout.of_kind("image")[0].tokens
+    tokens = gemma.tokenizer
+    assert prepared.ids[start:end] == [tokens.image_token_id] * 4
+    assert (prepared.ids[start - 1], prepared.ids[end]) == (tokens.boi_token_id, tokens.eoi_token_id)
+    assert result.template_mask[start - 1] and result.template_mask[end]  # the markers are template
+    assert "\n\n<start_of_image>" in result.layout.text  # the processor's blank lines around the image kept
+    assert "<end_of_image>\n\n" in result.layout.text
+    assert set(prepared.model_inputs) == {"pixel_values", "token_type_ids"}  # token_type_ids: the two-way block
+    assert prepared.model_inputs["token_type_ids"][0, start:end].all()
+
+
+def test_images_only_processor_saves_and_loads_without_a_video_processor(tokenizer, tmp_path: Path) -> None:
+    from spantrace.loading.processor import load_processor
+
+    processor = qwen3_vl_processor(tokenizer)
+    assert type(processor).__name__ == "Qwen3VLProcessor" and not hasattr(processor, "video_processor")
+    processor.save_pretrained(tmp_path)  # Qwen3VLProcessor's own files, no video part
+    (tmp_path / "config.json").write_text('{"model_type": "qwen3_vl"}')
+    found = load_processor(tmp_path, "qwen3_vl")  # AutoProcessor cannot: it wants the video processor
+    assert isinstance(found, Qwen3VLProcessor)
+    assert found.image_processor.patch_size == 16 and found.chat_template == processor.chat_template
+    content = [{"type": "image", "image": picture(56, 56)}, {"type": "text", "text": "What?"}]
+    prepared = prepare(found.tokenizer, messages=[{"role": "user", "content": content}], processor=found)
+    assert prepared.model_inputs["image_grid_thw"].tolist() == [[1, 4, 4]]
+    assert images_only(Qwen3VLProcessor) is type(processor)  # one class per processor class
+    assert images_only(LlavaProcessor) is LlavaProcessor  # nothing to leave out
+    assert load_processor(tmp_path / "nothing-here", "qwen3_vl") is None
+
+
+def test_bos_is_added_once_as_the_processors_own_chat_template_adds_it(tokenizer, tmp_path: Path) -> None:
+    # a LLaVA-1.5-like template that writes no BOS, and a tokenizer that adds one: the processor adds it
+    own = copy.deepcopy(tokenizer)
+    own.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    own.save_pretrained(tmp_path)
+    own = type(own).from_pretrained(tmp_path, add_bos_token=True)
+    plain = ("{% for m in messages %}{{ m['role'].upper() }}: {% if m['content'] is string %}{{ m['content'] }}"
+             "{% else %}{% for p in m['content'] %}{% if p['type'] == 'image' %}<image>\n{% elif p['type'] == 'text' %}"
+             "{{ p['text'] }}{% endif %}{% endfor %}{% endif %}\n{% endfor %}{% if add_generation_prompt %}ASSISTANT:"
+             "{% endif %}")
+    images = CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})
+    processor = LlavaProcessor(image_processor=images, tokenizer=own, chat_template=plain, patch_size=14,
+                               vision_feature_select_strategy="default", image_token="<image>",
+                               num_additional_image_tokens=1)
+    content = [{"type": "image", "image": picture(56, 56)}, {"type": "text", "text": "What?"}]
+    prepared = prepare(own, messages=[{"role": "user", "content": content}], output="Noise.", processor=processor)
+    assert prepared.ids == processor.apply_chat_template([{"role": "user", "content": content}], tokenize=True,
+                                                         add_generation_prompt=True, return_dict=True)["input_ids"][0]
+    assert prepared.ids.count(own.bos_token_id) == 1 and prepared.ids[0] == own.bos_token_id
+    assert prepared.context.text.startswith(own.bos_token + "USER: <image>")  # the BOS has its own characters

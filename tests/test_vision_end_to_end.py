@@ -1,10 +1,12 @@
 """A vision-language model end to end: an image in a chat message, read by the model's processor, traced, and
-its scores on the image. The processor is built offline from its parts (a PIL image processor and the built-in
-tokenizer with an ``<image>`` token added); the model is a tiny random LLaVA whose vocabulary is that tokenizer's.
+its scores on the image, for LLaVA, Qwen2.5-VL, Qwen3-VL and Gemma 3. Each processor is built offline from its
+parts (a PIL image processor and the built-in tokenizer with the model's image tokens added; Qwen's without a
+video processor, which needs torchvision); each model is tiny and random, its vocabulary that tokenizer's.
 
 The engine's exactness against the float64 reference is in tests/architectures/test_vision.py (raw pixel inputs);
 here the point is the path a user takes: ``messages=`` with an image part gives the same scores as the raw
-``input_ids`` + ``model_inputs`` of the same tokens and pixels, and the image comes out as one source."""
+``input_ids`` + ``model_inputs`` of the same tokens and pixels, and the image comes out as one source; a folder
+with the model and its processor saved traces the same from the command line (``--image``, ``--messages``)."""
 
 from __future__ import annotations
 
@@ -14,19 +16,27 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_images_inputs import ImagesOnlyQwen2VLProcessor, template  # the offline processors' parts
+from test_images_inputs import (  # the offline processors' parts
+    QWEN_MARKS,
+    gemma3_processor,
+    qwen3_vl_processor,
+    template,
+)
 from tiny_models import _COMMON, _QWEN_VISION, make_config
-from transformers import AutoConfig, AutoModelForImageTextToText, LlavaProcessor
+from transformers import AutoConfig, AutoModelForImageTextToText, LlavaProcessor, Qwen2_5_VLProcessor
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 import spantrace
 from spantrace import TraceResult
+from spantrace.loading.processor import images_only
 
 # 56 × 56 pixels in 14-pixel patches: a 4 × 4 grid; LLaVA keeps 16 image tokens (the CLS feature dropped),
-# Qwen2.5-VL merges 2 × 2 patches into one token: 2 × 2 image tokens
+# Qwen2.5-VL merges 2 × 2 patches into one token: 2 × 2 image tokens. Qwen3-VL's 16-pixel patches: the picture
+# resized to 64 × 64 (a multiple of 16 × 2), 4 × 4 patches, 2 × 2 tokens. Gemma 3 pools its 4 × 4 patches into
+# mm_tokens_per_image = 4 tokens: 2 × 2
 SIDE, PATCH = 56, 14
-GRIDS = {"llava": (4, 4), "qwen2_5_vl": (2, 2)}
+GRIDS = {"llava": (4, 4), "qwen2_5_vl": (2, 2), "qwen3_vl": (2, 2), "gemma3": (2, 2)}
 
 
 @pytest.fixture(scope="module", params=sorted(GRIDS))
@@ -40,8 +50,8 @@ def qwen2_5_vl(tokenizer) -> spantrace.Model:
     marks = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
     own.add_special_tokens({"additional_special_tokens": marks})
     images = Qwen2VLImageProcessorPil(min_pixels=SIDE * SIDE, max_pixels=SIDE * SIDE, patch_size=PATCH, merge_size=2)
-    processor = ImagesOnlyQwen2VLProcessor(image_processor=images, tokenizer=own,
-                                           chat_template=template("<|vision_start|><|image_pad|><|vision_end|>"))
+    processor = images_only(Qwen2_5_VLProcessor)(image_processor=images, tokenizer=own,
+                                                 chat_template=template("<|vision_start|><|image_pad|><|vision_end|>"))
     text = dict(_COMMON, vocab_size=len(own),
                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 2, 2]})
     text.pop("tie_word_embeddings")
@@ -53,6 +63,42 @@ def qwen2_5_vl(tokenizer) -> spantrace.Model:
                                   tie_word_embeddings=False)
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_config(config, attn_implementation="sdpa").eval()
+    return spantrace.load(model, tokenizer=own, processor=processor)
+
+
+@pytest.fixture(scope="module")
+def qwen3_vl(tokenizer) -> spantrace.Model:
+    processor = qwen3_vl_processor(tokenizer)
+    own = processor.tokenizer
+    text = dict(_COMMON, vocab_size=len(own), rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                               "mrope_section": [2, 2, 2], "mrope_interleaved": True})
+    text.pop("tie_word_embeddings")
+    vision = dict(_QWEN_VISION, patch_size=16, num_position_embeddings=16, deepstack_visual_indexes=[0])
+    start, end, image, video = own.convert_tokens_to_ids(QWEN_MARKS)
+    config = AutoConfig.for_model("qwen3_vl", text_config=text, vision_config=vision, image_token_id=image,
+                                  video_token_id=video, vision_start_token_id=start, vision_end_token_id=end,
+                                  tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(config, attn_implementation="sdpa").eval()
+    return spantrace.load(model, tokenizer=own, processor=processor)
+
+
+@pytest.fixture(scope="module")
+def gemma3(tokenizer, tmp_path_factory) -> spantrace.Model:
+    processor = gemma3_processor(tokenizer, tmp_path_factory.mktemp("gemma3-tokenizer"))
+    own = processor.tokenizer
+    text = make_config("gemma3_text", vocab_size=len(own)).to_dict()
+    vision = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, image_size=SIDE,
+                  patch_size=PATCH)
+    config = AutoConfig.for_model("gemma3", text_config=text, vision_config=vision, mm_tokens_per_image=4,
+                                  image_token_index=own.image_token_id, boi_token_index=own.boi_token_id,
+                                  eoi_token_index=own.eoi_token_id)
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(config, attn_implementation="sdpa").eval()
+    with torch.no_grad():  # the projector starts at zero: every image would read as the same features
+        for parameter in model.parameters():
+            if not parameter.any():
+                parameter.copy_(torch.randn(parameter.shape) * 0.3)
     return spantrace.load(model, tokenizer=own, processor=processor)
 
 
@@ -109,6 +155,14 @@ def test_an_image_in_a_message_is_traced_as_one_source(vlm: spantrace.Model, tmp
     changed = dict(prepared.model_inputs, pixel_values=prepared.model_inputs["pixel_values"].flip(-1))
     other = vlm.run(input_ids=ids, prompt_length=len(prepared.ids), model_inputs=changed)
     assert not np.allclose(other.trace((len(prepared.ids), len(ids)), hops=1).scores, result.scores)
+    if vlm.hf_model.config.model_type == "gemma3":
+        # the processor's token_type_ids (1 on the image tokens) reach the capture: the image block is two-way;
+        # with them zeroed every row is causal, and the scores differ
+        types = prepared.model_inputs["token_type_ids"]
+        assert types[0, start:end].all() and int(types.sum()) == end - start
+        causal = dict(prepared.model_inputs, token_type_ids=torch.zeros_like(types))
+        one_way = vlm.run(input_ids=ids, prompt_length=len(prepared.ids), model_inputs=causal)
+        assert not np.allclose(one_way.trace((len(prepared.ids), len(ids)), hops=1).scores, result.scores)
     # the image layout round-trips through JSON
     saved = tmp_path / "trace.json"
     result.save(saved)
@@ -137,3 +191,62 @@ def test_a_saved_vlm_folder_traces_an_image_from_the_command_line(llava: spantra
     assert image.tokens[1] - image.tokens[0] == 16 and saved.image_map(0).shape == (4, 4)
     assert "image 0 (56×56)" in result.output  # the terminal's block grid of the image
     assert json.loads(out.read_text())["layout"]["segments"]  # the image's segment is in the file
+
+
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "qwen3_vl", "gemma3"])
+def test_a_saved_qwen_or_gemma3_folder_traces_an_image_from_the_command_line(request, name: str, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from spantrace.cli import app
+
+    vlm = request.getfixturevalue(name)
+    folder = tmp_path / f"tiny-{name}"
+    vlm.hf_model.save_pretrained(folder)
+    vlm.processor.save_pretrained(folder)  # Qwen's without a video processor: load() must still find it
+    picture().save(tmp_path / "pic.png")
+    out = tmp_path / "trace.json"
+    result = CliRunner().invoke(app, ["trace", "--model", str(folder), "--image", str(tmp_path / "pic.png"),
+                                      "--prompt", "What is in the picture?", "--output", "A grey square.",
+                                      "--by", "image", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = TraceResult.load(out)
+    (image,) = saved.by("image")
+    rows, cols = GRIDS[name]
+    assert image.tokens[1] - image.tokens[0] == rows * cols and saved.image_map(0).shape == (rows, cols)
+    image_token = vlm.hf_model.config.image_token_id
+    assert all(saved.token_ids[p] == image_token for p in range(*image.tokens))
+    assert f"image 0 ({SIDE}×{SIDE})" in result.output
+    # the same trace through the API, from the model in memory: the folder's model and processor are the same
+    content = [{"type": "image", "image": picture()}, {"type": "text", "text": "What is in the picture?"}]
+    prepared = vlm.prepare(messages=[{"role": "user", "content": content}], output="A grey square.")
+    assert saved.token_ids == prepared.ids + prepared.output_ids
+    api = vlm.run(prepared=prepared).trace("answer")
+    np.testing.assert_allclose(saved.scores, api.scores, rtol=1e-5, atol=1e-7)
+
+
+def test_a_messages_file_with_an_image_part_traces_it_from_the_command_line(qwen3_vl: spantrace.Model,
+                                                                           tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from spantrace.cli import app
+
+    folder = tmp_path / "tiny-qwen3-vl"
+    qwen3_vl.hf_model.save_pretrained(folder)
+    qwen3_vl.processor.save_pretrained(folder)
+    chat = tmp_path / "chat"
+    chat.mkdir()
+    picture().save(chat / "pic.png")
+    messages = [{"role": "user", "content": [{"type": "image", "image": "pic.png"},  # relative to the file
+                                             {"type": "text", "text": "What is in the picture?"}]},
+                {"role": "assistant", "content": "A grey square."}]
+    (chat / "chat.json").write_text(json.dumps(messages))
+    out = tmp_path / "trace.json"
+    result = CliRunner().invoke(app, ["trace", "--model", str(folder), "--messages", str(chat / "chat.json"),
+                                      "--by", "image", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    saved = TraceResult.load(out)
+    (image,) = saved.by("image")
+    assert image.tokens[1] - image.tokens[0] == 4 and saved.image_map(0).shape == (2, 2)
+    assert saved.layout.of_kind("image")[0].image.size == (SIDE, SIDE)

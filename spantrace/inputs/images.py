@@ -47,8 +47,12 @@ def attach_images(
 ) -> tuple[Rendered, list[int], list[CharRange], dict[str, Any]]:
     """``rendered`` (tokenised as ``ids`` with ``offsets``) with its images: the processor's token ids, the text
     the model reads with each token's range in it, image segments added, and the processor's ``model_inputs``."""
+    # the processor's own apply_chat_template's rule: a text the template opened with BOS gets no second one
+    bos = getattr(processor.tokenizer, "bos_token", None)
+    options = {"add_special_tokens": False} if bos and rendered.text.startswith(str(bos)) else {}
     try:
-        encoded = processor(text=[rendered.text], images=[image for _, image in images], return_tensors="pt")
+        encoded = processor(text=[rendered.text], images=[image for _, image in images], return_tensors="pt",
+                            **options)
     except Exception as error:  # the processor's own complaint, whatever its type
         raise InputError(f"the processor could not take these images: {' '.join(str(error).split())}"[:300]) from error
     full_ids = [int(i) for i in encoded["input_ids"][0].tolist()]
@@ -115,6 +119,12 @@ def _splice(
 
 
 def _image_token_id(processor: Any) -> int:
+    """The token the processor repeats for each image feature. ``image_token_ids`` names it where it is not the
+    marker the template writes (Gemma 3: ``image_token_id`` is ``<start_of_image>``, the features are
+    ``<image_soft_token>``); a list of several (row breaks, …) leaves it to ``image_token_id``."""
+    named = getattr(processor, "image_token_ids", None)
+    if isinstance(named, (list, tuple)) and len(named) == 1 and isinstance(named[0], int):
+        return int(named[0])
     token_id = getattr(processor, "image_token_id", None)
     if token_id is None and getattr(processor, "image_token", None) is not None:
         token_id = processor.tokenizer.convert_tokens_to_ids(processor.image_token)

@@ -30,6 +30,7 @@ from spantrace.errors import ModelLoadError
 from spantrace.loading import builtin
 from spantrace.loading.builtin import DEFAULT_MODEL
 from spantrace.loading.placement import dispatch_options
+from spantrace.loading.processor import load_processor
 from spantrace.offload import is_dispatched
 
 if TYPE_CHECKING:
@@ -332,10 +333,7 @@ def image_processor_for(model: PreTrainedModel, source: str | Path) -> Any:
     text-only model or when the files hold none (pass ``processor=`` to ``spantrace.load`` then)."""
     if getattr(model.config, "vision_config", None) is None:
         return None
-    from transformers import AutoProcessor
-
-    found = optional(lambda: AutoProcessor.from_pretrained(source), str(source))
-    return found if getattr(found, "image_processor", None) is not None else None
+    return load_processor(source, model.config.model_type)  # without its video part when torchvision is missing
 
 
 def wrap_model(model: Any, dtype: torch.dtype | None, device: torch.device | None) -> LoadedModel:
