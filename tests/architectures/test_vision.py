@@ -252,19 +252,22 @@ def test_qwen3_grad_input_is_autograd_through_the_wrappers_forward(arch: str, ag
     got = get_method("grad-input", aggregate=aggregate).score(run, sinks, torch.ones(sinks.shape[0]), chunk_size=1)
     np.testing.assert_allclose(np.asarray(got.scores, np.float64), want.numpy(), rtol=1e-4, atol=1e-6)
     assert got.scores[ids == IMAGE_TOKEN].abs().min() > 0
+    assert not model.model.language_model._forward_pre_hooks  # the replay's hook is gone
 
 
 @pytest.mark.parametrize("arch", QWEN3)
 def test_qwen3_occlusion_removes_the_image_feature_and_its_deepstack_features(arch: str) -> None:
     """Each group's score is f − f(group removed), f by the wrapper's forward with the pixels in, in which the group's
     text positions hold the neutral token's embedding and its image positions the zero vector and no deepstack
-    feature; five groups cut the image in three, batches of two rows."""
+    feature; five groups cut the image in three, batches of two rows. EOS is the neutral token: its embedding is
+    not the zero vector (the tiny pad row is)."""
     from spantrace.methods.objective import neutral_token_id
 
-    model, ids, prompt_length, model_inputs, _, run = case(arch)
+    model, ids, prompt_length, model_inputs, run = eos_case(arch)
     sinks = torch.arange(prompt_length, ids.shape[0])
     image = (ids == IMAGE_TOKEN).nonzero()[:, 0]  # the order of the deepstack rows
     neutral = model.get_input_embeddings()(torch.tensor(neutral_token_id(run))).detach()
+    assert neutral.abs().max() > 0
     with torch.no_grad():
         full = float(_wrapper_objective(model, ids, model_inputs, sinks))
     got = run.trace((prompt_length, ids.shape[0]), method="occlusion", method_options={"groups": 5, "batch_size": 2})
@@ -300,14 +303,46 @@ def test_qwen3_integrated_gradients_is_complete_from_no_image_at_all(arch: str) 
         stacked = [torch.zeros_like(f) for f in kwargs["deepstack_visual_embeds"]]
         return {**kwargs, "inputs_embeds": embeds, "deepstack_visual_embeds": stacked}
 
-    want_input = float(_wrapper_objective(model, ids, model_inputs, sinks))
-    want_baseline = float(_wrapper_objective(model, ids, model_inputs, sinks, nothing))
+    with torch.no_grad():
+        want_input = float(_wrapper_objective(model, ids, model_inputs, sinks))
+        want_baseline = float(_wrapper_objective(model, ids, model_inputs, sinks, nothing))
     result = integrated_gradients(run, sinks, torch.ones(sinks.shape[0]), steps=64, batch_size=24)
     assert result.objective_input == pytest.approx(want_input, rel=1e-5, abs=1e-5)
     assert result.objective_baseline == pytest.approx(want_baseline, rel=1e-5, abs=1e-5)
     assert abs(want_input - want_baseline) > 0.01  # the check below means something
     assert float(result.scores.sum()) == pytest.approx(want_input - want_baseline, rel=0.01)
     assert torch.isfinite(result.scores).all() and torch.all(result.scores[ids.shape[0] - 1 :] == 0)
+
+
+@pytest.mark.parametrize("arch", QWEN3)
+def test_qwen3_integrated_gradients_is_the_slow_path_integral(arch: str) -> None:
+    """Each position's IG score (8 trapezoid steps) equals the same integral by autograd through the wrapper's
+    forward with the pixels in, the text model called at each point a with ``x′ + a (x − x′)`` and ``a · d_k``: an
+    image position gets its embedding's part and its deepstack features' part."""
+    from spantrace.methods.integrated_gradients import integrated_gradients, trapezoid
+    from spantrace.methods.objective import neutral_token_id
+
+    model, ids, prompt_length, model_inputs, run = eos_case(arch)
+    sinks = torch.arange(prompt_length, ids.shape[0])
+    neutral = model.get_input_embeddings()(torch.tensor(neutral_token_id(run))).detach()
+    want = torch.zeros(ids.shape[0], dtype=torch.float64)
+    for point, weight in zip(*trapezoid(8), strict=True):
+        kept = {}
+
+        def along(kwargs, point=point, kept=kept):
+            x, d = kwargs["inputs_embeds"].detach(), [f.detach() for f in kwargs["deepstack_visual_embeds"]]
+            kept["x"], kept["d"] = x - neutral, d
+            kept["path"] = (neutral + point * (x - neutral)).requires_grad_(True)
+            kept["e"] = [(point * f).requires_grad_(True) for f in d]
+            return {**kwargs, "inputs_embeds": kept["path"], "deepstack_visual_embeds": kept["e"]}
+
+        value = _wrapper_objective(model, ids, model_inputs, sinks, along)
+        gradients = torch.autograd.grad(value, [kept["path"], *kept["e"]])
+        want += float(weight) * (gradients[0] * kept["x"])[0].sum(-1).double()
+        for feature, gradient in zip(kept["d"], gradients[1:], strict=True):  # [n, D]: the image positions in order
+            want[ids == IMAGE_TOKEN] += float(weight) * (gradient * feature).sum(-1).double()
+    result = integrated_gradients(run, sinks, torch.ones(sinks.shape[0]), steps=8, batch_size=4)
+    np.testing.assert_allclose(np.asarray(result.scores, np.float64), want.numpy(), rtol=1e-3, atol=1e-5)
 
 
 @pytest.mark.parametrize("arch", QWEN3)
