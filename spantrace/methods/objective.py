@@ -58,8 +58,8 @@ def objective_for(run: RunView, sinks: torch.Tensor, sink_weights: torch.Tensor)
     """The teacher-forced objective of the weighted sinks, or None when no sink can be predicted.
 
     On a run with model inputs (images) the methods re-run the model from input embeddings in which the image
-    positions hold the merged image features; a model whose images enter elsewhere too is refused here
-    (``replay_inputs``, docs/vision-engine.md)."""
+    positions hold the merged image features; an adapter that cannot repeat its images so (``replay_inputs`` None)
+    is refused here (docs/vision-engine.md)."""
     replay_inputs(run, 1, 1)
     keep = (sinks > 0) & (sink_weights != 0)
     notes = ("a sink at position 0 has no prefix to be predicted from; left out",) if bool((sinks == 0).any()) else ()
@@ -147,8 +147,9 @@ def image_mask(run: RunView, length: int) -> torch.Tensor | None:
 def replay_inputs(run: RunView, length: int, batch: int) -> dict[str, torch.Tensor]:
     """What a forward from input embeddings needs besides them to be the run's own on its first ``length`` tokens,
     for ``batch`` rows: nothing for text; the captured positions or token types of a run with images (the
-    adapter's ``replay_inputs``). A model that cannot be replayed so (its image features also enter later layers,
-    as Qwen3-VL's deepstack does) is refused in one line."""
+    adapter's ``replay_inputs``; Qwen3-VL's deepstack features go in through ``replayed_log_prob``). An adapter
+    whose ``replay_inputs`` is None (its image features enter where such a forward cannot put them back) is
+    refused in one line."""
     if not getattr(run, "model_inputs", None):
         return {}
     replay = getattr(run.adapter, "replay_inputs", None)
