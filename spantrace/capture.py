@@ -48,6 +48,10 @@ class Capture:
     # and the bidirectional blocks its mask used; None and () on a text-only run (the adapter's own positions).
     position_ids: torch.Tensor | None = None
     bidirectional_blocks: tuple[tuple[int, int], ...] = ()
+    # With model inputs, on a model whose image features also join the residual after its first layers (Qwen3-VL's
+    # deepstack): the image positions ([N] bool) and the features added there after layer k (entry k: [n, D]), as
+    # the text model was called with them; None otherwise (a text run keeps nothing).
+    deepstack: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None
 
     @property
     def num_layers(self) -> int:
@@ -132,6 +136,7 @@ def capture_residuals(
     extra: dict[str, torch.Tensor] = {}
     positions: list[torch.Tensor] = []
     blocks: tuple[tuple[int, int], ...] = ()
+    deepstack: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = []
     if model_inputs:
         base, extra = _input_model(adapter), {k: _to(v, device) for k, v in model_inputs.items()}
         position_module = getattr(adapter, "position_module", None)
@@ -145,6 +150,17 @@ def capture_residuals(
             handles.append(position_module().register_forward_pre_hook(keep_positions, with_kwargs=True))
         finder = getattr(adapter, "bidirectional_blocks", None)
         blocks = tuple(finder(input_ids, model_inputs)) if finder is not None else ()
+        deepstack_module = getattr(adapter, "deepstack_module", None)
+        if deepstack_module is not None:
+
+            def keep_deepstack(module, args, kwargs):
+                # the text model's own arguments: where (batch of one) and what the wrapper adds after early layers
+                mask, features = kwargs.get("visual_pos_masks"), kwargs.get("deepstack_visual_embeds")
+                if mask is not None and features is not None:
+                    kept = tuple(f.detach().to(store_device or f.device) for f in features)
+                    deepstack.append((mask[0].detach().to(store_device or mask.device), kept))
+
+            handles.append(deepstack_module().register_forward_pre_hook(keep_deepstack, with_kwargs=True))
     try:
         with recording_logsumexp(recorder):
             output = base(input_ids=input_ids[None].to(device), use_cache=False, **extra)
@@ -166,6 +182,7 @@ def capture_residuals(
         logsumexp=recorder.kept(),
         position_ids=positions[0] if positions else None,
         bidirectional_blocks=blocks,
+        deepstack=deepstack[0] if deepstack else None,
     )
 
 

@@ -6,7 +6,8 @@ positions like any other. What the images change, and how each is kept exact:
 
 - The capture runs the wrapper's base model (``input_model``: vision tower, merger, text stack, no LM head) with
   the model inputs as given, so ``x_in`` of layer 0 at an image position is the merged image feature the text
-  stack received (Qwen3-VL's deepstack features, added after early layers, are in the next layers' ``x_in``).
+  stack received (Qwen3-VL's deepstack features, added after early layers, are in the next layers' ``x_in``; the
+  capture also keeps them, so the methods that re-run the text stack add them again: ``adding_deepstack``).
 - Positions: Qwen's M-RoPE gives each image token a (t, h, w) position; the capture keeps the position ids the
   model's rotary module was called with, and the rotary tables are rebuilt from them by that same module
   (``LlamaStyleAdapter.at_positions``).
@@ -21,7 +22,8 @@ Refused: video inputs (``pixel_values_videos``), with the reason.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -160,10 +162,35 @@ class QwenVisionAdapter(QwenImageInputs, VisionLanguageAdapter):
 
 
 class Qwen3VisionAdapter(QwenVisionAdapter):
-    """Qwen3-VL: as Qwen2.5-VL, and its deepstack image features join the residual after the first layers; a
-    forward from input embeddings alone cannot repeat that, so the methods that re-run the model refuse it."""
+    """Qwen3-VL: as Qwen2.5-VL, and its deepstack image features join the residual at the image positions after
+    the first layers. They depend on the pixels only: the capture keeps the ones the text model was called with
+    (``deepstack_module``), and a forward from input embeddings gets them back through ``adding_deepstack``."""
 
-    replay_inputs = None
+    def deepstack_module(self) -> torch.nn.Module:
+        """The text model, whose forward takes ``visual_pos_masks`` and ``deepstack_visual_embeds`` (the image
+        positions and the features its first layers' outputs get added there)."""
+        return self._base
+
+    @contextlib.contextmanager
+    def adding_deepstack(self, mask: torch.Tensor, features: Sequence[torch.Tensor]) -> Iterator[None]:
+        """While inside, a forward of the text model adds ``features[k]`` (``[B or 1, n, D]``: one row of the n
+        image positions per sequence) after layer k at the positions ``mask`` (``[T]`` bool, n of them), by the
+        model's own deepstack code: the wrapper passes none when it reads no pixels, and this fills them in."""
+
+        def fill(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            batch, length = kwargs["inputs_embeds"].shape[:2]  # the wrapper passes its merged embeddings by name
+            if kwargs.get("deepstack_visual_embeds") is not None or mask.shape[0] != length:
+                raise RuntimeError("adding_deepstack: the forward already has deepstack features or another length")
+            # every sequence has the same image positions; the model takes them in row-major order
+            rows = mask.to(kwargs["inputs_embeds"].device)[None].expand(batch, length)
+            added = [f.expand(batch, *f.shape[1:]).reshape(-1, f.shape[-1]) for f in features]  # [B·n, D] each
+            return args, {**kwargs, "visual_pos_masks": rows, "deepstack_visual_embeds": added}
+
+        handle = self._base.register_forward_pre_hook(fill, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
 
 
 class Gemma3VisionAdapter(VisionLanguageAdapter):

@@ -6,6 +6,11 @@ EOS) at every one of those positions, and ``f`` the weighted teacher-forced log-
 sinks (see ``objective``). The integral is the trapezoid rule over ``steps`` equal intervals
 (``steps + 1`` gradient evaluations, batched). Completeness: ``Σ_j IG_j ≈ f(x) − f(x′)``, exact as
 ``steps → ∞``; scores are signed.
+
+Qwen3-VL also adds deepstack features ``d_k`` at its image positions after its first layers. The path scales them
+with the embeddings: at point ``a`` the forward adds ``a · d_k``, so the baseline holds no image at all (the
+neutral token, no deepstack feature) and an image position j also gets ``Σ_k d_{k,j} · ∫_0^1 ∂f/∂e_{k,j} da``
+(``e_k`` the feature added): completeness holds for this ``f(x, d) − f(x′, 0)``.
 """
 
 from __future__ import annotations
@@ -20,10 +25,10 @@ from ..protocols import RunView
 from .base import AttributionMethod, SinkScores
 from .objective import (
     auto_batch_size,
-    embedding_gradients,
     input_embeddings,
     neutral_token_id,
     objective_for,
+    path_gradients,
     require_one_embedding_channel,
     scores_over_run,
 )
@@ -73,15 +78,19 @@ def integrated_gradients(
     points, weights = trapezoid(steps)
     batch = batch_size or auto_batch_size(run, ids.shape[0], objective.readout.shape[0], limit=steps + 1)
     integral = torch.zeros(difference.shape, dtype=torch.float32, device=difference.device)  # [T, D]
+    deepstack_integral = torch.zeros(difference.shape[0], dtype=torch.float32, device=difference.device)  # [T]
     values = torch.zeros(steps + 1, dtype=torch.float32)  # f at every point
     for start in range(0, steps + 1, batch):
         part = slice(start, min(start + batch, steps + 1))
         alphas = points[part].to(difference.device)[:, None, None]  # [b, 1, 1]
         path = (baseline.float()[None] + alphas * difference[None]).to(inputs.dtype)  # [b, T, D]
-        objective_values, gradients = embedding_gradients(run, objective, path)
-        integral += (weights[part].to(difference.device)[:, None, None] * gradients.float()).sum(0)
+        # the deepstack features (Qwen3-VL) scaled along with the embeddings; share: their part of df/da
+        objective_values, gradients, share = path_gradients(run, objective, path, deepstack_scale=alphas[:, 0, 0])
+        step_weights = weights[part].to(difference.device)
+        integral += (step_weights[:, None, None] * gradients.float()).sum(0)
+        deepstack_integral += (step_weights[:, None] * share).sum(0)
         values[part] = objective_values.float().cpu()
-    per_position = (difference * integral).sum(-1)  # [T]
+    per_position = (difference * integral).sum(-1) + deepstack_integral  # [T]
     return IntegratedGradientsResult(
         scores=scores_over_run(run, per_position),
         objective_input=float(values[-1]),

@@ -6,11 +6,15 @@ sink position i is *predicted by the logits at position i − 1*, so ``f`` reads
 get score 0). A sink at position 0 has nothing to be predicted from and is left out with a note.
 
 Also here: the neutral token (pad, else EOS) that IG and occlusion put in place of real tokens, the
-input embeddings of a run, and a batch size that keeps a batched forward + backward within memory.
+input embeddings of a run, the forward from them that repeats the run's own (``replayed_log_prob``: its positions
+or token types, and Qwen3-VL's deepstack features), and a batch size that keeps a batched forward + backward within
+memory.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -54,8 +58,8 @@ def objective_for(run: RunView, sinks: torch.Tensor, sink_weights: torch.Tensor)
     """The teacher-forced objective of the weighted sinks, or None when no sink can be predicted.
 
     On a run with model inputs (images) the methods re-run the model from input embeddings in which the image
-    positions hold the merged image features; a model whose images enter elsewhere too is refused here
-    (``replay_inputs``, docs/vision-engine.md)."""
+    positions hold the merged image features; an adapter that cannot repeat its images so (``replay_inputs`` None)
+    is refused here (docs/vision-engine.md)."""
     replay_inputs(run, 1, 1)
     keep = (sinks > 0) & (sink_weights != 0)
     notes = ("a sink at position 0 has no prefix to be predicted from; left out",) if bool((sinks == 0).any()) else ()
@@ -143,8 +147,9 @@ def image_mask(run: RunView, length: int) -> torch.Tensor | None:
 def replay_inputs(run: RunView, length: int, batch: int) -> dict[str, torch.Tensor]:
     """What a forward from input embeddings needs besides them to be the run's own on its first ``length`` tokens,
     for ``batch`` rows: nothing for text; the captured positions or token types of a run with images (the
-    adapter's ``replay_inputs``). A model that cannot be replayed so (its image features also enter later layers,
-    as Qwen3-VL's deepstack does) is refused in one line."""
+    adapter's ``replay_inputs``; Qwen3-VL's deepstack features go in through ``replayed_log_prob``). An adapter
+    whose ``replay_inputs`` is None (its image features enter where such a forward cannot put them back) is
+    refused in one line."""
     if not getattr(run, "model_inputs", None):
         return {}
     replay = getattr(run.adapter, "replay_inputs", None)
@@ -155,6 +160,47 @@ def replay_inputs(run: RunView, length: int, batch: int) -> dict[str, torch.Tens
             "attention-last, attention-mean or rollout on runs with images"
         )
     return replay(run.capture, run.model_inputs, length, batch)
+
+
+def deepstack_features(run: RunView, length: int) -> tuple[torch.Tensor, list[torch.Tensor]] | None:
+    """The deepstack features (Qwen3-VL) the capture's forward added at the image positions among the first
+    ``length`` tokens: ``(positions [n] long, one [n, D] per layer they join after)``; None when none are there."""
+    kept = getattr(run.capture, "deepstack", None)
+    if kept is None:
+        return None
+    mask, features = kept
+    positions = mask[:length].cpu().nonzero()[:, 0]  # the model's order: the features follow the positions
+    if positions.shape[0] == 0:
+        return None
+    return positions, [f[: positions.shape[0]] for f in features]
+
+
+@contextlib.contextmanager
+def _deepstack_added(run: RunView, length: int, features: list[torch.Tensor] | None) -> Iterator[None]:
+    """While inside, the text model adds ``features`` (per layer ``[B or 1, n, D]``) at the run's image positions
+    among the first ``length`` tokens (the adapter's ``adding_deepstack``); nothing happens with None."""
+    if features is None:
+        yield
+        return
+    mask = torch.zeros(length, dtype=torch.bool)
+    mask[deepstack_features(run, length)[0]] = True
+    with run.adapter.adding_deepstack(mask, features):
+        yield
+
+
+def replayed_log_prob(
+    run: RunView, objective: Objective, inputs_embeds: torch.Tensor, deepstack: list[torch.Tensor] | None = None
+) -> torch.Tensor:
+    """``f`` of input embeddings ``[B, T, D]`` -> ``[B]``, by a forward that is the run's own: its positions or token
+    types (``replay_inputs``) and, on a run with deepstack features, ``deepstack`` (per layer ``[B or 1, n, D]``)
+    added at its image positions; by default the captured ones, unchanged."""
+    batch, length = inputs_embeds.shape[:2]
+    kept = deepstack_features(run, length)
+    if kept is not None and deepstack is None:
+        deepstack = [f[None] for f in kept[1]]
+    with _deepstack_added(run, length, deepstack if kept is not None else None):
+        return weighted_log_prob(run.model.hf_model, objective, inputs_embeds=inputs_embeds,
+                                 **replay_inputs(run, length, batch))
 
 
 def auto_batch_size(run: RunView, length: int, readouts: int, limit: int) -> int:
@@ -177,12 +223,34 @@ def embedding_gradients(
     """``f`` and ``∂f/∂x`` for a batch of input embeddings ``[B, T, D]`` -> ``([B] float32, [B, T, D])``.
 
     A fresh forward with gradients on, whatever mode the caller is in (the model may be used under
-    ``inference_mode`` elsewhere); only the embeddings' gradient is computed, never the weights'.
+    ``inference_mode`` elsewhere); only the embeddings' gradient is computed, never the weights'. Deepstack
+    features (Qwen3-VL) are added as captured: constants, as in the model, where they depend on the pixels only.
     """
-    model = run.model.hf_model
+    values, gradient, _ = path_gradients(run, objective, inputs_embeds)
+    return values, gradient
+
+
+def path_gradients(
+    run: RunView, objective: Objective, inputs_embeds: torch.Tensor, deepstack_scale: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``embedding_gradients`` with the deepstack features (Qwen3-VL) of row b scaled by ``deepstack_scale[b]``
+    (None: as captured, constant). Also returns ``[B, T]``: at each image position, ``Σ_k d_k · ∂f/∂e_k`` over the
+    deepstack layers k, with ``d_k`` the captured feature and ``e_k`` the one added (0 elsewhere, and 0 without a
+    scale): the derivative of ``f`` along a path that scales the features, which integrated gradients adds up."""
+    batch, length = inputs_embeds.shape[:2]
+    kept = deepstack_features(run, length) if deepstack_scale is not None else None
+    share = torch.zeros(batch, length, dtype=torch.float32, device=inputs_embeds.device)
     with torch.inference_mode(False), torch.enable_grad():
         leaf = inputs_embeds.detach().clone().requires_grad_(True)
-        extra = replay_inputs(run, leaf.shape[1], leaf.shape[0])
-        values = weighted_log_prob(model, objective, inputs_embeds=leaf, **extra)  # [B]
-        (gradient,) = torch.autograd.grad(values.sum(), leaf)  # rows are independent: one backward for all
-    return values.detach(), gradient.detach()
+        added = None
+        if kept is not None:  # e_k = scale · d_k, one row per sequence, each a leaf
+            scale = deepstack_scale.to(inputs_embeds.device, torch.float32)[:, None, None]
+            added = [(scale * f.to(inputs_embeds.device).float()[None]).to(f.dtype).requires_grad_(True)
+                     for f in kept[1]]
+        values = replayed_log_prob(run, objective, leaf, added)  # [B]
+        # rows are independent: one backward for all
+        gradients = torch.autograd.grad(values.sum(), [leaf, *(added or [])])
+    if kept is not None:
+        for feature, gradient in zip(kept[1], gradients[1:], strict=True):  # [n, D], [B, n, D]
+            share[:, kept[0].to(share.device)] += (gradient.float() * feature.to(share.device).float()[None]).sum(-1)
+    return values.detach(), gradients[0].detach(), share
