@@ -363,6 +363,12 @@ def test_an_image_picked_in_the_form_is_traced_and_drawn_with_its_cells(vlm_page
     page.set_input_files("#images", [str(tmp_path / "disc.jpg"), str(tmp_path / "noise.png")])
     expect(page.locator("#thumbs li")).to_have_count(2)
     assert page.locator("#thumbs img").evaluate_all("els => els.map(e => e.alt)") == ["disc.jpg", "noise.png"]
+    # a file that is no image is left out, in one line
+    (tmp_path / "notes.txt").write_text("not a picture", encoding="utf-8")
+    page.set_input_files("#images", str(tmp_path / "notes.txt"))
+    expect(page.locator("#error")).to_have_text("notes.txt is not a PNG, JPEG, WebP or GIF image")
+    expect(page.locator("#thumbs li")).to_have_count(2)
+    page.screenshot(path=str(tmp_path / "picked.png"))
     # the first one goes again, by keyboard: its remove button, then the focus moves to the next one
     page.focus("#thumbs li:first-child .remove")
     page.keyboard.press("Enter")
