@@ -149,6 +149,9 @@ def pictured(request: RunRequest, model: Model, limits: Limits) -> tuple[str | N
     if request.images and (request.prompt is None or request.messages is not None):
         raise HTTPException(400, '"images" go with "prompt"; in "messages" give {"type": "image", "image": '
                                  '"data:..."} parts instead')
+    if request.images and not request.chat:  # the processor's chat template places the images
+        raise HTTPException(400, 'images are shown to the model through its chat template; send "chat": true '
+                                 '(tick "chat template") with images')
     sources = [part.get("image") for part in parts] + list(request.images or ())
     check_sources(sources, limits)  # a path is refused whatever the model, before anything else
     refusal = images_refusal(model)
