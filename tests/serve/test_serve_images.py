@@ -97,6 +97,24 @@ def test_an_image_run_is_traced_with_its_cells(vlm_client: TestClient, llava: sp
     assert [row["kind"] for row in payload["sources"]["rows"]] == ["image"]
 
 
+def test_a_qwen2_5_vl_generates_from_an_image_and_is_traced(qwen2_5_vl: spantrace.Model) -> None:
+    """M-RoPE positions and ``image_grid_thw`` through the server: generated (no output given), then traced."""
+    client = TestClient(create_app(qwen2_5_vl, limits=IMAGE_LIMITS))
+    created = client.post("/api/runs", json={"prompt": QUESTION, "images": [data_uri(picture())],
+                                             "max_new_tokens": 4})
+    assert created.status_code == 200, created.text
+    run = created.json()
+    assert run["num_tokens"] - run["prompt_length"] == 4
+    payload = client.post(f"/api/runs/{run['run_id']}/trace", json={"span": "answer"}).json()
+    direct = qwen2_5_vl.run(messages=[{"role": "user", "content": [{"type": "image", "image": picture()},
+                                                                    {"type": "text", "text": QUESTION}]}],
+                            max_new_tokens=4, progress=False)
+    assert run["token_ids"] == direct.token_ids
+    np.testing.assert_allclose(payload["scores"], direct.trace("answer").scores, rtol=1e-5, atol=1e-7)
+    (image,) = payload["images"]
+    assert (image["rows"], image["cols"], len(image["cells"])) == (2, 2, 4)
+
+
 def test_a_jpeg_and_a_gif_are_read_too(vlm_client: TestClient) -> None:
     for kind in ("jpeg", "gif"):
         response = post_run(vlm_client, prompt=QUESTION, images=[data_uri(picture(), kind)])
