@@ -8,8 +8,8 @@ Routes (every error is JSON ``{"detail": "..."}`` with a 4xx status; reference: 
     GET    /api/info                          model, limits, colour ramp, span forms
     GET    /api/methods                       {"methods": [{"name", "description", "cost"}], "default"}
     GET    /api/status                        what the model is doing now, for the progress line
-    POST   /api/runs                          {"prompt" | "messages", "tools"?, "documents"?, "output"?, "chat"?,
-                                               "max_new_tokens"?} → a run
+    POST   /api/runs                          {"prompt" | "messages", "images"?, "tools"?, "documents"?, "output"?,
+                                               "chat"?, "max_new_tokens"?} → a run (images: data URIs only)
     GET    /api/runs/{run_id}                 the run again
     DELETE /api/runs/{run_id}                 drop it
     POST   /api/runs/{run_id}/trace           {"span", "method"?, "hops"?, "recursive"?, "by"?, ...} → a trace
@@ -25,7 +25,6 @@ that arrive meanwhile wait in ``ModelQueue`` (``GET /api/status`` reports it).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from importlib.resources import files
@@ -50,6 +49,7 @@ from ..result import TraceResult
 from ..spans import SPAN_FORMS
 from ..text.tokens import SPECIAL_TOKEN
 from ..version import __version__
+from .images import FORMATS, conversation_text, images_refusal, pictured
 from .schemas import MAX_SPEC_CHARS, Limits, RunRequest, TraceRequest
 from .store import LruStore, ModelQueue
 
@@ -80,6 +80,7 @@ def create_app(model: Model, *, limits: Limits | None = None) -> FastAPI:
     runs: LruStore[StoredRun] = LruStore(limits.max_runs)
     traces: LruStore[TraceResult] = LruStore(limits.max_traces)
     queue = ModelQueue()
+    no_images = images_refusal(model)  # None when the model takes images
 
     app = FastAPI(title="spantrace viewer", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json")  # the interactive docs would load scripts from a CDN
@@ -120,7 +121,13 @@ def create_app(model: Model, *, limits: Limits | None = None) -> FastAPI:
                 "max_new_tokens": limits.max_new_tokens,
                 "max_runs": limits.max_runs,
                 "max_hops": MAX_HOPS,
+                "max_images": limits.max_images,
+                "max_image_bytes": limits.max_image_bytes,
+                "max_image_pixels": limits.max_image_pixels,
             },
+            # whether the run form shows its image picker; why not, in one line
+            "images": {"accepted": no_images is None, "why_not": no_images,
+                       "types": sorted({f"image/{kind}" for kind in FORMATS} - {"image/jpg"})},
             "span_forms": list(SPAN_FORMS),
             "recursive": list(RECURSIVE_SPANS),
             "colours": _colour_ramp(),
@@ -140,7 +147,7 @@ def create_app(model: Model, *, limits: Limits | None = None) -> FastAPI:
 
     @app.post("/api/runs")
     def create_run(request: RunRequest) -> dict[str, Any]:
-        conversation = json.dumps([request.messages, request.tools, request.documents], ensure_ascii=False)
+        conversation = conversation_text(request.messages, request.tools, request.documents)  # images' data left out
         for name, text in (("prompt", request.prompt), ("output", request.output), ("conversation", conversation)):
             if text is not None and len(text) > limits.max_prompt_chars:
                 raise HTTPException(413, f"the {name} has {len(text)} characters; this server takes at most "
@@ -148,9 +155,10 @@ def create_app(model: Model, *, limits: Limits | None = None) -> FastAPI:
         max_new_tokens = request.max_new_tokens or min(DEFAULT_MAX_NEW_TOKENS, limits.max_new_tokens)
         if request.prompt is None and request.messages is None:
             raise InputError("give a prompt, or a conversation as messages")
+        prompt, messages = pictured(request, model, limits)  # images decoded here, before the model's queue
         timings: dict[str, float] = {}
         with queue.job("run", "reading the prompt") as job:
-            prepared = model.prepare(request.prompt, messages=request.messages, tools=request.tools,
+            prepared = model.prepare(prompt, messages=messages, tools=request.tools,
                                      documents=request.documents, output=request.output, chat=request.chat)
             prompt_tokens = len(prepared.ids)
             generating = prepared.output_ids is None  # no output given, and no assistant turn to trace as given

@@ -33,15 +33,21 @@ class Limits:
     max_new_tokens: int = 1_024
     max_runs: int = 8  # runs kept (each holds the residual stream of its forward pass); LRU
     max_traces: int = 64  # traces kept for export; LRU
+    max_images: int = 4  # images in one run request
+    max_image_bytes: int = 4 * 2**20  # one image's encoded file (the data URI's base64 decoded)
+    max_image_pixels: int = 4096 * 4096  # one image's width × height, read from its header before decoding
 
 
 class RunRequest(BaseModel):
     """``POST /api/runs``: a prompt or a conversation (``messages``, with ``tools``), maybe ``documents``, and the
-    output to trace (generated greedily when left out; a conversation's last assistant message is the output)."""
+    output to trace (generated greedily when left out; a conversation's last assistant message is the output).
+    Images are data URIs (``serve.images``): ``images`` beside ``prompt`` (shown before its text, in one user
+    message), or ``{"type": "image", "image": "data:..."}`` parts in ``messages``."""
 
     model_config = ConfigDict(extra="forbid")
 
     prompt: str | None = None
+    images: list[Any] | None = None  # data URIs; anything else is answered 400 by the route (never opened)
     messages: list[dict[str, Any]] | None = None
     tools: list[dict[str, Any]] | None = None
     documents: list[str | dict[str, Any]] | None = None

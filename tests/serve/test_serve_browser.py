@@ -326,3 +326,97 @@ def test_an_opened_result_with_images_draws_them_with_a_score_per_cell(page, tmp
     assert cells.nth(5).get_attribute("title") == "image 0 (90×60) · row 1, col 2 · #8 · score 9.000"
     hottest, coldest = (cells.nth(k).evaluate("e => getComputedStyle(e).opacity") for k in (5, 0))
     assert float(hottest) > float(coldest)
+
+
+# --- an image picked in the run form (issue 26): a tiny LLaVA served ----------------------------------------
+
+IMAGE_QUESTION, IMAGE_ANSWER = "What is in the picture?", "A grey square."
+
+
+@pytest.fixture(scope="module")
+def vlm_server(llava: spantrace.Model) -> Iterator[str]:
+    yield from serving(llava, LIMITS)
+
+
+@pytest.fixture
+def vlm_page(browser, vlm_server: str):
+    yield from open_page(browser, vlm_server)
+
+
+def test_a_text_only_model_shows_no_image_picker(page) -> None:
+    expect(page.locator("#model-line")).to_contain_text("tiny-llama")
+    expect(page.locator("#image-picker")).to_be_hidden()
+
+
+def test_an_image_picked_in_the_form_is_traced_and_drawn_with_its_cells(vlm_page, llava: spantrace.Model,
+                                                                       tmp_path: Path) -> None:
+    from PIL import Image, ImageDraw
+    from test_vision_end_to_end import picture
+
+    page = vlm_page
+    expect(page.locator("#image-picker")).to_be_visible()
+    expect(page.locator("#images-hint")).to_contain_text("up to 4")
+    picture().save(tmp_path / "noise.png")
+    disc = Image.new("RGB", (120, 80), (240, 240, 240))
+    ImageDraw.Draw(disc).ellipse((30, 10, 90, 70), fill=(200, 30, 30))
+    disc.save(tmp_path / "disc.jpg")
+    page.set_input_files("#images", [str(tmp_path / "disc.jpg"), str(tmp_path / "noise.png")])
+    expect(page.locator("#thumbs li")).to_have_count(2)
+    assert page.locator("#thumbs img").evaluate_all("els => els.map(e => e.alt)") == ["disc.jpg", "noise.png"]
+    # a file that is no image is left out, in one line
+    (tmp_path / "notes.txt").write_text("not a picture", encoding="utf-8")
+    page.set_input_files("#images", str(tmp_path / "notes.txt"))
+    expect(page.locator("#error")).to_have_text("notes.txt is not a PNG, JPEG, WebP or GIF image")
+    expect(page.locator("#thumbs li")).to_have_count(2)
+    page.screenshot(path=str(tmp_path / "picked.png"))
+    # the first one goes again, by keyboard: its remove button, then the focus moves to the next one
+    page.focus("#thumbs li:first-child .remove")
+    page.keyboard.press("Enter")
+    expect(page.locator("#thumbs li")).to_have_count(1)
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Remove noise.png"
+    page.fill("#prompt", IMAGE_QUESTION)
+    page.fill("#output", IMAGE_ANSWER)
+    with page.expect_response(lambda r: r.url.endswith("/api/runs")) as made:
+        with page.expect_response(lambda r: r.url.endswith("/trace")):
+            page.click("#run-button")
+    sent = json.loads(made.value.request.post_data)
+    assert sent["prompt"] == IMAGE_QUESTION and len(sent["images"]) == 1
+    assert sent["images"][0].startswith("data:image/png;base64,")
+    # the picture with its 4 × 4 token cells over it, each the library's score
+    expected = llava.run(messages=[{"role": "user", "content": [{"type": "image", "image": picture()},
+                                                                 {"type": "text", "text": IMAGE_QUESTION}]}],
+                         output=IMAGE_ANSWER, progress=False).trace("answer")
+    grid = expected.image_map(0)
+    start = expected.by("image")[0].tokens[0]
+    expect(page.locator("#pictures figure.picture")).to_have_count(1)
+    assert page.locator("#pictures img").evaluate("e => e.complete && e.naturalWidth") > 0  # the CSP let it in
+    cells = page.locator("#pictures .cells span")
+    assert cells.count() == 16
+    cells.nth(6).hover()  # row 1, col 2
+    readout = page.locator("#pictures .cell-readout")
+    expect(readout).to_contain_text(f"row 1, col 2 · #{start + 6} · score ")
+    assert float(readout.text_content().split("score ")[1]) == pytest.approx(float(grid[1, 2]), rel=1e-2, abs=1e-3)
+    hottest = int(np.argmax(grid.ravel()))
+    colours = cells.evaluate_all("els => els.map(e => getComputedStyle(e).backgroundColor)")
+    assert colours[hottest] != "rgba(0, 0, 0, 0)"  # the top cell is coloured
+    # the keyboard reads the cells too: focus the grid, the arrows move on from the cell last read
+    page.mouse.move(0, 0)
+    page.focus("#pictures .cells")
+    page.keyboard.press("ArrowRight")
+    expect(readout).to_contain_text(f"row 1, col 3 · #{start + 7}")
+    page.keyboard.press("ArrowRight")  # the last column: it stays
+    page.keyboard.press("ArrowDown")
+    expect(readout).to_contain_text(f"row 2, col 3 · #{start + 11}")
+    cells.nth(hottest).hover()
+    page.screenshot(path=str(tmp_path / "image-run.png"), full_page=True)
+    # a new run without the image, whose trace fails: the old picture and its cells are gone all the same
+    page.click("#thumbs .remove")
+    expect(page.locator("#thumbs li")).to_have_count(0)
+    page.fill("#span", "regex:no such words here")
+    with page.expect_response(lambda r: r.url.endswith("/api/runs")) as made:
+        with page.expect_response(lambda r: r.url.endswith("/trace")):
+            page.click("#run-button")
+    assert "images" not in json.loads(made.value.request.post_data)
+    page.wait_for_selector("#error:not([hidden])")
+    expect(page.locator("#pictures")).to_be_hidden()
+    assert page.locator("#pictures figure").count() == 0

@@ -10,6 +10,7 @@ const state = {
   // The run that the token positions in the Span box were made on (by a drag or a trace): positions
   // mean nothing on another run, so a new run never traces them (see spanForNewRun).
   spanRunId: null,
+  images: [], // [{name, uri}]: pictures picked for the next run, read here as data URIs (sent with the prompt)
 };
 
 const DEFAULT_SPAN = "answer"; // a new run's span, unless you typed a spec of your own
@@ -85,6 +86,7 @@ async function start() {
     $("legend-bar").style.background = `linear-gradient(to right, ${info.colours.stops
       .map(([x, rgb]) => `rgb(${rgb.join(",")}) ${(x * 100).toFixed(0)}%`)
       .join(", ")})`;
+    if (info.images && info.images.accepted) showImagePicker(info);
   } catch (error) {
     showError(`could not reach the server: ${error.message}`);
   }
@@ -109,6 +111,7 @@ async function start() {
   $("generation-tokens").addEventListener("mouseup", traceSelection);
   $("open-result").addEventListener("change", openResult);
   $("open-conversation").addEventListener("change", openConversation);
+  $("images").addEventListener("change", pickImages);
   $("by").addEventListener("change", regroup);
   $("views").addEventListener("keydown", moveBetweenTabs);
 }
@@ -144,6 +147,11 @@ async function createRun() {
     givenTurn = Boolean(last && last.role === "assistant");
   } else {
     body.prompt = prompt;
+    if (state.images.length > 0) body.images = state.images.map((image) => image.uri);
+  }
+  if (state.images.length > 0 && $("conversation").checked) {
+    showError('picked images go with a plain prompt: untick "conversation", or put image parts (data URIs) in the messages');
+    return;
   }
   if ($("output").value.trim() && !givenTurn) body.output = $("output").value;
   const what = body.output === undefined && !givenTurn ? "generating" : "running";
@@ -184,6 +192,8 @@ function clearTrace() {
   $("view-note").textContent = "No trace of this run yet: type or select a span and press Trace.";
   $("prompt-tokens").replaceChildren();
   $("generation-tokens").replaceChildren();
+  $("pictures").replaceChildren(); // the previous run's images and their cells
+  $("pictures").hidden = true;
 }
 
 // The prompt box as a conversation: a JSON list of messages, or {messages, tools?, documents?}.
@@ -212,6 +222,8 @@ async function openConversation(event) {
   if (!file) return;
   $("prompt").value = await file.text();
   $("conversation").checked = true;
+  state.images = []; // the conversation is the whole input: its own image parts, if any
+  drawThumbs();
   $("output").value = ""; // the conversation's own last turn, or a fresh generation, is traced
   await createRun();
 }
@@ -283,6 +295,82 @@ async function openResult(event) {
   $("trace-section").hidden = false;
   setTraceEnabled(false); // a saved trace has no run behind it: its scores can be viewed, not re-traced
   showTrace(trace);
+}
+
+// --- images for the next run: picked files read in the page as data URIs (the server never opens a path) --
+
+function showImagePicker(info) {
+  const { max_images: most, max_image_bytes: bytes } = info.limits;
+  const kinds = info.images.types.map((type) => type.replace("image/", "")).join(", ");
+  $("images-hint").textContent = `shown to the model before the prompt · up to ${most}, each at most ${formatBytes(bytes)} (${kinds})`;
+  $("image-picker").hidden = false;
+}
+
+async function pickImages(event) {
+  const files = [...event.target.files];
+  event.target.value = "";
+  const { max_images: most, max_image_bytes: bytes } = state.info.limits;
+  const problems = [];
+  for (const file of files) {
+    if (state.images.length >= most) {
+      problems.push(`this server takes at most ${most} images per run: ${file.name} was left out`);
+      continue;
+    }
+    if (!state.info.images.types.includes(file.type)) {
+      problems.push(`${file.name} is not a PNG, JPEG, WebP or GIF image`);
+    } else if (file.size > bytes) {
+      problems.push(`${file.name} has ${formatBytes(file.size)}; this server takes at most ${formatBytes(bytes)} per image`);
+    } else {
+      state.images.push({ name: file.name, uri: await readAsDataUri(file) });
+    }
+  }
+  drawThumbs();
+  showError(problems.length > 0 ? problems.join("; ") : null);
+}
+
+function readAsDataUri(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error);
+    reader.readAsDataURL(file);
+  });
+}
+
+// One thumbnail per picked image, each with a remove button; after a removal the focus goes to the next one.
+function drawThumbs(focusAt = null) {
+  const list = $("thumbs");
+  list.replaceChildren(
+    ...state.images.map((image, index) => {
+      const item = document.createElement("li");
+      const thumb = document.createElement("img");
+      thumb.src = image.uri;
+      thumb.alt = image.name;
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "remove";
+      remove.textContent = "×";
+      remove.title = `Remove ${image.name}`;
+      remove.setAttribute("aria-label", `Remove ${image.name}`);
+      remove.addEventListener("click", () => {
+        state.images.splice(index, 1);
+        drawThumbs(index);
+      });
+      const name = document.createElement("span");
+      name.className = "thumb-name";
+      name.textContent = image.name;
+      item.append(thumb, remove, name);
+      return item;
+    }),
+  );
+  if (focusAt !== null) {
+    const buttons = list.querySelectorAll(".remove");
+    (buttons[Math.min(focusAt, buttons.length - 1)] || $("images")).focus();
+  }
+}
+
+function formatBytes(bytes) {
+  return bytes >= 2 ** 20 ? `${(bytes / 2 ** 20).toFixed(1)} MB` : `${Math.ceil(bytes / 1024)} kB`;
 }
 
 function setTraceEnabled(enabled) {
@@ -538,12 +626,46 @@ function drawImages() {
       frame.append(cells);
       const caption = document.createElement("figcaption");
       caption.textContent = `${image.name} · ${image.rows}×${image.cols} tokens · ${(100 * image.share).toFixed(1)}% of the context`;
+      const readout = document.createElement("p");
+      readout.className = "cell-readout";
+      readout.setAttribute("aria-live", "polite");
+      readout.textContent = "hover a cell (or focus the picture and use the arrow keys) for its score";
+      readCells(image, cells, readout);
       const figure = document.createElement("figure");
       figure.className = "picture";
-      figure.append(frame, caption);
+      figure.append(frame, caption, readout);
       return figure;
     }),
   );
+}
+
+// A cell's row, column, position and score under the picture, for the cell under the mouse or the one the
+// arrow keys moved to (the picture's grid takes the focus as one stop).
+function readCells(image, cells, readout) {
+  cells.tabIndex = 0;
+  cells.setAttribute("role", "group");
+  cells.setAttribute("aria-label", `${image.name}: ${image.rows}×${image.cols} token cells; arrow keys read them`);
+  const pointAt = (index) => {
+    for (const element of cells.querySelectorAll(".current")) element.classList.remove("current");
+    cells.children[index].classList.add("current");
+    cells.dataset.current = String(index);
+    const cell = image.cells[index];
+    readout.textContent = `row ${cell.row}, col ${cell.col} · #${cell.position} · score ${formatScore(cell.score)}`;
+  };
+  cells.addEventListener("mouseover", (event) => {
+    const index = [...cells.children].indexOf(event.target);
+    if (index >= 0) pointAt(index);
+  });
+  cells.addEventListener("keydown", (event) => {
+    const step = { ArrowRight: [0, 1], ArrowLeft: [0, -1], ArrowDown: [1, 0], ArrowUp: [-1, 0] }[event.key];
+    if (step === undefined) return;
+    event.preventDefault();
+    const at = cells.dataset.current === undefined ? -1 : Number(cells.dataset.current);
+    if (at < 0) return pointAt(0); // the first arrow press reads the top-left cell
+    const row = Math.min(image.rows - 1, Math.max(0, Math.floor(at / image.cols) + step[0]));
+    const col = Math.min(image.cols - 1, Math.max(0, (at % image.cols) + step[1]));
+    pointAt(row * image.cols + col);
+  });
 }
 
 function colour(intensity) {
