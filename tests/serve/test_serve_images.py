@@ -181,14 +181,14 @@ def test_images_go_with_a_prompt_or_inside_messages(vlm_client: TestClient) -> N
 
 
 def test_a_type_traced_on_text_only_says_so() -> None:
-    """A model with a processor whose adapter reads no pixels (a wrapper traced on its text stack only)."""
+    """A model with a processor whose adapter reads no pixels (a text-only load of an image-text checkpoint)."""
     from types import SimpleNamespace
 
     from spantrace.serve.images import images_refusal
 
-    adapter = SimpleNamespace(name="qwen3_5", input_model=lambda: None)
+    adapter = SimpleNamespace(name="qwen3_5_text", input_model=lambda: None)
     wrapper = SimpleNamespace(model_id="tiny-qwen3.5", adapter=adapter, processor=object())
-    assert images_refusal(wrapper) == ("this server's model (tiny-qwen3.5, qwen3_5) is traced on text only: it "
+    assert images_refusal(wrapper) == ("this server's model (tiny-qwen3.5, qwen3_5_text) is traced on text only: it "
                                        "takes no images here; send text only")
     assert images_refusal(SimpleNamespace(model_id="m", adapter=SimpleNamespace(name="llava", input_model=object),
                                           processor=object())) is None
