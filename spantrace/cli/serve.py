@@ -29,6 +29,10 @@ def serve(
     max_tokens: Annotated[int, typer.Option(min=2, help="Most tokens (prompt + output) in one run.")] = 4096,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest generation a request may ask for.")] = 1024,
     max_runs: Annotated[int, typer.Option(min=1, help="Runs kept in memory (least recently used dropped).")] = 8,
+    max_images: Annotated[int, typer.Option(min=0, help="Most images in one run (a model that takes images).")] = 4,
+    max_image_mb: Annotated[
+        float, typer.Option(min=0.01, help="Largest image file a run may send, in MiB (before base64).")
+    ] = 4.0,
     dtype: Annotated[str | None, typer.Option(help="Model dtype, e.g. float32, bfloat16.")] = None,
     device: Annotated[str | None, typer.Option(help="Device, e.g. cpu or cuda.")] = None,
     device_map: DeviceMapOption = None,
@@ -50,7 +54,8 @@ def serve(
             language_model = load(model, dtype=dtype, device=device, **placement)
     except SpanTraceError as error:
         fail(str(error))
-    limits = Limits(max_tokens=max_tokens, max_new_tokens=max_new_tokens, max_runs=max_runs)
+    limits = Limits(max_tokens=max_tokens, max_new_tokens=max_new_tokens, max_runs=max_runs, max_images=max_images,
+                    max_image_bytes=round(max_image_mb * 2**20))
     if host not in ("127.0.0.1", "localhost", "::1"):
         typer.echo(f"warning: listening on {host}: anyone who can reach it can run the model", err=True)
     shown_host = f"[{host}]" if ":" in host else host

@@ -85,7 +85,7 @@ def create_app(model: Model, *, limits: Limits | None = None) -> FastAPI:
     app = FastAPI(title="spantrace viewer", version=__version__, docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json")  # the interactive docs would load scripts from a CDN
     app.state.limits, app.state.runs, app.state.traces, app.state.queue = limits, runs, traces, queue
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=limits.body_bytes(images=no_images is None))
 
     @app.middleware("http")
     async def _security_headers(request: Request, call_next):

@@ -37,6 +37,15 @@ class Limits:
     max_image_bytes: int = 4 * 2**20  # one image's encoded file (the data URI's base64 decoded)
     max_image_pixels: int = 4096 * 4096  # one image's width × height, read from its header before decoding
 
+    def body_bytes(self, *, images: bool) -> int:
+        """The largest request body taken: ``max_body_bytes``, or, for a model that takes images, more when a run
+        with its images at their limits needs it (each image as base64, 4 characters per 3 bytes, and room for
+        the prompt and output as UTF-8)."""
+        if not images or not self.max_images:
+            return self.max_body_bytes
+        pictures = self.max_images * -(-self.max_image_bytes // 3) * 4
+        return max(self.max_body_bytes, pictures + 8 * self.max_prompt_chars + 2**16)
+
 
 class RunRequest(BaseModel):
     """``POST /api/runs``: a prompt or a conversation (``messages``, with ``tools``), maybe ``documents``, and the

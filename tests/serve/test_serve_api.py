@@ -326,6 +326,10 @@ def test_serve_command_binds_localhost_by_default(monkeypatch, tiny_model) -> No
     result = CliRunner().invoke(app, ["serve", "--host", "0.0.0.0", "--port", "9001"])
     assert result.exit_code == 0 and "warning: listening on 0.0.0.0" in result.output
     assert calls[1]["host"] == "0.0.0.0" and calls[1]["port"] == 9001
+    result = CliRunner().invoke(app, ["serve", "--max-images", "2", "--max-image-mb", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert calls[2]["app"].state.limits.max_images == 2
+    assert calls[2]["app"].state.limits.max_image_bytes == 2**19
 
 
 # --- conversations and sources -----------------------------------------------------------------------

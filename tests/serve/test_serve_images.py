@@ -192,3 +192,16 @@ def test_a_type_traced_on_text_only_says_so() -> None:
                                        "takes no images here; send text only")
     assert images_refusal(SimpleNamespace(model_id="m", adapter=SimpleNamespace(name="llava", input_model=object),
                                           processor=object())) is None
+
+
+def test_the_body_limit_makes_room_for_the_images_a_run_may_send(llava: spantrace.Model, tiny_model) -> None:
+    """An image within its own limit fits in a request even where it passes ``max_body_bytes``: a model that takes
+    images gets the room its image limits promise; a text-only model keeps ``max_body_bytes``."""
+    limits = dataclasses.replace(IMAGE_LIMITS, max_body_bytes=12_000, max_image_bytes=20_000)
+    noise = np.random.default_rng(2).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    image = data_uri(Image.fromarray(noise))  # about 16 kB of base64 for 12 kB of PNG
+    assert len(image) > limits.max_body_bytes and len(image) // 4 * 3 <= limits.max_image_bytes
+    response = post_run(TestClient(create_app(llava, limits=limits)), prompt=QUESTION, images=[image])
+    assert response.status_code == 200, response.text
+    response = post_run(TestClient(create_app(tiny_model, limits=limits)), prompt=QUESTION, images=[image])
+    assert response.status_code == 413 and "limit of 12000 bytes" in response.json()["detail"]
