@@ -59,7 +59,8 @@ def attach_images(
     model_inputs = {key: value for key, value in encoded.items() if key not in ("input_ids", "attention_mask")}
     text, full_offsets, move = _splice(processor.tokenizer, rendered.text, ids, offsets, full_ids)
     image_token = _image_token_id(processor)
-    image_runs = runs(token == image_token for token in full_ids)
+    image_runs = _split_runs(runs(token == image_token for token in full_ids), _token_counts(processor, encoded,
+                                                                                              len(images)))
     if len(image_runs) != len(images):
         raise InputError(f"the processor wrote {len(image_runs)} runs of image tokens for {len(images)} images; "
                          "give each image its own image part")
@@ -116,6 +117,35 @@ def _splice(
         return position + before
 
     return "".join(pieces), full_offsets, move
+
+
+def _token_counts(processor: Any, encoded: Any, images: int) -> list[int] | None:
+    """How many tokens each image takes, when the processor's outputs say it: ``t·h·w / merge²`` from
+    ``image_grid_thw``; else one square ``pixel_values`` per image, each the same count (None: not known here)."""
+    if "image_grid_thw" in encoded:
+        merge = int(getattr(getattr(processor, "image_processor", None), "merge_size", 1) or 1)
+        return [int(grid.prod()) // merge**2 for grid in encoded["image_grid_thw"]]
+    pixels = encoded.get("pixel_values")
+    if images and pixels is not None and getattr(pixels, "ndim", 0) == 4 and int(pixels.shape[0]) == images:
+        total = sum(int(v) == _image_token_id(processor) for v in encoded["input_ids"][0].tolist())
+        return [total // images] * images if total % images == 0 else None
+    return None
+
+
+def _split_runs(image_runs: list[tuple[int, int]], counts: list[int] | None) -> list[tuple[int, int]]:
+    """``image_runs`` with a run that holds several images back to back (a template that writes their markers
+    with nothing between them) cut into one run per image by ``counts``; as given when the counts do not tile
+    the runs exactly."""
+    if counts is None or len(image_runs) == len(counts):
+        return image_runs
+    split, remaining = [], list(counts)
+    for start, end in image_runs:
+        while remaining and start + remaining[0] <= end:
+            split.append((start, start + remaining[0]))
+            start += remaining.pop(0)
+        if start != end:
+            return image_runs
+    return split if not remaining else image_runs
 
 
 def _image_token_id(processor: Any) -> int:

@@ -205,3 +205,18 @@ def test_the_body_limit_makes_room_for_the_images_a_run_may_send(llava: spantrac
     assert response.status_code == 200, response.text
     response = post_run(TestClient(create_app(tiny_model, limits=limits)), prompt=QUESTION, images=[image])
     assert response.status_code == 413 and "limit of 12000 bytes" in response.json()["detail"]
+
+
+def test_two_images_side_by_side_are_two_sources(vlm_client: TestClient, llava: spantrace.Model) -> None:
+    """The form puts every picked image before the prompt; this LLaVA template writes their markers with nothing
+    between them, so the processor's image tokens are one run of 32, cut into one run per image (16 each)."""
+    noise = Image.fromarray(np.random.default_rng(3).integers(0, 255, (56, 56, 3), dtype=np.uint8))
+    created = post_run(vlm_client, prompt=QUESTION, images=[data_uri(picture()), data_uri(noise)])
+    assert created.status_code == 200, created.text
+    run = created.json()
+    traced = vlm_client.post(f"/api/runs/{run['run_id']}/trace", json={"span": "answer", "by": "image"})
+    assert traced.status_code == 200, traced.text
+    first, second = traced.json()["images"]
+    assert (first["rows"], first["cols"], len(first["cells"])) == (second["rows"], second["cols"], 16) == (4, 4, 16)
+    assert first["cells"][-1]["position"] + 1 == second["cells"][0]["position"]  # back to back, no token between
+    assert [row["kind"] for row in traced.json()["sources"]["rows"]] == ["image", "image"]
