@@ -305,3 +305,19 @@ def test_a_saved_qwen3_5_wrapper_loads_with_its_vision_tower(tmp_path) -> None:
     for name, config in configs.items():
         config.save_pretrained(tmp_path / name)  # the config is all auto_class reads
         assert auto_class(tmp_path / name) is expected[name], name
+
+
+def test_a_qwen3_5_conversation_with_an_image_is_generated_as_transformers_generates_it(qwen3_5) -> None:
+    """``run(messages=...)`` without an output generates with the pixels in: the same greedy tokens as the model's
+    own ``generate`` on what its processor gives for the same conversation, and the image is a source of them."""
+    messages = [{"role": "user", "content": [{"type": "image", "image": picture()},
+                                             {"type": "text", "text": "What is in the picture?"}]}]
+    run = qwen3_5.run(messages=messages, max_new_tokens=6, progress=False)
+    inputs = qwen3_5.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True, return_tensors="pt")
+    with torch.no_grad():
+        want = qwen3_5.hf_model.generate(**inputs, max_new_tokens=6, do_sample=False, temperature=None, top_p=None,
+                                         top_k=None)[0].tolist()
+    assert run.token_ids == want and len(want) > inputs["input_ids"].shape[1]  # without the pixels: other tokens
+    (row,) = run.trace("answer", hops=1).by("image")
+    assert np.isfinite(row.score) and row.score != 0
