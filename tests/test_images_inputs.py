@@ -259,3 +259,18 @@ def test_bos_is_added_once_as_the_processors_own_chat_template_adds_it(tokenizer
                                                          add_generation_prompt=True, return_dict=True)["input_ids"][0]
     assert prepared.ids.count(own.bos_token_id) == 1 and prepared.ids[0] == own.bos_token_id
     assert prepared.context.text.startswith(own.bos_token + "USER: <image>")  # the BOS has its own characters
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"])
+def test_qwen3_vl_moe_and_qwen3_5_folders_read_qwen3_vl_processor(tokenizer, tmp_path: Path, model_type: str) -> None:
+    # these checkpoints ship Qwen3-VL's processor; without torchvision it is read without its video part
+    from spantrace.loading.processor import load_processor
+
+    processor = qwen3_vl_processor(tokenizer)
+    processor.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(f'{{"model_type": "{model_type}"}}')
+    found = load_processor(tmp_path, model_type)
+    assert type(found) is images_only(Qwen3VLProcessor) and found.chat_template == processor.chat_template
+    content = [{"type": "image", "image": picture(56, 56)}, {"type": "text", "text": "What?"}]
+    prepared = prepare(found.tokenizer, messages=[{"role": "user", "content": content}], processor=found)
+    assert prepared.model_inputs["image_grid_thw"].tolist() == [[1, 4, 4]]

@@ -321,3 +321,14 @@ def test_a_qwen3_5_conversation_with_an_image_is_generated_as_transformers_gener
     assert run.token_ids == want and len(want) > inputs["input_ids"].shape[1]  # without the pixels: other tokens
     (row,) = run.trace("answer", hops=1).by("image")
     assert np.isfinite(row.score) and row.score != 0
+
+
+def test_the_readme_names_the_model_types_traced_here_with_images() -> None:
+    """The README's list of the model types that take images is the list this file traces end to end."""
+    import re
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8").split())
+    listed = readme.split("The model types that take images are ", 1)[1].split(";", 1)[0]
+    names = set(re.findall(r"`(\w+)`", listed))
+    assert names == set(GRIDS) and names <= set(spantrace.supported_architectures())
