@@ -269,3 +269,18 @@ def test_a_run_of_images_back_to_back_is_cut_by_their_token_counts() -> None:
     assert _split_runs([(0, 10), (12, 16)], [6, 4, 4]) == [(0, 6), (6, 10), (12, 16)]
     assert _split_runs([(2, 30)], [16, 16]) == [(2, 30)]  # counts that do not tile the run: left as found
     assert _split_runs([(2, 34)], None) == [(2, 34)]
+
+
+@pytest.mark.parametrize("model_type", ["qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"])
+def test_qwen3_vl_moe_and_qwen3_5_folders_read_qwen3_vl_processor(tokenizer, tmp_path: Path, model_type: str) -> None:
+    # these checkpoints ship Qwen3-VL's processor; without torchvision it is read without its video part
+    from spantrace.loading.processor import load_processor
+
+    processor = qwen3_vl_processor(tokenizer)
+    processor.save_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(f'{{"model_type": "{model_type}"}}')
+    found = load_processor(tmp_path, model_type)
+    assert type(found) is images_only(Qwen3VLProcessor) and found.chat_template == processor.chat_template
+    content = [{"type": "image", "image": picture(56, 56)}, {"type": "text", "text": "What?"}]
+    prepared = prepare(found.tokenizer, messages=[{"role": "user", "content": content}], processor=found)
+    assert prepared.model_inputs["image_grid_thw"].tolist() == [[1, 4, 4]]

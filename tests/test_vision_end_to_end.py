@@ -1,5 +1,6 @@
 """A vision-language model end to end: an image in a chat message, read by the model's processor, traced, and
-its scores on the image, for LLaVA, Qwen2.5-VL, Qwen3-VL and Gemma 3. Each processor is built offline from its
+its scores on the image, for LLaVA, Qwen2.5-VL, Qwen3-VL, Qwen3-VL-MoE, Gemma 3 and the Qwen3.5 / Qwen3.5-MoE
+image-text wrappers (which ship Qwen3-VL's processor). Each processor is built offline from its
 parts (a PIL image processor and the built-in tokenizer with the model's image tokens added; Qwen's without a
 video processor, which needs torchvision); each model is tiny and random, its vocabulary that tokenizer's.
 
@@ -22,7 +23,7 @@ from test_images_inputs import (  # the offline processors' parts
     qwen3_vl_processor,
     template,
 )
-from tiny_models import _COMMON, _QWEN_VISION, make_config
+from tiny_models import _COMMON, _QWEN_VISION, make_config, make_hybrid_vision_config, make_vision_config
 from transformers import AutoConfig, AutoModelForImageTextToText, LlavaProcessor, Qwen2_5_VLProcessor
 from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -34,9 +35,10 @@ from spantrace.loading.processor import images_only
 # 56 × 56 pixels in 14-pixel patches: a 4 × 4 grid; LLaVA keeps 16 image tokens (the CLS feature dropped),
 # Qwen2.5-VL merges 2 × 2 patches into one token: 2 × 2 image tokens. Qwen3-VL's 16-pixel patches: the picture
 # resized to 64 × 64 (a multiple of 16 × 2), 4 × 4 patches, 2 × 2 tokens. Gemma 3 pools its 4 × 4 patches into
-# mm_tokens_per_image = 4 tokens: 2 × 2
+# mm_tokens_per_image = 4 tokens: 2 × 2. Qwen3-VL-MoE and the Qwen3.5 wrappers read Qwen3-VL's processor: 2 × 2
 SIDE, PATCH = 56, 14
-GRIDS = {"llava": (4, 4), "qwen2_5_vl": (2, 2), "qwen3_vl": (2, 2), "gemma3": (2, 2)}
+GRIDS = {"llava": (4, 4), "qwen2_5_vl": (2, 2), "qwen3_vl": (2, 2), "gemma3": (2, 2), "qwen3_vl_moe": (2, 2),
+         "qwen3_5": (2, 2), "qwen3_5_moe": (2, 2)}
 
 
 @pytest.fixture(scope="module", params=sorted(GRIDS))
@@ -81,6 +83,40 @@ def qwen3_vl(tokenizer) -> spantrace.Model:
     torch.manual_seed(0)
     model = AutoModelForImageTextToText.from_config(config, attn_implementation="sdpa").eval()
     return spantrace.load(model, tokenizer=own, processor=processor)
+
+
+def read_through(config, processor):  # noqa: ANN001, ANN201
+    """A tiny Qwen3-VL-family ``config`` (from tests/tiny_models.py) made to read what ``processor`` gives: its
+    tokenizer's vocabulary and vision marks, its image processor's 16-pixel patches."""
+    own = processor.tokenizer
+    config.text_config.vocab_size = len(own)
+    config.vision_config.patch_size = processor.image_processor.patch_size
+    config.vision_start_token_id, config.vision_end_token_id, config.image_token_id, config.video_token_id = (
+        own.convert_tokens_to_ids(QWEN_MARKS))
+    return config
+
+
+def qwen3_vl_processor_model(tokenizer, config) -> spantrace.Model:  # noqa: ANN001
+    """A tiny model of ``config`` behind Qwen3-VL's offline processor (the one the Qwen3.5 checkpoints ship too)."""
+    processor = qwen3_vl_processor(tokenizer)
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(read_through(config, processor), attn_implementation="sdpa")
+    return spantrace.load(model.eval(), tokenizer=processor.tokenizer, processor=processor)
+
+
+@pytest.fixture(scope="module")
+def qwen3_vl_moe(tokenizer) -> spantrace.Model:
+    return qwen3_vl_processor_model(tokenizer, make_vision_config("qwen3_vl_moe"))
+
+
+@pytest.fixture(scope="module")
+def qwen3_5(tokenizer) -> spantrace.Model:
+    return qwen3_vl_processor_model(tokenizer, make_hybrid_vision_config("qwen3_5"))
+
+
+@pytest.fixture(scope="module")
+def qwen3_5_moe(tokenizer) -> spantrace.Model:
+    return qwen3_vl_processor_model(tokenizer, make_hybrid_vision_config("qwen3_5_moe"))
 
 
 @pytest.fixture(scope="module")
@@ -193,7 +229,7 @@ def test_a_saved_vlm_folder_traces_an_image_from_the_command_line(llava: spantra
     assert json.loads(out.read_text())["layout"]["segments"]  # the image's segment is in the file
 
 
-@pytest.mark.parametrize("name", ["qwen2_5_vl", "qwen3_vl", "gemma3"])
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "qwen3_vl", "gemma3", "qwen3_5"])
 def test_a_saved_qwen_or_gemma3_folder_traces_an_image_from_the_command_line(request, name: str, tmp_path) -> None:
     from typer.testing import CliRunner
 
@@ -250,3 +286,49 @@ def test_a_messages_file_with_an_image_part_traces_it_from_the_command_line(qwen
     (image,) = saved.by("image")
     assert image.tokens[1] - image.tokens[0] == 4 and saved.image_map(0).shape == (2, 2)
     assert saved.layout.of_kind("image")[0].image.size == (SIDE, SIDE)
+
+
+def test_a_saved_qwen3_5_wrapper_loads_with_its_vision_tower(tmp_path) -> None:
+    """A Qwen3.5 image-text folder has a causal-LM class too (its text stack alone): load() takes the image-text
+    class, so the vision tower and the processor come with it; a Llama 4 wrapper, which no adapter takes whole,
+    still loads as its text stack, and a text-only Qwen3.5 folder as a causal LM."""
+    from transformers import AutoModelForCausalLM
+
+    from spantrace.loading.hub import auto_class
+
+    configs = {"qwen3_5": make_hybrid_vision_config("qwen3_5"), "qwen3_5_moe": make_hybrid_vision_config("qwen3_5_moe"),
+               "qwen3_vl_moe": make_vision_config("qwen3_vl_moe"), "llama4": make_config("llama4"),
+               "qwen3_5_text": make_hybrid_vision_config("qwen3_5").text_config}
+    expected = {"qwen3_5": AutoModelForImageTextToText, "qwen3_5_moe": AutoModelForImageTextToText,
+                "qwen3_vl_moe": AutoModelForImageTextToText, "llama4": AutoModelForCausalLM,
+                "qwen3_5_text": AutoModelForCausalLM}
+    for name, config in configs.items():
+        config.save_pretrained(tmp_path / name)  # the config is all auto_class reads
+        assert auto_class(tmp_path / name) is expected[name], name
+
+
+def test_a_qwen3_5_conversation_with_an_image_is_generated_as_transformers_generates_it(qwen3_5) -> None:
+    """``run(messages=...)`` without an output generates with the pixels in: the same greedy tokens as the model's
+    own ``generate`` on what its processor gives for the same conversation, and the image is a source of them."""
+    messages = [{"role": "user", "content": [{"type": "image", "image": picture()},
+                                             {"type": "text", "text": "What is in the picture?"}]}]
+    run = qwen3_5.run(messages=messages, max_new_tokens=6, progress=False)
+    inputs = qwen3_5.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True, return_tensors="pt")
+    with torch.no_grad():
+        want = qwen3_5.hf_model.generate(**inputs, max_new_tokens=6, do_sample=False, temperature=None, top_p=None,
+                                         top_k=None)[0].tolist()
+    assert run.token_ids == want and len(want) > inputs["input_ids"].shape[1]  # without the pixels: other tokens
+    (row,) = run.trace("answer", hops=1).by("image")
+    assert np.isfinite(row.score) and row.score != 0
+
+
+def test_the_readme_names_the_model_types_traced_here_with_images() -> None:
+    """The README's list of the model types that take images is the list this file traces end to end."""
+    import re
+    from pathlib import Path
+
+    readme = " ".join((Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8").split())
+    listed = readme.split("The model types that take images are ", 1)[1].split(";", 1)[0]
+    names = set(re.findall(r"`(\w+)`", listed))
+    assert names == set(GRIDS) and names <= set(spantrace.supported_architectures())

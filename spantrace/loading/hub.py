@@ -245,22 +245,30 @@ def check_gguf_header(path: Path) -> None:
 
 def auto_class(source: str | Path, **options: Any) -> Any:
     """The transformers auto class to build ``source``'s model with: ``AutoModelForCausalLM``, or, for an
-    image-text model that has no causal-LM class of its own (LLaVA, Qwen2.5-VL, Qwen3-VL),
-    ``AutoModelForImageTextToText``. A config that cannot be read leaves it to ``from_pretrained``'s own error."""
+    image-text model, ``AutoModelForImageTextToText``: one that has no causal-LM class of its own (LLaVA,
+    Qwen2.5-VL, Qwen3-VL), and one whose causal-LM class is its text stack alone while its config has a vision
+    tower and an adapter takes the whole model (the Qwen3.5 wrappers: ``Qwen3_5ForCausalLM`` would drop the tower
+    and read no image). A wrapper no adapter takes whole (Llama 4) stays its text stack, traced as text. A config
+    that cannot be read leaves it to ``from_pretrained``'s own error."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
         MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
     )
 
+    from spantrace.architectures.registry import supported_architectures
+
     try:
-        model_type = AutoConfig.from_pretrained(source, **options).model_type
+        config = AutoConfig.from_pretrained(source, **options)
     except Exception:  # from_pretrained says what is wrong with the folder or the id
         return AutoModelForCausalLM
+    model_type = config.model_type
     image_text = model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-    return AutoModelForImageTextToText if image_text and model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES else (
-        AutoModelForCausalLM
-    )
+    # the files hold a vision tower, and an adapter reads the model with it (not only its text stack)
+    with_tower = getattr(config, "vision_config", None) is not None and model_type in supported_architectures()
+    if image_text and (model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or with_tower):
+        return AutoModelForImageTextToText
+    return AutoModelForCausalLM
 
 
 def load_folder(
