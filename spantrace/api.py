@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .architectures.registry import adapter_for, text_causal_lm
-from .capture import Capture, capture_residuals, check_store_dtype
+from .capture import Capture, capture_residuals, check_store_dtype, input_model
 from .context_length import check_length, context_limit, room_to_generate
 from .contract import ArchitectureAdapter
 from .errors import InputError, NonFiniteError, SpanTraceError
@@ -278,8 +278,8 @@ class Model:
             return {}
         if not isinstance(model_inputs, Mapping) or not all(isinstance(k, str) for k in model_inputs):
             raise InputError("model_inputs must be a dict of names to tensors, e.g. {'pixel_values': tensor}")
-        if model_inputs and getattr(self.adapter, "input_model", lambda: None)() is None:
-            raise InputError(f"{self.adapter.name} takes no model_inputs (a text-only model); leave them out")
+        if model_inputs:
+            input_model(self.adapter)  # a model that takes none refuses them here, before any work
         return dict(model_inputs)
 
     def _completed(self, ids: Sequence[int], model_inputs: dict[str, Any]) -> dict[str, Any]:

@@ -138,7 +138,7 @@ def capture_residuals(
     blocks: tuple[tuple[int, int], ...] = ()
     deepstack: list[tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = []
     if model_inputs:
-        base, extra = _input_model(adapter), {k: _to(v, device) for k, v in model_inputs.items()}
+        base, extra = input_model(adapter), {k: _to(v, device) for k, v in model_inputs.items()}
         position_module = getattr(adapter, "position_module", None)
         if position_module is not None:
 
@@ -243,15 +243,20 @@ def non_finite_message(where: str, position: int, token: int, dtype: torch.dtype
     )
 
 
-def _input_model(adapter: ArchitectureAdapter) -> torch.nn.Module:
-    """The module that takes ``input_ids`` with model inputs (images), or a one-line refusal."""
+def input_model(adapter: ArchitectureAdapter) -> torch.nn.Module:
+    """The module that takes ``input_ids`` with model inputs (images), or a one-line refusal: the one check of
+    ``model_inputs`` against the model, for ``Model.run`` before any work and for a capture called directly."""
     finder = getattr(adapter, "input_model", None)
     module = finder() if finder is not None else None
-    if module is None:
+    if module is not None:
+        return module
+    config = getattr(getattr(adapter, "model", None), "config", None)
+    if getattr(config, "vision_config", None) is not None:  # an image-text wrapper traced on its text stack
         raise InputError(
-            f"{adapter.name} takes no model_inputs (it is a text-only model here); leave `model_inputs` out"
+            f"spantrace traces {adapter.name} on its text only: it takes no images (model_inputs) here; leave them "
+            "out (the types that take images: docs/vision.md)"
         )
-    return module
+    raise InputError(f"{adapter.name} takes no model_inputs (a text-only model); leave `model_inputs` out")
 
 
 def _to(value: object, device: torch.device) -> object:

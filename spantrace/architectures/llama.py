@@ -83,11 +83,6 @@ class LlamaStyleAdapter:
     def num_layers(self) -> int:
         return len(self._layers)
 
-    def input_model(self) -> nn.Module | None:
-        """A multimodal wrapper's base model (vision tower, merger and text stack, no LM head): what a capture
-        with model inputs (images) runs; None for a text-only model."""
-        return getattr(self, "_outer", None)
-
     def position_module(self) -> nn.Module:
         """The rotary module, whose second argument is the position ids the model used (kept by the capture)."""
         return self._rotary

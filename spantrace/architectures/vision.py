@@ -114,6 +114,12 @@ class VisionLanguageAdapter(ImageInputs, LlamaStyleAdapter):
                 f"{self.name}: expected an image-text wrapper (model.model.language_model) but found a text stack only"
             )
 
+    def input_model(self) -> torch.nn.Module:
+        """The wrapper's base model (vision tower, merger and text stack, no LM head): what a capture with model
+        inputs (images) runs. Only the adapters here have it: a wrapper traced on its text stack (Mistral 3's)
+        takes no images."""
+        return self._outer
+
 
 class QwenImageInputs(ImageInputs):
     """Qwen's image path (Qwen2.5-VL, Qwen3-VL, and the Qwen3.5 hybrids' wrappers in ``qwen_hybrid``): merged patch
