@@ -267,6 +267,8 @@ class Model:
             model_inputs=extra or None,
         )
         run = Run(self, capture, prompt_length, capture_seconds=time.perf_counter() - started, layout=layout)
+        if layout is None and extra:  # token ids with raw image inputs: each image a source too
+            run.layout = run._token_layout(extra)
         run.warnings = warnings
         run.memory_plan = plan
         run.model_inputs = extra
@@ -318,11 +320,15 @@ class Run:
         # What the model read besides the token ids (images: pixel_values, image_grid_thw, ...); empty for text.
         self.model_inputs: dict[str, Any] = {}
 
-    def _token_layout(self) -> Layout:
+    def _token_layout(self, model_inputs: dict[str, Any] | None = None) -> Layout:
+        """The layout of a run given token ids: their strings; with raw image inputs, an image segment each."""
         tokenizer = self.model.tokenizer
         special = special_ids(tokenizer) if tokenizer is not None else set()
+        finder = getattr(self.adapter, "image_segments", None)
+        images = finder(self.token_ids, model_inputs) if model_inputs and finder is not None else []
         return layout_from_tokens(
-            self.tokens, [i in special or is_special(t) for i, t in zip(self.token_ids, self.tokens, strict=True)]
+            self.tokens, [i in special or is_special(t) for i, t in zip(self.token_ids, self.tokens, strict=True)],
+            images,
         )
 
     def _as_turn(self, start: int) -> Run:

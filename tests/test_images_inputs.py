@@ -262,13 +262,13 @@ def test_bos_is_added_once_as_the_processors_own_chat_template_adds_it(tokenizer
 
 
 def test_a_run_of_images_back_to_back_is_cut_by_their_token_counts() -> None:
-    from spantrace.inputs.images import _split_runs
+    from spantrace.inputs.images import split_runs
 
-    assert _split_runs([(2, 34)], [16, 16]) == [(2, 18), (18, 34)]
-    assert _split_runs([(2, 18), (20, 36)], [16, 16]) == [(2, 18), (20, 36)]  # already one run each
-    assert _split_runs([(0, 10), (12, 16)], [6, 4, 4]) == [(0, 6), (6, 10), (12, 16)]
-    assert _split_runs([(2, 30)], [16, 16]) == [(2, 30)]  # counts that do not tile the run: left as found
-    assert _split_runs([(2, 34)], None) == [(2, 34)]
+    assert split_runs([(2, 34)], [16, 16]) == [(2, 18), (18, 34)]
+    assert split_runs([(2, 18), (20, 36)], [16, 16]) == [(2, 18), (20, 36)]  # already one run each
+    assert split_runs([(0, 10), (12, 16)], [6, 4, 4]) == [(0, 6), (6, 10), (12, 16)]
+    assert split_runs([(2, 30)], [16, 16]) == [(2, 30)]  # counts that do not tile the run: left as found
+    assert split_runs([(2, 34)], None) == [(2, 34)]
 
 
 @pytest.mark.parametrize("model_type", ["qwen3_vl_moe", "qwen3_5", "qwen3_5_moe"])

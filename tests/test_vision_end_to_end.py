@@ -185,7 +185,11 @@ def test_an_image_in_a_message_is_traced_as_one_source(vlm: spantrace.Model, tmp
     # the same tokens and pixels given raw give the same scores: the processor path adds nothing of its own
     ids = prepared.ids + prepared.output_ids
     raw = vlm.run(input_ids=ids, prompt_length=len(prepared.ids), model_inputs=prepared.model_inputs)
-    np.testing.assert_allclose(raw.trace((len(prepared.ids), len(ids)), hops=1).scores, result.scores,
+    raw_result = raw.trace((len(prepared.ids), len(ids)), hops=1)
+    # ...and the same image source: its tokens and its grid, found from the raw inputs without the processor
+    assert [r.tokens for r in raw_result.by("image")] == [row.tokens]
+    assert raw_result.image_map(0).shape == grid.shape
+    np.testing.assert_allclose(raw_result.scores, result.scores,
                                rtol=1e-6, atol=1e-9)
     # without the pixels the image positions read other features: the scores differ (the pixels reach the model)
     changed = dict(prepared.model_inputs, pixel_values=prepared.model_inputs["pixel_values"].flip(-1))

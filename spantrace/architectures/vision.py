@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError, UnsupportedArchitectureError
+from ..inputs.images import raw_image_segments
 from ..text.tokens import runs
 from .llama import LlamaStyleAdapter
 from .registry import register_adapter
@@ -94,6 +95,16 @@ class ImageInputs:
         """What a forward from the merged input embeddings (no pixels) needs besides them to repeat the capture's
         first ``length`` tokens, for ``batch`` rows: nothing for a causal model with plain positions."""
         return {}
+
+    def image_segments(self, token_ids: Sequence[int], model_inputs: Mapping[str, Any]) -> list[tuple[int, int, Any]]:
+        """Each image of a run given raw model inputs: its token range and grid (``inputs.images``), read with
+        this model's image token, patch size and merge size."""
+        config, vision = self.model.config, self.model.config.vision_config
+        token = image_token_id(config)
+        if token is None:
+            return []
+        return raw_image_segments(token_ids, dict(model_inputs), token, patch=int(getattr(vision, "patch_size", 1)),
+                                  merge=int(getattr(vision, "spatial_merge_size", 1) or 1))
 
     def _check_image_count(self, input_ids: torch.Tensor, count: int) -> None:
         tokens = sum(end - start for start, end in image_blocks(input_ids, self.model.config))

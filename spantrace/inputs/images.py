@@ -59,8 +59,9 @@ def attach_images(
     model_inputs = {key: value for key, value in encoded.items() if key not in ("input_ids", "attention_mask")}
     text, full_offsets, move = _splice(processor.tokenizer, rendered.text, ids, offsets, full_ids)
     image_token = _image_token_id(processor)
-    image_runs = _split_runs(runs(token == image_token for token in full_ids), _token_counts(processor, encoded,
-                                                                                              len(images)))
+    merge = int(getattr(getattr(processor, "image_processor", None), "merge_size", 1) or 1)
+    counts = token_counts(encoded.get("image_grid_thw"), merge, len(images), full_ids.count(image_token))
+    image_runs = split_runs(runs(token == image_token for token in full_ids), counts)
     if len(image_runs) != len(images):
         raise InputError(f"the processor wrote {len(image_runs)} runs of image tokens for {len(images)} images; "
                          "give each image its own image part")
@@ -119,20 +120,16 @@ def _splice(
     return "".join(pieces), full_offsets, move
 
 
-def _token_counts(processor: Any, encoded: Any, images: int) -> list[int] | None:
-    """How many tokens each image takes, when the processor's outputs say it: ``t·h·w / merge²`` from
-    ``image_grid_thw``; else one square ``pixel_values`` per image, each the same count (None: not known here)."""
-    if "image_grid_thw" in encoded:
-        merge = int(getattr(getattr(processor, "image_processor", None), "merge_size", 1) or 1)
-        return [int(grid.prod()) // merge**2 for grid in encoded["image_grid_thw"]]
-    pixels = encoded.get("pixel_values")
-    if images and pixels is not None and getattr(pixels, "ndim", 0) == 4 and int(pixels.shape[0]) == images:
-        total = sum(int(v) == _image_token_id(processor) for v in encoded["input_ids"][0].tolist())
-        return [total // images] * images if total % images == 0 else None
-    return None
+def token_counts(grid_thw: Any, merge: int, images: int, total: int) -> list[int] | None:
+    """How many tokens each image takes: ``t·h·w / merge²`` from ``image_grid_thw`` (Qwen); else every image the
+    same count, ``total`` image tokens over ``images`` (one square picture each: LLaVA, Gemma 3); None when that
+    does not divide."""
+    if grid_thw is not None:
+        return [int(grid.prod()) // merge**2 for grid in grid_thw]
+    return [total // images] * images if images and total % images == 0 else None
 
 
-def _split_runs(image_runs: list[tuple[int, int]], counts: list[int] | None) -> list[tuple[int, int]]:
+def split_runs(image_runs: list[tuple[int, int]], counts: list[int] | None) -> list[tuple[int, int]]:
     """``image_runs`` with a run that holds several images back to back (a template that writes their markers
     with nothing between them) cut into one run per image by ``counts``; as given when the counts do not tile
     the runs exactly."""
@@ -166,25 +163,64 @@ def _image_token_id(processor: Any) -> int:
 def _grid(processor: Any, encoded: Any, k: int, count: int, image: Any) -> ImageGrid:
     """Image ``k``'s grid of ``count`` tokens (module docstring), its sizes and its preview."""
     image_processor = getattr(processor, "image_processor", None)
-    if "image_grid_thw" in encoded:
-        frames, height, width = (int(v) for v in encoded["image_grid_thw"][k].tolist())
-        merge = int(getattr(image_processor, "merge_size", 1) or 1)
-        patch = int(getattr(image_processor, "patch_size", 14) or 14)
+    thw = encoded["image_grid_thw"][k].tolist() if "image_grid_thw" in encoded else None
+    rows, cols, input_size, cell = grid_geometry(
+        k, count, thw, tuple(encoded["pixel_values"].shape[-2:]),
+        patch=int(getattr(image_processor, "patch_size", 14) or 14),
+        merge=int(getattr(image_processor, "merge_size", 1) or 1),
+    )
+    seen = _center_crop(image, input_size) if getattr(image_processor, "do_center_crop", False) else image
+    return ImageGrid(rows=rows, cols=cols, size=(image.width, image.height), input_size=input_size, cell=cell,
+                     preview=preview(seen))
+
+
+def grid_geometry(
+    k: int, count: int, thw: Sequence[int] | None, pixel_size: Sequence[int], *, patch: int, merge: int
+) -> tuple[int, int, tuple[int, int], tuple[int, int]]:
+    """Image ``k``'s ``(rows, cols, input_size, cell)`` for its ``count`` tokens: from its ``t × h × w`` patch grid
+    when the inputs give one (``thw``), else a square of ``√count × √count`` over a picture of ``pixel_size``
+    ``(height, width)`` (module docstring). InputError when the tokens form no such grid, or for a video."""
+    if thw is not None:
+        frames, height, width = (int(v) for v in thw)
         if frames != 1:
             raise InputError(f"image {k} has {frames} frames; videos are not supported, give still images")
         rows, cols = height // merge, width // merge
         input_size, cell = (width * patch, height * patch), (patch * merge, patch * merge)
     else:
-        side = math.isqrt(count)
-        pixel_height, pixel_width = (int(v) for v in encoded["pixel_values"].shape[-2:])
+        side = max(math.isqrt(count), 1)
+        pixel_height, pixel_width = (int(v) for v in pixel_size)
         rows, cols = side, side
         input_size, cell = (pixel_width, pixel_height), (max(pixel_width // side, 1), max(pixel_height // side, 1))
     if rows * cols != count:
         raise InputError(f"image {k}'s {count} tokens do not form a grid spantrace knows (got {rows} × {cols}); "
                          "this processor's image layout is not supported")
-    seen = _center_crop(image, input_size) if getattr(image_processor, "do_center_crop", False) else image
-    return ImageGrid(rows=rows, cols=cols, size=(image.width, image.height), input_size=input_size, cell=cell,
-                     preview=preview(seen))
+    return rows, cols, input_size, cell
+
+
+def raw_image_segments(
+    token_ids: Sequence[int], model_inputs: dict[str, Any], image_token: int, *, patch: int, merge: int
+) -> list[tuple[int, int, ImageGrid]]:
+    """Each image of a run given raw ``model_inputs`` (no processor): its token range and grid, found as the
+    processor path finds them but with no picture to show (the sizes are the pixels the tower read). Empty when
+    the image tokens cannot be told apart image by image or form no grid: the run is traced the same, only
+    ``by("image")`` has no rows."""
+    grid_thw, pixels = model_inputs.get("image_grid_thw"), model_inputs.get("pixel_values")
+    images = len(grid_thw) if grid_thw is not None else int(pixels.shape[0]) if getattr(pixels, "ndim", 0) == 4 else 0
+    ids = list(token_ids)
+    blocks = split_runs(runs(token == image_token for token in ids),
+                        token_counts(grid_thw, merge, images, ids.count(image_token)))
+    if not images or len(blocks) != images:
+        return []
+    found = []
+    for k, (start, end) in enumerate(blocks):
+        thw = grid_thw[k].tolist() if grid_thw is not None else None
+        try:
+            rows, cols, input_size, cell = grid_geometry(k, end - start, thw, tuple(pixels.shape[-2:]), patch=patch,
+                                                         merge=merge)
+        except InputError:
+            return []
+        found.append((start, end, ImageGrid(rows=rows, cols=cols, size=input_size, input_size=input_size, cell=cell)))
+    return found
 
 
 def _center_crop(image: Any, input_size: tuple[int, int]) -> Any:

@@ -220,13 +220,23 @@ def merge_ranges(ranges: Sequence[CharRange]) -> list[CharRange]:
     return [(a, b) for a, b in merged]
 
 
-def layout_from_tokens(tokens: Sequence[str], special: Sequence[bool]) -> Layout:
-    """A layout for a run made from token ids: the token strings joined, no messages or documents."""
+def layout_from_tokens(
+    tokens: Sequence[str], special: Sequence[bool], images: Sequence[tuple[int, int, ImageGrid]] = ()
+) -> Layout:
+    """A layout for a run made from token ids: the token strings joined, no messages or documents. ``images``:
+    each image's token range ``[start, end)`` and grid (a run given raw image inputs), one ``"image"`` segment
+    each, whose tokens are sources, not template, though the image token is a special one."""
     offsets, position = [], 0
     for token in tokens:
         offsets.append((position, position + len(token)))
         position += len(token)
-    return Layout(text="".join(tokens), offsets=offsets, segments=[], template=[bool(s) for s in special],
-                  source="tokens")
+    template = [bool(s) for s in special]
+    segments = []
+    for k, (start, end, grid) in enumerate(images):
+        name = f"image {k} ({grid.size[0]}×{grid.size[1]})"
+        segments.append(Segment("image", name, (offsets[start][0], offsets[end - 1][1]), tokens=(start, end),
+                                index=k, image=grid))
+        template[start:end] = [False] * (end - start)
+    return Layout(text="".join(tokens), offsets=offsets, segments=segments, template=template, source="tokens")
 
 

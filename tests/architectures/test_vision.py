@@ -382,3 +382,24 @@ def test_images_on_a_wrapper_traced_on_its_text_only_are_refused_as_such() -> No
     with pytest.raises(SpanTraceError, match="traces mistral3 on its text only") as error:
         model.run(input_ids=random_ids(8), prompt_length=4, model_inputs={"pixel_values": torch.zeros(1)})
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("arch", VISION_ARCHITECTURES)
+def test_raw_image_inputs_make_one_image_source_with_its_grid(arch: str, tmp_path) -> None:
+    """Token ids with raw pixel inputs (no processor): each image is still an ``"image"`` source with its token
+    range and grid (from ``image_grid_thw`` and the merge size, or a square), its tokens sources, not template."""
+    model, ids, prompt_length, model_inputs, _, run = case(arch)
+    result = run.trace((prompt_length + 1, ids.shape[0] - 1))
+    (block,) = image_blocks(ids, model.config)
+    (row,) = result.by("image")
+    assert row.tokens == block
+    grid = result.image_map(0)
+    assert grid.size == block[1] - block[0]
+    if "image_grid_thw" in model_inputs:  # Qwen: the merged grid, h / merge rows by w / merge columns
+        _, height, width = model_inputs["image_grid_thw"][0].tolist()
+        merge = model.config.vision_config.spatial_merge_size
+        assert grid.shape == (height // merge, width // merge)
+    np.testing.assert_allclose(grid.ravel(), result.scores[block[0]:block[1]], rtol=0, atol=0)
+    assert not any(result.layout.template[block[0]:block[1]])
+    result.save(tmp_path / "raw.json")
+    np.testing.assert_array_equal(st.TraceResult.load(tmp_path / "raw.json").image_map(0), grid)
