@@ -4,7 +4,9 @@ The target is the whole generation (reasoning + answer + EOS): ``s = Σ_{i ≥ P
 teacher-forced, with ``P`` the prompt length. Removing a token replaces its id *in place* by the
 neutral token (pad, else EOS; positions unchanged). Only ``positions`` (the tokens the evaluation
 ranks, see ``prompts.EvalTokens``) are ranked and removed, the same ones for every method; the rest
-of the prompt is kept. All K + 1 sequences go through the model in batched forwards.
+of the prompt is kept. All K + 1 sequences go through the model in batched forwards. On a run with images
+the model reads them as it did in the run, and a removed image token reads the zero vector, as occlusion
+removes it (``methods.objective.replaced_log_probs``, docs/vision-engine.md).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import SpanTraceError
-from ..methods.objective import auto_batch_size, neutral_token_id, objective_for, weighted_log_prob
+from ..methods.objective import auto_batch_size, neutral_token_id, objective_for, replaced_log_probs
 from .metrics import deletion_density, deletion_groups
 
 if TYPE_CHECKING:
@@ -59,14 +61,11 @@ def target_log_probs(run: Run, sequences: torch.Tensor, *, batch_size: int | Non
     if objective is None:
         raise SpanTraceError("the run has no generated token to score")
     sequences = sequences[:, : objective.length]
+    ids = torch.tensor(run.token_ids[: objective.length], dtype=torch.long)
     batch = batch_size or auto_batch_size(run, sequences.shape[1], objective.readout.shape[0], sequences.shape[0])
-    model = run.model.hf_model
-    with torch.inference_mode():
-        values = [
-            weighted_log_prob(model, objective, input_ids=sequences[start : start + batch].to(run.model.device)).cpu()
-            for start in range(0, sequences.shape[0], batch)
-        ]
-    return torch.cat(values).double().numpy()
+    with torch.inference_mode():  # image positions removed as occlusion removes them (the zero vector)
+        values = replaced_log_probs(run, objective, ids, sequences, batch).cpu()
+    return values.double().numpy()
 
 
 def deletion_curve(

@@ -254,3 +254,50 @@ def path_gradients(
         for feature, gradient in zip(kept[1], gradients[1:], strict=True):  # [n, D], [B, n, D]
             share[:, kept[0].to(share.device)] += (gradient.float() * feature.to(share.device).float()[None]).sum(-1)
     return values.detach(), gradients[0].detach(), share
+
+
+def replaced_log_probs(
+    run: RunView, objective: Objective, ids: torch.Tensor, sequences: torch.Tensor, batch: int
+) -> torch.Tensor:
+    """``f`` of each row of ``sequences [B, T]`` (the run's ``ids [T]`` with some positions replaced by the neutral
+    token), ``batch`` rows per forward -> ``[B]``: the one way occlusion and the evaluation's deletion curves
+    remove tokens. On a run with images, a replaced image position reads the zero vector (no image feature at
+    all; on Qwen3-VL its deepstack features go too), its position ids and bidirectional block stay, and every
+    other position reads what the model read (``replayed_log_prob``)."""
+    model = run.model.hf_model
+    image = image_mask(run, ids.shape[0])
+    if image is None:
+        return torch.cat([
+            weighted_log_prob(model, objective, input_ids=sequences[start : start + batch].to(run.model.device))
+            for start in range(0, sequences.shape[0], batch)
+        ])
+    rows = _occluded_embeddings(run, ids, sequences, image)
+    deepstack = _occluded_deepstack(run, ids, sequences)
+    return torch.cat([
+        replayed_log_prob(run, objective, rows[start : start + batch].to(run.model.device),
+                          None if deepstack is None else [f[start : start + batch] for f in deepstack])
+        for start in range(0, sequences.shape[0], batch)
+    ])
+
+
+def _occluded_embeddings(
+    run: RunView, ids: torch.Tensor, sequences: torch.Tensor, image: torch.Tensor
+) -> torch.Tensor:
+    """The occluded rows of a run with images as input embeddings ``[k + 1, T, D]``: an occluded text position
+    gets the neutral token's embedding, an occluded image position the zero vector (no image feature at all; on
+    Qwen3-VL its deepstack features go too, ``_occluded_deepstack``; its position and its block stay as they were),
+    every other position what the model read."""
+    embedded = input_embeddings(run, sequences)  # image positions still holding the image token: their features
+    occluded_image = image[None] & (sequences != ids[None])  # [k + 1, T]
+    return embedded.masked_fill(occluded_image[..., None].to(embedded.device), 0.0)
+
+
+def _occluded_deepstack(run: RunView, ids: torch.Tensor, sequences: torch.Tensor) -> list[torch.Tensor] | None:
+    """Per deepstack layer (Qwen3-VL), the features each row adds at the image positions ``[k + 1, n, D]``: the
+    captured ones, and 0 (none added) where the row occludes the image position; None for a run without them."""
+    kept = deepstack_features(run, ids.shape[0])
+    if kept is None:
+        return None
+    positions, features = kept
+    present = (sequences[:, positions] == ids[positions][None]).float()  # [k + 1, n]: 0 where occluded
+    return [f[None] * present[..., None].to(f.device, f.dtype) for f in features]

@@ -17,16 +17,7 @@ import torch
 from ..errors import SpanTraceError
 from ..protocols import RunView
 from .base import AttributionMethod, SinkScores
-from .objective import (
-    auto_batch_size,
-    deepstack_features,
-    image_mask,
-    input_embeddings,
-    neutral_token_id,
-    objective_for,
-    replayed_log_prob,
-    weighted_log_prob,
-)
+from .objective import auto_batch_size, neutral_token_id, objective_for, replaced_log_probs
 from .registry import register_method
 
 GROUPINGS = ("equal", "sentences")
@@ -89,45 +80,9 @@ class Occlusion(AttributionMethod):
         neutral = neutral_token_id(run)
         for row, group in enumerate(groups, start=1):
             sequences[row, group] = neutral
-        model = run.model.hf_model
         batch = self.batch_size or auto_batch_size(run, ids.shape[0], objective.readout.shape[0], len(groups) + 1)
-        image = image_mask(run, ids.shape[0])
-        if image is None:
-            values = torch.cat([
-                weighted_log_prob(model, objective, input_ids=sequences[start : start + batch].to(run.model.device))
-                for start in range(0, sequences.shape[0], batch)
-            ]).cpu()  # [k + 1]
-        else:
-            rows = _occluded_embeddings(run, ids, sequences, image)
-            deepstack = _occluded_deepstack(run, ids, sequences)
-            values = torch.cat([
-                replayed_log_prob(run, objective, rows[start : start + batch].to(run.model.device),
-                                  None if deepstack is None else [f[start : start + batch] for f in deepstack])
-                for start in range(0, sequences.shape[0], batch)
-            ]).cpu()  # [k + 1]
+        values = replaced_log_probs(run, objective, ids, sequences, batch).cpu()  # [k + 1]
         for row, group in enumerate(groups, start=1):
             scores[group] = values[0] - values[row]
         return SinkScores(scores=scores, notes=objective.notes)
 
-
-def _occluded_embeddings(
-    run: RunView, ids: torch.Tensor, sequences: torch.Tensor, image: torch.Tensor
-) -> torch.Tensor:
-    """The occluded rows of a run with images as input embeddings ``[k + 1, T, D]``: an occluded text position
-    gets the neutral token's embedding, an occluded image position the zero vector (no image feature at all; on
-    Qwen3-VL its deepstack features go too, ``_occluded_deepstack``; its position and its block stay as they were),
-    every other position what the model read."""
-    embedded = input_embeddings(run, sequences)  # image positions still holding the image token: their features
-    occluded_image = image[None] & (sequences != ids[None])  # [k + 1, T]
-    return embedded.masked_fill(occluded_image[..., None].to(embedded.device), 0.0)
-
-
-def _occluded_deepstack(run: RunView, ids: torch.Tensor, sequences: torch.Tensor) -> list[torch.Tensor] | None:
-    """Per deepstack layer (Qwen3-VL), the features each row adds at the image positions ``[k + 1, n, D]``: the
-    captured ones, and 0 (none added) where the row occludes the image position; None for a run without them."""
-    kept = deepstack_features(run, ids.shape[0])
-    if kept is None:
-        return None
-    positions, features = kept
-    present = (sequences[:, positions] == ids[positions][None]).float()  # [k + 1, n]: 0 where occluded
-    return [f[None] * present[..., None].to(f.device, f.dtype) for f in features]

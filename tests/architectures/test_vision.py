@@ -403,3 +403,33 @@ def test_raw_image_inputs_make_one_image_source_with_its_grid(arch: str, tmp_pat
     assert not any(result.layout.template[block[0]:block[1]])
     result.save(tmp_path / "raw.json")
     np.testing.assert_array_equal(st.TraceResult.load(tmp_path / "raw.json").image_map(0), grid)
+
+
+@pytest.mark.parametrize("arch", VISION_ARCHITECTURES)
+def test_deletion_curves_read_the_image_and_remove_it_as_occlusion_does(arch: str) -> None:
+    """The evaluation's curves on a run with images: nothing removed is the wrapper's own log-probability of the
+    generation with the pixels in (they once re-ran the ids alone), and removing the image's tokens gives each of
+    them the zero vector (and Qwen3-VL no deepstack features), as occlusion does."""
+    from spantrace.eval.curves import deletion_curve, top_k_drop
+
+    model, ids, prompt_length, model_inputs, _, run = case(arch)
+    sinks = torch.arange(prompt_length, ids.shape[0])
+    (start, end), = image_blocks(ids, model.config)
+    scores = np.zeros(prompt_length)
+    scores[start:end] = 1.0  # the image ranked first
+    with torch.no_grad():
+        full = _wrapper_objective(model, ids, model_inputs, sinks)
+
+        def no_image(kwargs: dict) -> dict:
+            embeds = kwargs["inputs_embeds"].clone()
+            embeds[:, start:end] = 0
+            if kwargs.get("deepstack_visual_embeds") is not None:
+                kwargs["deepstack_visual_embeds"] = [torch.zeros_like(f) for f in kwargs["deepstack_visual_embeds"]]
+            return {**kwargs, "inputs_embeds": embeds}
+
+        removed = _wrapper_objective(model, ids, model_inputs, sinks, edit=no_image)
+    curve = deletion_curve(run, scores, steps=2)
+    np.testing.assert_allclose(curve.values[0], float(full), rtol=1e-5, atol=1e-5)
+    drop = top_k_drop(run, scores, end - start)
+    np.testing.assert_allclose(drop, float(full - removed), rtol=1e-4, atol=1e-4)
+    assert abs(drop) > 1e-6  # the image mattered to the generation
