@@ -141,8 +141,14 @@ def test_the_viewer_refuses_a_malformed_result_with_json_422(result: TraceResult
     assert client.get(f"/api/traces/{good.json()['trace_id']}.html").status_code == 200
 
 
+class _Adapter:
+    name = "none"
+
+
 class _Model:
-    """The results endpoint needs no model: a stand-in with the two names ``create_app`` reads."""
+    """The results endpoint needs no model: a stand-in with the names ``create_app`` reads (it asks whether the
+    model takes images: no processor, so no)."""
 
     model_id = "no model"
-    adapter = None
+    adapter = _Adapter()
+    processor = None
