@@ -34,10 +34,13 @@ RTOL, ATOL = 1e-4, 1e-6
 
 
 @torch.no_grad()
-def model_residuals(model: nn.Module) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per decoder layer, from the model's own forward on ``ids()``: x_in (the layer's input) and x_mid (the
-    input of its post-attention norm, i.e. x_in plus the token mixer's output), each [N, D] float64."""
-    layers = model.model.layers
+def model_residuals(
+    model: nn.Module, inputs: tuple[torch.Tensor, dict] | None = None
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Per decoder layer, from the model's own forward on ``ids()`` (or on ``inputs``: token ids and model inputs,
+    an image run): x_in (the layer's input) and x_mid (the input of its post-attention norm, i.e. x_in plus the
+    token mixer's output), each [N, D] float64."""
+    layers = hybrid.text_stack(model).layers
     x_in: list[np.ndarray | None] = [None] * len(layers)
     x_mid: list[np.ndarray | None] = [None] * len(layers)
 
@@ -52,7 +55,13 @@ def model_residuals(model: nn.Module) -> tuple[list[np.ndarray], list[np.ndarray
         handles.append(layer.post_attention_layernorm.register_forward_pre_hook(keep(x_mid, index),
                                                                                 with_kwargs=True))
     try:
-        model(ids()[None], use_cache=False)
+        if inputs is None:
+            model(ids()[None], use_cache=False)
+        else:
+            tokens, model_inputs = inputs
+            dtype = next(model.parameters()).dtype
+            model(input_ids=tokens[None], use_cache=False, **{k: v.to(dtype) if v.is_floating_point() else v
+                                                              for k, v in model_inputs.items()})
     finally:
         for handle in handles:
             handle.remove()

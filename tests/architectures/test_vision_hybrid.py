@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from reference import LayerTerms, trace
 from test_deltanet import reference_attention, reference_deltanet
+from test_hybrid_qwen import model_residuals
 from tiny_models import (
     HYBRID_VISION_ARCHITECTURES,
     IMAGE_TOKEN,
@@ -49,58 +50,13 @@ def float64_copy(model: nn.Module) -> nn.Module:
 
 
 def on_image_run(ids: torch.Tensor, model_inputs: dict):
-    """``test_deltanet``'s references call ``mixer_io`` on their own text; this one reads the image run instead."""
-
-    @torch.no_grad()
-    def mixer_io(model: nn.Module, module_name: str, index: int) -> tuple[dict, tuple]:
-        module = getattr(hybrid.text_stack(model).layers[index], module_name)
-        seen: dict = {}
-
-        def pre(_m, args, kwargs):
-            seen["args"], seen["kwargs"] = args, kwargs
-
-        def post(_m, _args, _kwargs, output):
-            seen["output"] = output
-
-        handles = [module.register_forward_pre_hook(pre, with_kwargs=True),
-                   module.register_forward_hook(post, with_kwargs=True)]
-        try:
-            model(input_ids=ids[None], **as_dtype(model_inputs, next(model.parameters()).dtype))
-        finally:
-            for handle in handles:
-                handle.remove()
-        return seen, seen["output"]
-
-    return mock.patch.object(test_deltanet, "mixer_io", mixer_io)
+    """``test_deltanet``'s references call ``mixer_io`` on their own text; while inside, it reads the image run."""
+    return mock.patch.object(test_deltanet, "mixer_io",
+                             functools.partial(test_deltanet.mixer_io, inputs=(ids, model_inputs)))
 
 
 def as_dtype(model_inputs: dict, dtype: torch.dtype) -> dict:
     return {k: v.to(dtype) if v.is_floating_point() else v for k, v in model_inputs.items()}
-
-
-@torch.no_grad()
-def model_residuals(model: nn.Module, ids: torch.Tensor, model_inputs: dict) -> tuple[list, list]:
-    """Per decoder layer, from the model's own forward with the pixels in: x_in and x_mid, [N, D] float64."""
-    layers = hybrid.text_stack(model).layers
-    x_in: list = [None] * len(layers)
-    x_mid: list = [None] * len(layers)
-
-    def keep(store: list, index: int):
-        def hook(_module, args, kwargs):
-            store[index] = (args[0] if args else kwargs["hidden_states"])[0].double().numpy().copy()
-        return hook
-
-    handles = []
-    for index, layer in enumerate(layers):
-        handles.append(layer.register_forward_pre_hook(keep(x_in, index), with_kwargs=True))
-        handles.append(layer.post_attention_layernorm.register_forward_pre_hook(keep(x_mid, index),
-                                                                                with_kwargs=True))
-    try:
-        model(input_ids=ids[None], use_cache=False, **as_dtype(model_inputs, next(model.parameters()).dtype))
-    finally:
-        for handle in handles:
-            handle.remove()
-    return x_in, x_mid
 
 
 @functools.cache
@@ -116,7 +72,7 @@ def reference_terms(arch: str) -> list[LayerTerms]:
     """Float64 per-layer terms of the image run: contrib [H, N(sink), N(source), D], residual, x_mid."""
     model, ids, _, model_inputs, _ = case(arch)
     model64 = float64_copy(model)
-    x_in, x_mid = model_residuals(model64, ids, model_inputs)
+    x_in, x_mid = model_residuals(model64, (ids, model_inputs))
     terms = []
     with on_image_run(ids, model_inputs):
         for index in range(len(x_in)):

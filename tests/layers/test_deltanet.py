@@ -98,8 +98,11 @@ def rebuild_error(split: GatedDeltaNetLayer | GatedAttentionLayer, capture: Capt
 
 
 @torch.no_grad()
-def mixer_io(model: nn.Module, module_name: str, index: int) -> tuple[dict, tuple]:
-    """The kwargs/args and output of layer ``index``'s mixer during a forward pass of ``model``."""
+def mixer_io(
+    model: nn.Module, module_name: str, index: int, inputs: tuple[torch.Tensor, dict] | None = None
+) -> tuple[dict, tuple]:
+    """The kwargs/args and output of layer ``index``'s mixer during a forward pass of ``model`` on ``ids()``, or on
+    ``inputs`` (token ids and model inputs: an image run, tests/architectures/test_vision_hybrid.py)."""
     stack = text_stack(model)
     module = getattr(stack.layers[index], module_name)
     seen: dict = {}
@@ -113,7 +116,13 @@ def mixer_io(model: nn.Module, module_name: str, index: int) -> tuple[dict, tupl
     handles = [module.register_forward_pre_hook(pre, with_kwargs=True),
                module.register_forward_hook(post, with_kwargs=True)]
     try:
-        model(ids()[None])
+        if inputs is None:
+            model(ids()[None])
+        else:
+            tokens, model_inputs = inputs
+            dtype = next(model.parameters()).dtype
+            model(input_ids=tokens[None], **{k: v.to(dtype) if v.is_floating_point() else v
+                                             for k, v in model_inputs.items()})
     finally:
         for handle in handles:
             handle.remove()
