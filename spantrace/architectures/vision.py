@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError, UnsupportedArchitectureError
-from ..inputs.images import raw_image_segments
+from ..inputs.images import raw_image_segments, row_blocks, row_break_grid
 from ..text.tokens import runs
 from .llama import LlamaStyleAdapter
 from .registry import register_adapter
@@ -316,6 +316,21 @@ class Mistral3VisionAdapter(VisionLanguageAdapter):
                                  "Pixtral processor gives)")
             self._check_image_count(input_ids, sum(rows * cols for rows, cols in self.image_token_counts(sizes)))
         return completed
+
+    def image_segments(self, token_ids: Sequence[int], model_inputs: Mapping[str, Any]) -> list[tuple[int, int, Any]]:
+        """Each image of a run given raw model inputs: from its first ``[IMG]`` to its last, the row breaks between
+        included, and its grid (rows ``cols + 1`` tokens apart); empty when the ``[IMG]`` rows are not written one
+        break apart as the processor writes them (the run is traced the same, without image rows)."""
+        sizes, token = model_inputs.get("image_sizes"), image_token_id(self.model.config)
+        if sizes is None or token is None:
+            return []
+        shapes = self.image_token_counts(sizes)
+        blocks = row_blocks(runs(int(t) == token for t in token_ids), shapes)
+        if blocks is None:
+            return []
+        pixels = torch.as_tensor(sizes).reshape(-1, 2).tolist()
+        return [(start, end, row_break_grid(shape, size, self.downsample()))
+                for (start, end), shape, size in zip(blocks, shapes, pixels, strict=True)]
 
     def synthetic_image_inputs(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         """``input_ids`` with one random 2 × 2-token image in the middle (two rows of two ``[IMG]``, the first row

@@ -210,3 +210,56 @@ def test_a_text_run_on_the_wrapper_is_unchanged() -> None:
     got = run.trace((10, 13), hops=1)
     want = trace(terms, (10, 13), 9, method="flashtrace", hops=1)
     np.testing.assert_allclose(np.asarray(got.scores, np.float64), want.scores, rtol=RTOL, atol=ATOL)
+
+
+def test_raw_image_inputs_make_one_image_source_with_its_row_broken_grid(tmp_path) -> None:
+    """Token ids with raw pixel inputs: the image is ONE source from its first [IMG] to its last (the row break
+    between its rows inside, as template), its grid rows × cols of [IMG] tokens row-major, summing to its score in
+    by("image") whether template tokens are pooled or not; the grid round-trips through JSON."""
+    _, ids, prompt_length, _, _, run = case()
+    result = run.trace((prompt_length + 1, ids.shape[0] - 1))
+    cells = (ids == IMAGE_TOKEN).nonzero()[:, 0].tolist()
+    (row,) = result.by("image")
+    assert row.tokens == (cells[0], cells[-1] + 1) and list(row.positions) == cells
+    segment = result.layout.of_kind("image")[0]
+    assert segment.image.row_stride == 4 and (segment.image.rows, segment.image.cols) == (2, 3)
+    assert segment.image.size == (24, 16) and segment.image.cell == (8, 8)
+    brk = ids.tolist().index(IMAGE_BREAK)
+    assert result.layout.template[brk] and not any(result.layout.template[p] for p in cells)
+    grid = result.image_map(0)
+    assert grid.shape == (2, 3)
+    np.testing.assert_array_equal(grid.ravel(), result.scores[cells])  # row-major, the break left out
+    assert grid.sum() == pytest.approx(row.score, rel=1e-6)
+    (pooled,) = result.by("image", include_template=True)
+    assert pooled.score == pytest.approx(grid.sum(), rel=1e-6) and brk not in pooled.positions
+    records = result.token_records()  # to_pandas's rows
+    assert (records[cells[3]]["image_row"], records[cells[3]]["image_col"]) == (1, 0)
+    assert records[brk]["image"] is None and records[cells[5]]["image"] == 0
+    result.save(tmp_path / "raw.json")
+    again = st.TraceResult.load(tmp_path / "raw.json")
+    assert again.layout.of_kind("image")[0].image == segment.image
+    np.testing.assert_array_equal(again.image_map(0), grid)
+
+
+def test_the_picture_cells_are_the_img_tokens() -> None:
+    """The views' cells (report, viewer, terminal) sit on the [IMG] positions, row-major, never on a break."""
+    from spantrace.render.picture import image_views
+
+    _, ids, prompt_length, _, _, run = case()
+    result = run.trace((prompt_length + 1, ids.shape[0] - 1))
+    (view,) = image_views(result)
+    cells = (ids == IMAGE_TOKEN).nonzero()[:, 0].tolist()
+    assert [cell.position for cell in view.cells] == cells
+    assert [(cell.row, cell.col) for cell in view.cells] == [(r, c) for r in range(2) for c in range(3)]
+    assert view.score == pytest.approx(result.image_map(0).sum(), rel=1e-6)
+
+
+def test_a_row_stride_below_the_columns_is_refused_when_read() -> None:
+    from spantrace.text.layout import ImageGrid
+
+    grid = ImageGrid(rows=2, cols=3, size=(24, 16), input_size=(24, 16), cell=(8, 8), row_stride=4)
+    assert ImageGrid.from_dict(grid.to_dict()) == grid and grid.span == 7
+    assert grid.cell_offsets() == [0, 1, 2, 4, 5, 6]
+    assert "row_stride" not in ImageGrid(rows=2, cols=3, size=(6, 4), input_size=(6, 4), cell=(2, 2)).to_dict()
+    with pytest.raises(ValueError, match="row_stride must be at least"):
+        ImageGrid.from_dict({**grid.to_dict(), "row_stride": 2})
