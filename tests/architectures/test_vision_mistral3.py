@@ -263,3 +263,18 @@ def test_a_row_stride_below_the_columns_is_refused_when_read() -> None:
     assert "row_stride" not in ImageGrid(rows=2, cols=3, size=(6, 4), input_size=(6, 4), cell=(2, 2)).to_dict()
     with pytest.raises(ValueError, match="row_stride must be at least"):
         ImageGrid.from_dict({**grid.to_dict(), "row_stride": 2})
+
+
+def test_the_report_and_the_viewer_payload_draw_the_img_cells() -> None:
+    """The HTML report's cells and the viewer's image payload name the [IMG] positions, never the row break."""
+    from spantrace.serve.app import _images_payload
+
+    _, ids, prompt_length, _, _, run = case()
+    result = run.trace((prompt_length + 1, ids.shape[0] - 1))
+    cells = (ids == IMAGE_TOKEN).nonzero()[:, 0].tolist()
+    (payload,) = _images_payload(result)
+    assert (payload["rows"], payload["cols"]) == (2, 3) and [c["position"] for c in payload["cells"]] == cells
+    html = result.to_html()
+    brk = ids.tolist().index(IMAGE_BREAK)
+    assert all(f"row {p // 4}, col {p % 4} · #{cells[0] + p} ·" in html for p in (0, 1, 2, 4, 5, 6))
+    assert f"· #{brk} · score" not in html
