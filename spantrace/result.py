@@ -421,8 +421,8 @@ def _field_layout(value: Any, n: int) -> Layout | None:
     for number, image in enumerate(layout.of_kind("image")):
         count = image.tokens[1] - image.tokens[0] if image.tokens is not None else 0
         if image.image is None or count != image.image.span:
-            raise _bad("layout", f"image {number} must have a grid of rows × cols (and row breaks) matching its "
-                       f"{count} tokens")
+            raise _bad("layout", f"image {number} must have a grid of rows × cols matching its {count} tokens "
+                       "(row breaks included)")
     return layout
 
 

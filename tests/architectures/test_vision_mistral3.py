@@ -278,3 +278,18 @@ def test_the_report_and_the_viewer_payload_draw_the_img_cells() -> None:
     brk = ids.tolist().index(IMAGE_BREAK)
     assert all(f"row {p // 4}, col {p % 4} · #{cells[0] + p} ·" in html for p in (0, 1, 2, 4, 5, 6))
     assert f"· #{brk} · score" not in html
+
+
+def test_a_saved_grid_whose_row_breaks_do_not_fit_its_tokens_is_refused(tmp_path) -> None:
+    """Read back, an image's grid must span its tokens: without its row stride the 2 × 3 grid covers 6 of its 7."""
+    import json
+
+    _, ids, prompt_length, _, _, run = case()
+    run.trace((prompt_length + 1, ids.shape[0] - 1)).save(tmp_path / "trace.json")
+    data = json.loads((tmp_path / "trace.json").read_text())
+    (segment,) = [s for s in data["layout"]["segments"] if s["kind"] == "image"]
+    del segment["image"]["row_stride"]
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(SpanTraceError, match="rows × cols matching its 7 tokens") as error:
+        st.TraceResult.load(tmp_path / "bad.json")
+    assert "\n" not in str(error.value)
