@@ -9,8 +9,8 @@ tokens' scores, and the shares of disjoint groups add up too. ``TraceResult.by(g
     document                                  each document given with ``documents=``
     tool_result                               each tool message
     tool_call                                 each tool call an earlier assistant turn made
-    image                                     each image (all its tokens; ``TraceResult.image_map`` lays
-                                              them out on the picture)
+    image                                     each image (its grid's tokens, no row breaks;
+                                              ``TraceResult.image_map`` lays them out on the picture)
     [{"name": ..., "chars": (a, b)}, ...]     your own ranges: characters of ``result.layout.text``, or
     [{"name": ..., "tokens": (a, b)}, ...]    token positions (end exclusive)
 
@@ -314,6 +314,11 @@ def _structure_groups(layout: Layout, grouping: str, context: int) -> list[Group
     for position, owner in enumerate(owners):
         if owner is not None:
             groups[owner][3].append(position)
+    if grouping == "image":  # an image is its grid's cells: row breaks between its rows belong to no image
+        for group, segment in zip(groups, segments, strict=True):
+            if segment.image is not None:
+                cells = {segment.tokens[0] + offset for offset in segment.image.cell_offsets()}
+                group[3][:] = [position for position in group[3] if position in cells]
     return groups
 
 

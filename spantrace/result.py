@@ -112,8 +112,9 @@ class TraceResult:
             count = len(images)
             raise GroupingError(f"image {k!r} does not exist: this result has {count} image(s), 0..{count - 1}")
         segment = images[k]
-        grid, (start, end) = segment.image, segment.tokens  # both present: checked when the layout is built or read
-        return np.asarray(self.scores[start:end], dtype=np.float64).reshape(grid.rows, grid.cols)
+        grid, (start, _) = segment.image, segment.tokens  # both present: checked when the layout is built or read
+        cells = [start + offset for offset in grid.cell_offsets()]  # row breaks between the rows left out
+        return np.asarray(self.scores, dtype=np.float64)[cells].reshape(grid.rows, grid.cols)
 
     def groupings(self) -> list[str]:
         """The groupings this result has boundaries for."""
@@ -135,9 +136,9 @@ class TraceResult:
             owners[kind] = [segments[o].index if o is not None else None for o in found]
         cells: dict[int, tuple[int, int, int]] = {}  # position → (image, row, col)
         for number, segment in enumerate(self.layout.of_kind("image")):
-            first, last = segment.tokens or (0, 0)
-            for offset in range(last - first):
-                cells[first + offset] = (number, *divmod(offset, segment.image.cols))
+            first, _ = segment.tokens or (0, 0)
+            for cell, offset in enumerate(segment.image.cell_offsets() if segment.tokens else []):
+                cells[first + offset] = (number, *divmod(cell, segment.image.cols))
         start, end = self.span
         records = []
         for position, (token, token_id) in enumerate(zip(self.tokens, self.token_ids, strict=True)):
@@ -419,8 +420,9 @@ def _field_layout(value: Any, n: int) -> Layout | None:
         raise _bad("layout", "has a segment whose role is not text or whose message is not a whole number")
     for number, image in enumerate(layout.of_kind("image")):
         count = image.tokens[1] - image.tokens[0] if image.tokens is not None else 0
-        if image.image is None or count != image.image.rows * image.image.cols:
-            raise _bad("layout", f"image {number} must have a grid of rows × cols matching its {count} tokens")
+        if image.image is None or count != image.image.span:
+            raise _bad("layout", f"image {number} must have a grid of rows × cols matching its {count} tokens "
+                       "(row breaks included)")
     return layout
 
 

@@ -38,7 +38,9 @@ from spantrace.loading.processor import images_only
 # mm_tokens_per_image = 4 tokens: 2 × 2. Qwen3-VL-MoE and the Qwen3.5 wrappers read Qwen3-VL's processor: 2 × 2
 SIDE, PATCH = 56, 14
 GRIDS = {"llava": (4, 4), "qwen2_5_vl": (2, 2), "qwen3_vl": (2, 2), "gemma3": (2, 2), "qwen3_vl_moe": (2, 2),
-         "qwen3_5": (2, 2), "qwen3_5_moe": (2, 2)}
+         "qwen3_5": (2, 2), "qwen3_5_moe": (2, 2), "mistral3": (3, 3)}
+# Mistral 3 (Pixtral's processor): the picture resized to 24 × 24 (longest edge), 4-pixel patches merged 2 × 2:
+# 3 rows of 3 [IMG] tokens, each row followed by [IMG_BREAK] ([IMG_END] after the last)
 
 
 @pytest.fixture(scope="module", params=sorted(GRIDS))
@@ -158,6 +160,48 @@ def llava(tokenizer) -> spantrace.Model:
     return spantrace.load(model, tokenizer=own, processor=processor)
 
 
+def pixtral_processor(tokenizer):  # noqa: ANN001, ANN201
+    """Pixtral's processor (Mistral 3's) built offline: its PIL image processor (longest edge 24, 8-pixel tokens)
+    and the built-in tokenizer with the three image tokens added. transformers' processor module imports the
+    torchvision image processor's module for one function, which its PIL module has too: that module is stood in
+    for by one holding the PIL function (torchvision is not installed here)."""
+    import sys
+    import types
+
+    from transformers.models.pixtral import image_processing_pil_pixtral as pil
+
+    name = "transformers.models.pixtral.image_processing_pixtral"
+    if name not in sys.modules:
+        try:
+            __import__(name)
+        except ImportError:
+            sys.modules[name] = types.ModuleType(name)
+            sys.modules[name].get_resize_output_image_size = pil.get_resize_output_image_size
+    from transformers.models.pixtral.processing_pixtral import PixtralProcessor
+
+    own = copy.deepcopy(tokenizer)
+    own.add_special_tokens({"additional_special_tokens": ["[IMG]", "[IMG_BREAK]", "[IMG_END]"]})
+    images = pil.PixtralImageProcessorPil(size={"longest_edge": 24}, patch_size={"height": 8, "width": 8})
+    return PixtralProcessor(image_processor=images, tokenizer=own, patch_size=4, spatial_merge_size=2,
+                            chat_template=template("[IMG]"))
+
+
+@pytest.fixture(scope="module")
+def mistral3(tokenizer) -> spantrace.Model:
+    """A Mistral Small 3.x-shaped wrapper (a Mistral text stack, no sliding window) behind a one-layer Pixtral tower."""
+    processor = pixtral_processor(tokenizer)
+    own = processor.tokenizer
+    vision = dict(model_type="pixtral", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                  num_attention_heads=2, head_dim=8, patch_size=4, image_size=64)
+    config = AutoConfig.for_model("mistral3", text_config=make_config("mistral", vocab_size=len(own),
+                                                                      sliding_window=None).to_dict(),
+                                  vision_config=vision, image_token_index=own.convert_tokens_to_ids("[IMG]"),
+                                  spatial_merge_size=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = AutoModelForImageTextToText.from_config(config, attn_implementation="sdpa").eval()
+    return spantrace.load(model, tokenizer=own, processor=processor)
+
+
 def picture() -> Image.Image:
     pixels = np.random.default_rng(0).integers(0, 255, (SIDE, SIDE, 3), dtype=np.uint8)
     return Image.fromarray(pixels)
@@ -174,14 +218,17 @@ def test_an_image_in_a_message_is_traced_as_one_source(vlm: spantrace.Model, tmp
     row = images[0]
     start, end = row.tokens
     rows, cols = GRIDS[vlm.adapter.name] if vlm.adapter.name in GRIDS else GRIDS[vlm.hf_model.config.model_type]
-    assert end - start == rows * cols
+    # the image's cells: its tokens, or (Mistral 3) its [IMG] tokens with a row break after each row of them
+    cells = [start + offset for offset in result.layout.of_kind("image")[0].image.cell_offsets()]
+    assert len(cells) == rows * cols and cells[-1] == end - 1 and list(row.positions) == cells
     image_token = vlm.hf_model.config.image_token_id
-    assert all(result.token_ids[p] == image_token for p in range(start, end))
+    assert all(result.token_ids[p] == image_token for p in cells)
+    assert (end - start == rows * cols) == (vlm.hf_model.config.model_type != "mistral3")
     grid = result.image_map(0)
     assert grid.shape == (rows, cols)
-    np.testing.assert_allclose(grid.ravel(), result.scores[start:end], rtol=0, atol=0)  # row-major
+    np.testing.assert_allclose(grid.ravel(), result.scores[cells], rtol=0, atol=0)  # row-major
     np.testing.assert_allclose(grid.sum(), row.score, rtol=1e-5)
-    assert np.abs(result.scores[start:end]).sum() > 0  # the image carries score: it is read, not masked
+    assert np.abs(result.scores[cells]).sum() > 0  # the image carries score: it is read, not masked
     # the same tokens and pixels given raw give the same scores: the processor path adds nothing of its own
     ids = prepared.ids + prepared.output_ids
     raw = vlm.run(input_ids=ids, prompt_length=len(prepared.ids), model_inputs=prepared.model_inputs)
@@ -210,13 +257,16 @@ def test_an_image_in_a_message_is_traced_as_one_source(vlm: spantrace.Model, tmp
     np.testing.assert_array_equal(again.image_map(0), grid)
 
 
-@pytest.mark.parametrize("name", ["llava", "qwen2_5_vl", "qwen3_vl", "gemma3", "qwen3_5"])
-def test_a_saved_vlm_folder_traces_an_image_from_the_command_line(request, name: str, tmp_path) -> None:
+@pytest.mark.parametrize("name", ["llava", "qwen2_5_vl", "qwen3_vl", "gemma3", "qwen3_5", "mistral3"])
+def test_a_saved_vlm_folder_traces_an_image_from_the_command_line(request, name: str, tmp_path, monkeypatch) -> None:
+    import transformers
     from typer.testing import CliRunner
 
     from spantrace.cli import app
 
     vlm = request.getfixturevalue(name)
+    if name == "mistral3":  # without torchvision transformers offers a stand-in for Pixtral's processor: the real one
+        monkeypatch.setattr(transformers, "PixtralProcessor", type(vlm.processor))
     folder = tmp_path / f"tiny-{name}"
     vlm.hf_model.save_pretrained(folder)
     vlm.processor.save_pretrained(folder)  # Qwen's without a video processor: load() must still find it
@@ -229,9 +279,9 @@ def test_a_saved_vlm_folder_traces_an_image_from_the_command_line(request, name:
     saved = TraceResult.load(out)
     (image,) = saved.by("image")
     rows, cols = GRIDS[name]
-    assert image.tokens[1] - image.tokens[0] == rows * cols and saved.image_map(0).shape == (rows, cols)
+    assert len(image.positions) == rows * cols and saved.image_map(0).shape == (rows, cols)
     image_token = vlm.hf_model.config.image_token_id
-    assert all(saved.token_ids[p] == image_token for p in range(*image.tokens))
+    assert all(saved.token_ids[p] == image_token for p in image.positions)
     assert f"image 0 ({SIDE}×{SIDE})" in result.output
     # the same trace through the API, from the model in memory: the folder's model and processor are the same
     content = [{"type": "image", "image": picture()}, {"type": "text", "text": "What is in the picture?"}]

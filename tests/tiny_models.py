@@ -241,13 +241,21 @@ def random_ids(length: int, *, seed: int = 0, vocab_size: int = 97) -> torch.Ten
 VISION_ARCHITECTURES = ("qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "gemma3", "llava")
 # Token ids of the image placeholders inside the tiny vocabulary of 97 (ids 0–2 are pad, BOS, EOS).
 IMAGE_TOKEN, VISION_START, VISION_END, VIDEO_TOKEN = 90, 91, 92, 93
+# Pixtral's row break and image end (Mistral 3): the processor ends each row of image tokens with one of them.
+IMAGE_BREAK, IMAGE_END = 94, 95
 
 _QWEN_VISION = dict(depth=1, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=48, patch_size=4,
                     spatial_merge_size=2, temporal_patch_size=2, in_channels=3)
 
 
 def make_vision_config(arch: str):
-    """A tiny image-text config of ``arch`` (one of ``VISION_ARCHITECTURES``)."""
+    """A tiny image-text config of ``arch`` (one of ``VISION_ARCHITECTURES``, or ``"mistral3"``)."""
+    if arch == "mistral3":  # a Ministral 3 text stack behind a 1-layer Pixtral tower: 4-pixel patches, merged 2x2
+        vision = dict(model_type="pixtral", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, head_dim=8, patch_size=4, image_size=64)
+        return AutoConfig.for_model("mistral3", text_config=make_config("ministral3").to_dict(), vision_config=vision,
+                                    image_token_index=IMAGE_TOKEN, spatial_merge_size=2, tie_word_embeddings=False,
+                                    multimodal_projector_bias=True)
     if arch == "llava":  # a Llama text stack behind a 2-layer CLIP tower: 2x2 patches, 4 image tokens
         vision = dict(model_type="clip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                       num_attention_heads=2, image_size=28, patch_size=14)
@@ -299,7 +307,11 @@ def vision_inputs(arch: str, model: PreTrainedModel, *, seed: int = 0, text: int
     generator = torch.Generator().manual_seed(seed)
     before, after = random_ids(text, seed=seed, vocab_size=IMAGE_TOKEN), random_ids(text + answer, seed=seed + 1,
                                                                                    vocab_size=IMAGE_TOKEN)
-    if arch in ("gemma3", "llava"):
+    if arch == "mistral3":  # 16 x 24 pixels: 2 rows x 3 columns of [IMG], each row ended by [IMG_BREAK] / [IMG_END]
+        model_inputs = {"pixel_values": torch.randn(1, 3, 16, 24, generator=generator),
+                        "image_sizes": torch.tensor([[16, 24]])}
+        image = ([IMAGE_TOKEN] * 3 + [IMAGE_BREAK]) + ([IMAGE_TOKEN] * 3 + [IMAGE_END])
+    elif arch in ("gemma3", "llava"):
         vision = model.config.vision_config
         size = int(vision.image_size)
         model_inputs = {"pixel_values": torch.randn(1, 3, size, size, generator=generator)}
@@ -315,7 +327,7 @@ def vision_inputs(arch: str, model: PreTrainedModel, *, seed: int = 0, text: int
     ids = torch.cat([before, torch.tensor(image), after])
     # 1 at the image tokens, as a processor gives it: Qwen's M-RoPE and Gemma 3's bidirectional mask read it
     types = (ids == IMAGE_TOKEN)[None].long()
-    if arch != "llava":
+    if arch not in ("llava", "mistral3"):
         model_inputs["token_type_ids" if arch == "gemma3" else "mm_token_type_ids"] = types
     dtype = next(model.parameters()).dtype
     model_inputs["pixel_values"] = model_inputs["pixel_values"].to(dtype)

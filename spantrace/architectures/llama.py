@@ -299,7 +299,6 @@ for _model_type in (
     "granite",
     "granitemoe",
     "ministral3",
-    "mistral3",
     # only the MLP differs (mixture of experts): attention attribution is the Llama-style one
     "qwen3_moe",
     "glm4_moe",

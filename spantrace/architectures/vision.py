@@ -1,4 +1,4 @@
-"""Vision-language models traced exactly: Qwen2.5-VL, Qwen3-VL (dense and MoE), Gemma 3 and LLaVA 1.5.
+"""Vision-language models traced exactly: Qwen2.5-VL, Qwen3-VL (dense and MoE), Gemma 3, LLaVA 1.5 and Mistral 3.
 
 After the vision tower and its merger, each image is a run of token positions whose input embeddings are the image
 features; the text stack is a Llama-shaped decoder (``LlamaStyleAdapter``), and every method attributes to those
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..errors import InputError, UnsupportedArchitectureError
-from ..inputs.images import raw_image_segments
+from ..inputs.images import raw_image_segments, row_blocks, row_break_grid
 from ..text.tokens import runs
 from .llama import LlamaStyleAdapter
 from .registry import register_adapter
@@ -127,7 +127,7 @@ class VisionLanguageAdapter(ImageInputs, LlamaStyleAdapter):
 
     def input_model(self) -> torch.nn.Module:
         """The wrapper's base model (vision tower, merger and text stack, no LM head): what a capture with model
-        inputs (images) runs. Only the adapters here have it: a wrapper traced on its text stack (Mistral 3's)
+        inputs (images) runs. Only the adapters here have it: a wrapper traced on its text stack (Gemma 4's)
         takes no images."""
         return self._outer
 
@@ -288,6 +288,67 @@ class LlavaAdapter(VisionLanguageAdapter):
         return ids, self.complete_model_inputs(ids, {"pixel_values": pixels})
 
 
+class Mistral3VisionAdapter(VisionLanguageAdapter):
+    """Mistral 3 image-text (Mistral Small 3.x, Ministral 3, Magistral): Pixtral's patch features, merged
+    ``spatial_merge_size`` × ``spatial_merge_size`` by the projector, fill the ``[IMG]`` positions in row-major
+    order; the text stack is a Mistral / Ministral decoder with plain positions and a causal mask, so a forward
+    from the merged input embeddings needs nothing else (``replay_inputs`` is the default ``{}``). The processor
+    ends each row of ``[IMG]`` tokens with ``[IMG_BREAK]`` (the last with ``[IMG_END]``): ordinary text tokens to
+    the model, so one image's tokens are several runs, and its grid has a row stride of cols + 1."""
+
+    def downsample(self) -> int:
+        """Pixels per image token along each side: the vision patch size times the projector's merge size."""
+        config = self.model.config
+        return int(config.vision_config.patch_size) * int(config.spatial_merge_size)
+
+    def image_token_counts(self, image_sizes: Any) -> list[tuple[int, int]]:
+        """Each image's ``(rows, cols)`` of ``[IMG]`` tokens from its ``(height, width)`` in pixels, as the
+        projector merges them."""
+        side = self.downsample()
+        return [(int(h) // side, int(w) // side) for h, w in torch.as_tensor(image_sizes).reshape(-1, 2).tolist()]
+
+    def complete_model_inputs(self, input_ids: torch.Tensor, model_inputs: Mapping[str, Any]) -> dict[str, Any]:
+        completed = super().complete_model_inputs(input_ids, model_inputs)
+        if completed.get("pixel_values") is not None:
+            sizes = completed.get("image_sizes")
+            if sizes is None:
+                raise InputError("pixel_values need image_sizes (each image's height and width in pixels, as the "
+                                 "Pixtral processor gives)")
+            self._check_image_count(input_ids, sum(rows * cols for rows, cols in self.image_token_counts(sizes)))
+        return completed
+
+    def image_segments(self, token_ids: Sequence[int], model_inputs: Mapping[str, Any]) -> list[tuple[int, int, Any]]:
+        """Each image of a run given raw model inputs: from its first ``[IMG]`` to its last, the row breaks between
+        included, and its grid (rows ``cols + 1`` tokens apart); empty when the ``[IMG]`` rows are not written one
+        break apart as the processor writes them (the run is traced the same, without image rows)."""
+        sizes, token = model_inputs.get("image_sizes"), image_token_id(self.model.config)
+        if sizes is None or token is None:
+            return []
+        shapes = self.image_token_counts(sizes)
+        blocks = row_blocks(runs(int(t) == token for t in token_ids), shapes)
+        if blocks is None:
+            return []
+        pixels = torch.as_tensor(sizes).reshape(-1, 2).tolist()
+        return [(start, end, row_break_grid(shape, size, self.downsample()))
+                for (start, end), shape, size in zip(blocks, shapes, pixels, strict=True)]
+
+    def synthetic_image_inputs(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """``input_ids`` with one random 2 × 2-token image in the middle (two rows of two ``[IMG]``, the first row
+        ended by a text token standing for ``[IMG_BREAK]``), and its pixels and size."""
+        config, vision = self.model.config, self.model.config.vision_config
+        side = 2 * self.downsample()
+        generator = torch.Generator().manual_seed(_IMAGE_SEED)
+        pixels = torch.randn(1, int(vision.num_channels), side, side, generator=generator)
+        pixels = pixels.to(next(self.model.parameters()).dtype)
+        token, middle = image_token_id(config), input_ids.shape[0] // 2
+        row_break = next(t for t in range(3, 8) if t != token)  # the model reads the break as any text token
+        image = [token, token, row_break, token, token]
+        ids = torch.cat([input_ids[:middle], torch.tensor(image), input_ids[middle:]])
+        ids = _avoid_tokens(ids, [token], keep=range(middle, middle + len(image)))
+        sizes = torch.tensor([[side, side]])
+        return ids, self.complete_model_inputs(ids, {"pixel_values": pixels, "image_sizes": sizes})
+
+
 def _avoid_tokens(ids: torch.Tensor, special: list[int], keep: range) -> torch.Tensor:
     """``ids`` with the image's special tokens replaced outside ``keep`` (a random text token that happened to be
     one would be read as an extra image token)."""
@@ -305,3 +366,4 @@ for _model_type in ("qwen3_vl", "qwen3_vl_moe"):
     register_adapter(_model_type, Qwen3VisionAdapter)
 register_adapter("gemma3", Gemma3VisionAdapter)
 register_adapter("llava", LlavaAdapter)
+register_adapter("mistral3", Mistral3VisionAdapter)

@@ -59,16 +59,25 @@ def attach_images(
     model_inputs = {key: value for key, value in encoded.items() if key not in ("input_ids", "attention_mask")}
     text, full_offsets, move = _splice(processor.tokenizer, rendered.text, ids, offsets, full_ids)
     image_token = _image_token_id(processor)
-    merge = int(getattr(getattr(processor, "image_processor", None), "merge_size", 1) or 1)
-    counts = token_counts(encoded.get("image_grid_thw"), merge, len(images), full_ids.count(image_token))
-    image_runs = split_runs(runs(token == image_token for token in full_ids), counts)
+    shapes = _row_break_shapes(processor, encoded)
+    if shapes is not None:  # Pixtral: each row of an image's tokens is its own run, a row break after it
+        image_runs = row_blocks(runs(token == image_token for token in full_ids), shapes) or []
+    else:
+        merge = int(getattr(getattr(processor, "image_processor", None), "merge_size", 1) or 1)
+        counts = token_counts(encoded.get("image_grid_thw"), merge, len(images), full_ids.count(image_token))
+        image_runs = split_runs(runs(token == image_token for token in full_ids), counts)
     if len(image_runs) != len(images):
         raise InputError(f"the processor wrote {len(image_runs)} runs of image tokens for {len(images)} images; "
                          "give each image its own image part")
     segments = [replace(s, chars=(move(s.chars[0]), move(s.chars[1]))) for s in rendered.segments]
     pictures = []
     for k, ((start, end), (number, image)) in enumerate(zip(image_runs, images, strict=True)):
-        grid = _grid(processor, encoded, k, end - start, image)
+        if shapes is not None:
+            side = _row_break_side(processor)
+            grid = replace(row_break_grid(shapes[k], encoded["image_sizes"][k].tolist(), side), size=(image.width,
+                           image.height), preview=preview(image))
+        else:
+            grid = _grid(processor, encoded, k, end - start, image)
         chars = (full_offsets[start][0], full_offsets[end - 1][1])
         pictures.append(Segment("image", f"image {k} ({image.width}×{image.height})", chars, index=k,
                                 message=number, image=grid))
@@ -143,6 +152,43 @@ def split_runs(image_runs: list[tuple[int, int]], counts: list[int] | None) -> l
         if start != end:
             return image_runs
     return split if not remaining else image_runs
+
+
+def row_blocks(image_runs: list[tuple[int, int]], shapes: Sequence[tuple[int, int]]) -> list[tuple[int, int]] | None:
+    """Each image's token range ``(start, end)`` when every row of its ``cols`` cells is its own run of the image
+    token with one row-break token between rows (Pixtral), from each image's ``(rows, cols)``: its first cell to
+    its last, the breaks between included. None when the runs are not laid out so."""
+    blocks, queue = [], list(image_runs)
+    for rows, cols in shapes:
+        taken, queue = queue[:rows], queue[rows:]
+        if len(taken) < rows or any(end - start != cols for start, end in taken) or any(
+                after[0] != before[1] + 1 for before, after in zip(taken, taken[1:], strict=False)):
+            return None
+        blocks.append((taken[0][0], taken[-1][1]))
+    return blocks if not queue else None
+
+
+def row_break_grid(shape: tuple[int, int], pixel_size: Sequence[int], side: int) -> ImageGrid:
+    """The grid of an image written in rows with a break token after each (Pixtral): ``shape`` ``(rows, cols)``
+    cells of ``side`` pixels over a picture of ``pixel_size`` ``(height, width)``, rows ``cols + 1`` tokens apart."""
+    rows, cols = shape
+    height, width = (int(v) for v in pixel_size)
+    return ImageGrid(rows=rows, cols=cols, size=(width, height), input_size=(width, height), cell=(side, side),
+                     row_stride=cols + 1)
+
+
+def _row_break_side(processor: Any) -> int:
+    """Pixels per image token along a side for a processor that writes row breaks: patch size × merge size."""
+    return int(processor.patch_size) * int(getattr(processor, "spatial_merge_size", 1) or 1)
+
+
+def _row_break_shapes(processor: Any, encoded: Any) -> list[tuple[int, int]] | None:
+    """Each image's ``(rows, cols)`` of tokens for a processor that ends each row with a break token (Pixtral:
+    ``image_break_token_id``, the images' ``image_sizes``); None for any other processor."""
+    if getattr(processor, "image_break_token_id", None) is None or "image_sizes" not in encoded:
+        return None
+    side = _row_break_side(processor)
+    return [(int(h) // side, int(w) // side) for h, w in encoded["image_sizes"].tolist()]
 
 
 def _image_token_id(processor: Any) -> int:

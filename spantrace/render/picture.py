@@ -1,7 +1,8 @@
 """An image's scores on the picture: each image token's cell, coloured by its final score, for the HTML report,
 the viewer and the terminal.
 
-Image ``k``'s tokens cover its picture row-major (``TraceResult.image_map``); every cell gets the colour of its
+Image ``k``'s tokens cover its picture row-major (``TraceResult.image_map``; row breaks between the rows, as
+Pixtral writes them, are no cells: ``ImageGrid.cell_offsets``); every cell gets the colour of its
 score on the heat ramp, scaled by the largest image-token score of the result, so images compare with each other.
 """
 
@@ -53,7 +54,7 @@ def image_views(result: TracedScores, *, display_side: int = DISPLAY_SIDE) -> li
         return []
     table = {row.tokens: row for row in result.by("image")} if any(
         s.tokens[0] < result.prompt_length for s in images) else {}
-    positions = np.concatenate([np.arange(*s.tokens) for s in images])
+    positions = np.concatenate([[s.tokens[0] + offset for offset in s.image.cell_offsets()] for s in images])
     heat = intensities(np.asarray(result.scores, dtype=np.float64)[positions])
     heat_of = dict(zip(positions.tolist(), heat.tolist(), strict=True))
     return [_view(number, segment, result, heat_of, table, display_side) for number, segment in enumerate(images)]
@@ -66,13 +67,13 @@ def _view(number: int, segment: Segment, result: TracedScores, heat_of: dict[int
     width, height = grid.input_size  # drawn as the vision tower sees it (resized, maybe cropped)
     scale = display_side / max(width, height)
     cells = []
-    for offset in range(grid.rows * grid.cols):
+    for number_in_grid, offset in enumerate(grid.cell_offsets()):  # row breaks between the rows are no cells
         position = start + offset
         intensity = heat_of[position]
         rgb = heat_rgb(intensity)
         alpha = 0.2 + 0.6 * intensity  # the picture stays visible under the weakest and the strongest cells
         background = f"rgba({rgb[0]}, {rgb[1]}, {rgb[2]}, {alpha:.2f})" if rgb is not None else ""
-        row, col = divmod(offset, grid.cols)
+        row, col = divmod(number_in_grid, grid.cols)
         cells.append(CellView(row, col, position, float(result.scores[position]), intensity, background))
     pooled = table.get(segment.tokens)
     return ImageView(

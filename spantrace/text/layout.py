@@ -26,11 +26,16 @@ Pair = tuple[int, int]
 @dataclass(frozen=True)
 class ImageGrid:
     """Where an image's tokens sit on the picture. After the vision tower's merger the image is ``rows × cols``
-    tokens, row-major: token ``r * cols + c`` covers the cell at row ``r``, column ``c``.
+    tokens, row-major: the token at offset ``r * row_stride + c`` from the image's first token covers the cell at
+    row ``r``, column ``c`` (``cell_offset``, the one rule every reader of the grid uses).
 
     size: the original image's ``(width, height)`` in pixels. input_size: ``(width, height)`` of the picture the
     processor fed the vision tower (resized, cropped). cell: ``(width, height)`` in ``input_size`` pixels of
     one token's cell (patch size × merge). preview: a small PNG of the image as a ``data:`` URI, for the views.
+    row_stride: tokens from one row's start to the next's, when each row is followed by tokens that are not
+    cells (Pixtral's ``[IMG_BREAK]``: ``cols + 1``); None when the rows follow each other directly (``cols``).
+    The image's tokens then run from its first cell to its last, ``span`` of them, the breaks between rows
+    included (template, like the markers around an image).
     """
 
     rows: int
@@ -39,10 +44,25 @@ class ImageGrid:
     input_size: Pair
     cell: Pair
     preview: str | None = None
+    row_stride: int | None = None
+
+    @property
+    def span(self) -> int:
+        """How many tokens lie from the first cell's token to the last's, both included (breaks counted)."""
+        return (self.rows - 1) * (self.row_stride or self.cols) + self.cols
+
+    def cell_offset(self, row: int, col: int) -> int:
+        """The token of cell ``(row, col)``, counted from the image's first token."""
+        return row * (self.row_stride or self.cols) + col
+
+    def cell_offsets(self) -> list[int]:
+        """Every cell's token offset from the image's first token, row-major (``rows × cols`` of them)."""
+        return [self.cell_offset(row, col) for row in range(self.rows) for col in range(self.cols)]
 
     def to_dict(self) -> dict[str, Any]:
+        stride = {"row_stride": self.row_stride} if self.row_stride is not None else {}  # other grids' JSON unchanged
         return {"rows": self.rows, "cols": self.cols, "size": list(self.size), "input_size": list(self.input_size),
-                "cell": list(self.cell), "preview": self.preview}
+                "cell": list(self.cell), "preview": self.preview, **stride}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ImageGrid:
@@ -53,8 +73,11 @@ class ImageGrid:
         preview = data.get("preview")
         if preview is not None and not (isinstance(preview, str) and preview.startswith(PREVIEW_PREFIX)):
             raise ValueError(f"an image preview must be a {PREVIEW_PREFIX}… URI")
-        return cls(rows=_positive(data["rows"], "rows"), cols=_positive(data["cols"], "cols"), size=pair("size"),
-                   input_size=pair("input_size"), cell=pair("cell"), preview=preview)
+        cols, stride = _positive(data["cols"], "cols"), data.get("row_stride")
+        if stride is not None and _positive(stride, "row_stride") < cols:
+            raise ValueError(f"an image's row_stride must be at least its {cols} columns; got {stride}")
+        return cls(rows=_positive(data["rows"], "rows"), cols=cols, size=pair("size"),
+                   input_size=pair("input_size"), cell=pair("cell"), preview=preview, row_stride=stride)
 
 
 PREVIEW_PREFIX = "data:image/png;base64,"  # the one kind of picture a layout carries (drawn under a strict CSP)
@@ -206,7 +229,17 @@ def build_layout(
         inside = np.flatnonzero((anchors >= start) & (anchors < end))
         tokens = (int(inside[0]), int(inside[-1]) + 1) if inside.size else None
         placed.append(replace(segment, tokens=tokens))
+        if segment.kind == "image" and segment.image is not None and tokens is not None:
+            _mark_row_breaks(template, tokens, segment.image)
     return Layout(text=text, offsets=[tuple(o) for o in offsets], segments=placed, template=template, source=source)
+
+
+def _mark_row_breaks(template: list[bool], tokens: tuple[int, int], grid: ImageGrid) -> None:
+    """The tokens inside an image's range that are no cell of its grid (row breaks) marked template, in place."""
+    cells = {tokens[0] + offset for offset in grid.cell_offsets()}
+    for position in range(*tokens):
+        if position not in cells:
+            template[position] = True
 
 
 def merge_ranges(ranges: Sequence[CharRange]) -> list[CharRange]:
@@ -237,6 +270,7 @@ def layout_from_tokens(
         segments.append(Segment("image", name, (offsets[start][0], offsets[end - 1][1]), tokens=(start, end),
                                 index=k, image=grid))
         template[start:end] = [False] * (end - start)
+        _mark_row_breaks(template, (start, end), grid)
     return Layout(text="".join(tokens), offsets=offsets, segments=segments, template=template, source="tokens")
 
 

@@ -374,12 +374,12 @@ def test_qwen3_text_only_run_is_unchanged(arch: str) -> None:
 
 
 def test_images_on_a_wrapper_traced_on_its_text_only_are_refused_as_such() -> None:
-    """Mistral 3's image-text wrapper is traced on its text stack: pixels are refused in one line that says so,
+    """Gemma 4's image-text wrapper is traced on its text stack: pixels are refused in one line that says so,
     not as if it were a text-only model."""
     from tiny_models import make_tiny_model, random_ids
 
-    model = st.Model(make_tiny_model("mistral3"), None)
-    with pytest.raises(SpanTraceError, match="traces mistral3 on its text only") as error:
+    model = st.Model(make_tiny_model("gemma4"), None)
+    with pytest.raises(SpanTraceError, match="traces gemma4 on its text only") as error:
         model.run(input_ids=random_ids(8), prompt_length=4, model_inputs={"pixel_values": torch.zeros(1)})
     assert "\n" not in str(error.value)
 
