@@ -440,3 +440,17 @@ def trace(
     for k in range(1, hops + 1):
         final = final + rho[k - 1] * mask * hop_scores[k]
     return ReferenceTrace(final, hop_scores, rho)
+
+
+def assert_trace_matches(run, terms: list[LayerTerms], span: tuple[int, int], prompt_length: int, *, method: str,
+                         rtol: float, atol: float, what: str = "") -> np.ndarray:
+    """``run.trace(span)`` with hops 0, 1 and 2 equals ``trace`` of the reference ``terms``, hop by hop and
+    combined; returns the last combined scores (hops 2) for further checks."""
+    for hops in (0, 1, 2):
+        got = run.trace(span, method=method, hops=hops)
+        want = trace(terms, span, prompt_length, method=method, hops=hops)
+        for k, (a, b) in enumerate(zip(got.hop_scores, want.hop_scores, strict=True)):
+            np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=rtol, atol=atol,
+                                       err_msg=f"{what} {method} hops={hops}: hop {k}")
+        np.testing.assert_allclose(np.asarray(got.scores, np.float64), want.scores, rtol=rtol, atol=atol)
+    return np.asarray(got.scores)
