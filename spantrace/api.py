@@ -266,12 +266,10 @@ class Model:
             store_device="cpu" if offload else None,
             model_inputs=extra or None,
         )
-        run = Run(self, capture, prompt_length, capture_seconds=time.perf_counter() - started, layout=layout)
-        if layout is None and extra:  # token ids with raw image inputs: each image a source too
-            run.layout = run._token_layout(extra)
+        run = Run(self, capture, prompt_length, capture_seconds=time.perf_counter() - started, layout=layout,
+                  model_inputs=extra)
         run.warnings = warnings
         run.memory_plan = plan
-        run.model_inputs = extra
         return run
 
     def _model_inputs(self, model_inputs: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -303,6 +301,7 @@ class Run:
         *,
         capture_seconds: float = 0.0,
         layout: Layout | None = None,
+        model_inputs: dict[str, Any] | None = None,
     ):
         self.model = model
         self.capture = capture
@@ -312,20 +311,21 @@ class Run:
         self.key_value_cache: KeyValueCache = {}
         self.token_ids: list[int] = [int(i) for i in capture.input_ids]
         self.tokens: list[str] = model.token_strings(self.token_ids)
-        # Which characters and tokens came from which message or document, and which are template.
+        # What the model read besides the token ids (images: pixel_values, image_grid_thw, ...); empty for text.
+        self.model_inputs: dict[str, Any] = dict(model_inputs or {})
+        # Which characters and tokens came from which message or document, and which are template; token ids with
+        # raw image inputs get an image segment each.
         self.layout: Layout = layout if layout is not None else self._token_layout()
         self.warnings: list[str] = []  # what every trace of this run must carry (an input past the context)
         # What Model.run planned for this capture's memory (None when it was not planned).
         self.memory_plan: MemoryPlan | None = None
-        # What the model read besides the token ids (images: pixel_values, image_grid_thw, ...); empty for text.
-        self.model_inputs: dict[str, Any] = {}
 
-    def _token_layout(self, model_inputs: dict[str, Any] | None = None) -> Layout:
+    def _token_layout(self) -> Layout:
         """The layout of a run given token ids: their strings; with raw image inputs, an image segment each."""
         tokenizer = self.model.tokenizer
         special = special_ids(tokenizer) if tokenizer is not None else set()
         finder = getattr(self.adapter, "image_segments", None)
-        images = finder(self.token_ids, model_inputs) if model_inputs and finder is not None else []
+        images = finder(self.token_ids, self.model_inputs) if self.model_inputs and finder is not None else []
         return layout_from_tokens(
             self.tokens, [i in special or is_special(t) for i, t in zip(self.token_ids, self.tokens, strict=True)],
             images,

@@ -73,9 +73,8 @@ def attach_images(
     pictures = []
     for k, ((start, end), (number, image)) in enumerate(zip(image_runs, images, strict=True)):
         if shapes is not None:
-            side = _row_break_side(processor)
-            grid = replace(row_break_grid(shapes[k], encoded["image_sizes"][k].tolist(), side), size=(image.width,
-                           image.height), preview=preview(image))
+            grid = replace(row_break_grid(shapes[k], encoded["image_sizes"][k].tolist(), _row_break_side(processor)),
+                           size=(image.width, image.height), preview=preview(image))
         else:
             grid = _grid(processor, encoded, k, end - start, image)
         chars = (full_offsets[start][0], full_offsets[end - 1][1])
