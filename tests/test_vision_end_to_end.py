@@ -51,8 +51,7 @@ def vlm(request, tokenizer) -> spantrace.Model:
 @pytest.fixture(scope="module")
 def qwen2_5_vl(tokenizer) -> spantrace.Model:
     own = copy.deepcopy(tokenizer)
-    marks = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
-    own.add_special_tokens({"additional_special_tokens": marks})
+    own.add_special_tokens({"additional_special_tokens": QWEN_MARKS})
     images = Qwen2VLImageProcessorPil(min_pixels=SIDE * SIDE, max_pixels=SIDE * SIDE, patch_size=PATCH, merge_size=2)
     processor = images_only(Qwen2_5_VLProcessor)(image_processor=images, tokenizer=own,
                                                  chat_template=template("<|vision_start|><|image_pad|><|vision_end|>"))
@@ -61,13 +60,7 @@ def qwen2_5_vl(tokenizer) -> spantrace.Model:
     text.pop("tie_word_embeddings")
     text.pop("head_dim")
     vision = dict(_QWEN_VISION, patch_size=PATCH, window_size=PATCH * 2, fullatt_block_indexes=[0])
-    start, end, image, video = own.convert_tokens_to_ids(marks)
-    config = AutoConfig.for_model("qwen2_5_vl", text_config=text, vision_config=vision, image_token_id=image,
-                                  video_token_id=video, vision_start_token_id=start, vision_end_token_id=end,
-                                  tie_word_embeddings=False)
-    torch.manual_seed(0)
-    model = AutoModelForImageTextToText.from_config(config, attn_implementation="sdpa").eval()
-    return spantrace.load(model, tokenizer=own, processor=processor)
+    return qwen_vlm("qwen2_5_vl", processor, text, vision)
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +71,15 @@ def qwen3_vl(tokenizer) -> spantrace.Model:
                                                                "mrope_section": [2, 2, 2], "mrope_interleaved": True})
     text.pop("tie_word_embeddings")
     vision = dict(_QWEN_VISION, patch_size=16, num_position_embeddings=16, deepstack_visual_indexes=[0])
+    return qwen_vlm("qwen3_vl", processor, text, vision)
+
+
+def qwen_vlm(model_type: str, processor, text: dict, vision: dict) -> spantrace.Model:  # noqa: ANN001
+    """A tiny random Qwen-VL ``model_type`` with these text and vision configs, reading ``processor``'s vision
+    marks (start, end, image, video), loaded with that processor."""
+    own = processor.tokenizer
     start, end, image, video = own.convert_tokens_to_ids(QWEN_MARKS)
-    config = AutoConfig.for_model("qwen3_vl", text_config=text, vision_config=vision, image_token_id=image,
+    config = AutoConfig.for_model(model_type, text_config=text, vision_config=vision, image_token_id=image,
                                   video_token_id=video, vision_start_token_id=start, vision_end_token_id=end,
                                   tie_word_embeddings=False)
     torch.manual_seed(0)

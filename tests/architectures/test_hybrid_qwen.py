@@ -72,13 +72,21 @@ def model_residuals(
 def reference_terms(arch: str) -> list[LayerTerms]:
     """Float64 per-layer terms: contrib [H, N(sink), N(source), D], residual [N, D], x_mid [N, D]."""
     x_in, x_mid = model_residuals(tiny(arch, torch.float64))
+    # the attention reference makes its own float64 eager copy of the model
+    return hybrid_terms(x_in, x_mid, lambda index: reference_attention(tiny(arch), index),
+                        lambda index: reference(arch, index))
+
+
+def hybrid_terms(x_in: list, x_mid: list, attention, deltanet) -> list[LayerTerms]:  # noqa: ANN001
+    """The per-layer terms of the hybrid stack from its residuals and each layer's reference parts
+    (``attention(index)`` for the gated attention layer, ``deltanet(index)`` for the others)."""
     terms = []
     for index in range(len(x_in)):
         if index == ATTENTION_LAYER:
-            ref = reference_attention(tiny(arch), index)  # a float64 eager copy of the model
+            ref = attention(index)
             residual = x_in[index] + ref["residual"][None]
         else:
-            ref = reference(arch, index)
+            ref = deltanet(index)
             residual = x_in[index] + ref["residual"]
         contrib = np.ascontiguousarray(ref["parts"].transpose(1, 0, 2, 3))  # [N, H, N, D] -> [H, N, N, D]
         terms.append(LayerTerms(contrib, residual, x_mid[index]))

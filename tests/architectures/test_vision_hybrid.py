@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from reference import LayerTerms, assert_trace_matches
 from test_deltanet import reference_attention, reference_deltanet
-from test_hybrid_qwen import model_residuals
+from test_hybrid_qwen import ATTENTION_LAYER, hybrid_terms, model_residuals  # three DeltaNet layers, then attention
 from tiny_models import (
     HYBRID_VISION_ARCHITECTURES,
     IMAGE_TOKEN,
@@ -38,7 +38,6 @@ from spantrace.architectures.vision import image_blocks
 from spantrace.errors import SpanTraceError, UnsupportedArchitectureError
 from spantrace.selfcheck import capture_errors
 
-ATTENTION_LAYER = 3  # three Gated DeltaNet layers, then the gated full-attention layer
 RTOL, ATOL = 1e-4, 1e-6
 
 
@@ -73,18 +72,9 @@ def reference_terms(arch: str) -> list[LayerTerms]:
     model, ids, _, model_inputs, _ = case(arch)
     model64 = float64_copy(model)
     x_in, x_mid = model_residuals(model64, (ids, model_inputs))
-    terms = []
     with on_image_run(ids, model_inputs):
-        for index in range(len(x_in)):
-            if index == ATTENTION_LAYER:
-                ref = reference_attention(model64, index)  # its own float64 eager copy
-                residual = x_in[index] + ref["residual"][None]
-            else:
-                ref = reference_deltanet(model64, index)
-                residual = x_in[index] + ref["residual"]
-            contrib = np.ascontiguousarray(ref["parts"].transpose(1, 0, 2, 3))  # [N, H, N, D] -> [H, N, N, D]
-            terms.append(LayerTerms(contrib, residual, x_mid[index]))
-    return terms
+        return hybrid_terms(x_in, x_mid, lambda index: reference_attention(model64, index),
+                            lambda index: reference_deltanet(model64, index))
 
 
 @pytest.mark.parametrize("arch", HYBRID_VISION_ARCHITECTURES)
